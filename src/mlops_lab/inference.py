@@ -1,0 +1,443 @@
+"""The inference core: an ONNX tabular model's schema -> typed inputs -> labels and class probabilities.
+
+Shared unchanged by the Lambda (it ships inside the layer) and the API, so it imports numpy and onnxruntime only.
+
+Two input layouts are understood:
+- one input per column, each of shape [None, 1] (what skl2onnx makes from a ColumnTransformer, as the course model);
+- one 2-D numeric tensor [None, n_features], whose column names come from the model's metadata (``feature_names``)
+  or default to ``f0..f{n-1}``.
+
+Two output layouts are understood: a label tensor plus either a ZipMap (``seq(map(string|int64, float))``) or a
+probability tensor [None, n_classes]. Class names come from the model's metadata (``classes``), from the ZipMap's
+keys, or default to ``0..k-1``.
+
+Models the lab exports also carry ``categories`` in their metadata (the vocabulary each categorical column was
+trained on), so an unknown category is reported as bad input instead of being silently encoded as all zeros.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import onnxruntime as ort
+
+MAX_REPORTED_PROBLEMS = 20
+
+_ONNX_TO_NUMPY = {
+    "tensor(string)": np.object_,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(bool)": np.bool_,
+}
+
+
+class InputError(ValueError):
+    """Input the model cannot score. Carries what a user needs to fix it."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        columns: Sequence[str] = (),
+        rows: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.columns = list(columns)
+        self.rows = list(rows)[:MAX_REPORTED_PROBLEMS]
+
+    def to_dict(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"reason": self.reason}
+        if self.columns:
+            report["columns"] = self.columns
+        if self.rows:
+            report["rows"] = self.rows
+        return report
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input column: its name, numpy dtype and (when the model declares them) allowed categories."""
+
+    name: str
+    dtype: type
+    categories: frozenset[str] | None = None
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype is np.object_
+
+    @property
+    def is_integer(self) -> bool:
+        return np.issubdtype(self.dtype, np.integer)
+
+    @property
+    def json_type(self) -> str:
+        if self.is_string:
+            return "string"
+        if self.is_integer:
+            return "integer"
+        if self.dtype is np.bool_:
+            return "boolean"
+        return "number"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray  # shape (n,), str objects
+    probabilities: np.ndarray  # shape (n, len(classes)), float32
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def records(self) -> list[dict[str, Any]]:
+        """JSON-friendly rows: ``{"label": ..., "probabilities": {class: p}}``."""
+        return [
+            {"label": label, "probabilities": dict(zip(self.classes, map(float, probs), strict=True))}
+            for label, probs in zip(self.labels.tolist(), self.probabilities, strict=True)
+        ]
+
+
+@dataclass
+class ScoreSummary:
+    rows: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, prediction: Prediction) -> None:
+        self.rows += len(prediction)
+        values, counts = np.unique(prediction.labels.astype(str), return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            self.label_counts[value] = self.label_counts.get(value, 0) + count
+
+
+class TabularModel:
+    """An ONNX classifier over named tabular columns."""
+
+    def __init__(self, model: bytes | str | Path, *, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        # skl2onnx declares the label output as shape [1]; ORT warns on every batch. Errors still surface.
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._categories: dict[str, list[str]] = json.loads(self.metadata.get("categories", "{}"))
+        self._inputs = self.session.get_inputs()
+        self.features, self.per_column = self._read_features()
+        self._label_output, self._probability_output, self._zipmap = self._read_outputs()
+        self._classes: tuple[str, ...] | None = (
+            tuple(json.loads(self.metadata["classes"])) if "classes" in self.metadata else None
+        )
+
+    # -- schema -------------------------------------------------------------------------------------------------
+
+    def _read_features(self) -> tuple[list[Feature], bool]:
+        inputs = self._inputs
+        if len(inputs) == 1 and _is_matrix(inputs[0].shape):
+            (tensor,) = inputs
+            dtype = _numpy_dtype(tensor.type, tensor.name)
+            width = tensor.shape[1]
+            names = json.loads(self.metadata["feature_names"]) if "feature_names" in self.metadata else None
+            if names is None:
+                if not isinstance(width, int):
+                    raise ValueError(
+                        f"input {tensor.name!r} has no fixed width and the model names no features (metadata 'feature_names')"
+                    )
+                names = [f"f{i}" for i in range(width)]
+            return [Feature(name, dtype) for name in names], False
+        features = []
+        for item in inputs:
+            if len(item.shape) != 2 or item.shape[1] != 1:
+                raise ValueError(f"input {item.name!r} has shape {item.shape}; expected [N, 1] per column")
+            categories = self._categories.get(item.name)
+            features.append(
+                Feature(item.name, _numpy_dtype(item.type, item.name), frozenset(categories) if categories else None)
+            )
+        return features, True
+
+    def _read_outputs(self) -> tuple[str, str, bool]:
+        outputs = self.session.get_outputs()
+        if len(outputs) < 2:
+            raise ValueError("expected a classifier with a label output and a probability output")
+        label, probability = outputs[0], outputs[1]
+        zipmap = probability.type.startswith("seq(map(")
+        if not zipmap and not probability.type.startswith("tensor("):
+            raise ValueError(f"unsupported probability output type {probability.type}")
+        return label.name, probability.name, zipmap
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [feature.name for feature in self.features]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in probability-column order (learned from the first prediction when not in metadata)."""
+        if self._classes is None:
+            self.predict_records([self._example_record()])
+        assert self._classes is not None
+        return self._classes
+
+    def schema(self) -> list[dict[str, Any]]:
+        return [
+            {"name": f.name, "type": f.json_type}
+            | ({"categories": sorted(f.categories)} if f.categories else {})
+            for f in self.features
+        ]
+
+    def _example_record(self) -> dict[str, Any]:
+        return {
+            f.name: (sorted(f.categories)[0] if f.categories else "") if f.is_string else 0 for f in self.features
+        }
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def prepare(self, columns: Mapping[str, Sequence[Any]], *, first_row: int = 1) -> dict[str, np.ndarray]:
+        """Cast named columns (CSV strings or JSON values) to the model's input tensors.
+
+        ``first_row`` is the number reported for the first value, so errors point at the user's own row numbers.
+        """
+        missing = [name for name in self.feature_names if name not in columns]
+        if missing:
+            raise InputError(f"missing columns: {', '.join(missing)}", columns=missing)
+        cast = {f.name: _cast_column(f, columns[f.name], first_row) for f in self.features}
+        if self.per_column:
+            return {name: values.reshape(-1, 1) for name, values in cast.items()}
+        (tensor,) = self._inputs
+        return {tensor.name: np.column_stack([cast[name] for name in self.feature_names])}
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+
+    def predict(self, columns: Mapping[str, Sequence[Any]], *, first_row: int = 1) -> Prediction:
+        feeds = self.prepare(columns, first_row=first_row)
+        labels, probabilities = self.session.run([self._label_output, self._probability_output], feeds)
+        if self._zipmap:
+            if self._classes is None and probabilities:
+                self._classes = tuple(str(key) for key in probabilities[0])
+            keys = [_zipmap_key(probabilities[0], c) for c in self.classes] if probabilities else []
+            matrix = np.array([[row[k] for k in keys] for row in probabilities], dtype=np.float32).reshape(
+                -1, len(self.classes)
+            )
+        else:
+            matrix = np.asarray(probabilities, dtype=np.float32)
+            if self._classes is None:
+                self._classes = tuple(str(i) for i in range(matrix.shape[1]))
+        return Prediction(np.asarray(labels).reshape(-1).astype(str).astype(object), matrix, self.classes)
+
+    def predict_records(self, records: Sequence[Mapping[str, Any]]) -> Prediction:
+        """Score JSON-style records (one dict per row). Extra keys are reported, not ignored."""
+        if not records:
+            raise InputError("no records to score")
+        names = self.feature_names
+        extra = sorted({key for record in records for key in record} - set(names))
+        if extra:
+            raise InputError(f"unexpected columns: {', '.join(extra)}", columns=extra)
+        missing = sorted({name for record in records for name in names if name not in record})
+        if missing:
+            raise InputError(f"missing columns: {', '.join(missing)}", columns=missing)
+        return self.predict({name: [record[name] for record in records] for name in names})
+
+
+# -- CSV --------------------------------------------------------------------------------------------------------
+
+
+def read_csv_chunks(text: IO[str], feature_names: Sequence[str], chunk_rows: int) -> Iterator[tuple[int, list[str], list[list[str]]]]:
+    """Yield ``(first_row_number, header, rows)`` chunks from a CSV stream, validating its shape as it goes.
+
+    Row numbers are the file's own line numbers for data rows (the header is row 1), assuming no quoted newlines.
+    Raises InputError for an empty file, a header with missing/extra/duplicate columns, no data rows, or ragged rows.
+    """
+    reader = csv.reader(text, skipinitialspace=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError("empty file: expected a CSV header and at least one data row") from None
+    header = [name.strip() for name in header]
+    _check_header(header, feature_names)
+    width = len(header)
+    row_number = 2
+    any_rows = False
+    while True:
+        rows = [row for _, row in zip(range(chunk_rows), reader)]
+        rows = [row for row in rows if row]  # blank lines carry no data
+        if not rows:
+            break
+        any_rows = True
+        if len(set(map(len, rows))) != 1 or len(rows[0]) != width:
+            ragged = [
+                {"row": row_number + i, "fields": len(row), "expected": width}
+                for i, row in enumerate(rows)
+                if len(row) != width
+            ]
+            raise InputError(f"ragged rows: expected {width} fields per row", rows=ragged)
+        yield row_number, header, rows
+        row_number += len(rows)
+    if not any_rows:
+        raise InputError("no data rows: the file has a header only")
+
+
+def _check_header(header: list[str], feature_names: Sequence[str]) -> None:
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise InputError(f"duplicate columns: {', '.join(duplicates)}", columns=duplicates)
+    missing = [name for name in feature_names if name not in header]
+    extra = [name for name in header if name not in feature_names]
+    problems = []
+    if missing:
+        problems.append(f"missing columns: {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected columns: {', '.join(extra)}")
+    if problems:
+        raise InputError(
+            "; ".join(problems) + f" (expected: {', '.join(feature_names)})", columns=missing + extra
+        )
+
+
+def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows: int = 8192) -> ScoreSummary:
+    """Score a CSV stream chunk by chunk; write input columns + ``prediction`` + ``probability_<class>``.
+
+    Memory stays bounded by ``chunk_rows``. On bad input an InputError is raised; whatever was already written to
+    ``sink`` must then be discarded by the caller (the Lambda writes to a temp file and uploads only on success).
+    """
+    writer = csv.writer(sink, lineterminator="\n")
+    summary = ScoreSummary()
+    wrote_header = False
+    for first_row, header, rows in read_csv_chunks(source, model.feature_names, chunk_rows):
+        columns = dict(zip(header, zip(*rows), strict=True))
+        prediction = model.predict(columns, first_row=first_row)
+        if not wrote_header:
+            writer.writerow([*header, "prediction", *(f"probability_{c}" for c in prediction.classes)])
+            wrote_header = True
+        probabilities = np.char.mod("%.6f", prediction.probabilities).tolist()
+        writer.writerows(
+            [*row, label, *probs] for row, label, probs in zip(rows, prediction.labels.tolist(), probabilities)
+        )
+        summary.add(prediction)
+    return summary
+
+
+def score_csv_text(model: TabularModel, text: str, *, chunk_rows: int = 8192) -> tuple[str, ScoreSummary]:
+    sink = io.StringIO()
+    summary = score_csv(model, io.StringIO(text, newline=""), sink, chunk_rows=chunk_rows)
+    return sink.getvalue(), summary
+
+
+# -- casting ----------------------------------------------------------------------------------------------------
+
+
+def _cast_column(feature: Feature, values: Sequence[Any], first_row: int) -> np.ndarray:
+    if feature.is_string:
+        return _cast_strings(feature, values, first_row)
+    if feature.dtype is np.bool_:
+        return _cast_bools(feature, values, first_row)
+    try:
+        numbers = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers is None or numbers.ndim != 1:
+        bad = [(i, v) for i, v in enumerate(values) if _as_float(v) is None]
+        raise _type_error(feature, bad, first_row)
+    if feature.is_integer:
+        invalid = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+        if invalid.any():
+            bad = [(int(i), values[int(i)]) for i in np.flatnonzero(invalid)]
+            raise _type_error(feature, bad, first_row)
+    return numbers.astype(feature.dtype)
+
+
+def _cast_strings(feature: Feature, values: Sequence[Any], first_row: int) -> np.ndarray:
+    array = np.asarray(values, dtype=object)
+    if array.ndim != 1:
+        raise _type_error(feature, list(enumerate(values)), first_row)
+    is_str = np.frompyfunc(lambda v: isinstance(v, str), 1, 1)(array).astype(bool)
+    if not is_str.all():
+        bad = [(int(i), values[int(i)]) for i in np.flatnonzero(~is_str)]
+        raise _type_error(feature, bad, first_row)
+    if feature.categories is not None:
+        unique = set(array.tolist())
+        unknown = unique - feature.categories
+        if unknown:
+            bad = [(i, v) for i, v in enumerate(values) if v in unknown]
+            raise InputError(
+                f"unknown categories in column {feature.name!r}: {', '.join(map(repr, sorted(unknown)[:10]))}"
+                f" (known: {', '.join(sorted(feature.categories))})",
+                columns=[feature.name],
+                rows=[{"row": first_row + i, "column": feature.name, "value": v} for i, v in bad],
+            )
+    return array
+
+
+def _cast_bools(feature: Feature, values: Sequence[Any], first_row: int) -> np.ndarray:
+    truth = {"true": True, "1": True, "false": False, "0": False}
+    out = []
+    bad = []
+    for i, value in enumerate(values):
+        if isinstance(value, bool):
+            out.append(value)
+        elif str(value).strip().lower() in truth:
+            out.append(truth[str(value).strip().lower()])
+        else:
+            bad.append((i, value))
+    if bad:
+        raise _type_error(feature, bad, first_row)
+    return np.asarray(out, dtype=np.bool_)
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _type_error(feature: Feature, bad: Iterable[tuple[int, Any]], first_row: int) -> InputError:
+    bad = list(bad)
+    expected = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true/false"}[
+        feature.json_type
+    ]
+    shown = [
+        {"row": first_row + i, "column": feature.name, "value": _jsonable(v)} for i, v in bad[:MAX_REPORTED_PROBLEMS]
+    ]
+    return InputError(
+        f"column {feature.name!r} expects {expected}; {len(bad)} value(s) are not", columns=[feature.name], rows=shown
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def _numpy_dtype(onnx_type: str, name: str) -> type:
+    try:
+        return _ONNX_TO_NUMPY[onnx_type]
+    except KeyError:
+        raise ValueError(f"input {name!r} has unsupported type {onnx_type}") from None
+
+
+def _is_matrix(shape: Sequence[Any]) -> bool:
+    return len(shape) == 2 and not (isinstance(shape[1], int) and shape[1] == 1)
+
+
+def _zipmap_key(row: Mapping[Any, float], name: str) -> Any:
+    """ZipMap keys are str or int64; map a class name back to the key type the model uses."""
+    if name in row:
+        return name
+    return int(name)

@@ -1,0 +1,91 @@
+"""The lab's one settings object.
+
+Everything the lab names or sizes comes from here (environment variables prefixed ``LAB_``, or a ``.env`` file).
+How to reach AWS is deliberately *not* here: boto3 reads the SDK's own variables (``AWS_ENDPOINT_URL``,
+``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials), so unsetting ``AWS_ENDPOINT_URL`` is the whole switch from the
+emulator to real AWS.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAB_", env_file=".env", extra="ignore")
+
+    # Names: every AWS resource the lab creates starts with this prefix.
+    prefix: str = Field("mlops-lab", pattern=r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
+
+    # Where the embedded stack keeps its state, logs, pid files and build outputs.
+    state_dir: Path = PROJECT_ROOT / ".lab"
+
+    # Embedded emulator (MiniStack), run as a server from its own virtualenv.
+    emulator_host: str = "127.0.0.1"
+    emulator_port: int = 4566
+    emulator_python: str | None = None  # interpreter for the emulator's venv; default: a 3.12 if one exists
+    emulator_auth: bool = True  # enforce IAM in the emulator, as AWS does
+
+    # The batch-predict Lambda.
+    lambda_runtime: str = "python3.12"
+    lambda_memory_mb: int = Field(1024, ge=128, le=10240)
+    lambda_timeout_s: int = Field(300, ge=1, le=900)
+    max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
+    chunk_rows: int = Field(8192, ge=1)
+
+    # Layer build target for real AWS.
+    layer_python: str = "3.12"
+    layer_platform: str = "manylinux_2_28_x86_64"
+
+    # The model the Lambda and API serve, as published in the model bucket.
+    model_key: str = "models/income-classifier/model.onnx"
+    model_name: str = "income-classifier"
+
+    @property
+    def input_bucket(self) -> str:
+        return f"{self.prefix}-input"
+
+    @property
+    def output_bucket(self) -> str:
+        return f"{self.prefix}-output"
+
+    @property
+    def model_bucket(self) -> str:
+        return f"{self.prefix}-model"
+
+    @property
+    def function_name(self) -> str:
+        return f"{self.prefix}-batch-predict"
+
+    @property
+    def role_name(self) -> str:
+        return f"{self.prefix}-batch-predict-role"
+
+    @property
+    def layer_name(self) -> str:
+        return f"{self.prefix}-onnxruntime"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://{self.emulator_host}:{self.emulator_port}"
+
+    @property
+    def model_path(self) -> Path:
+        """Where `train` writes the ONNX model before publishing it."""
+        return self.state_dir / "models" / "model.onnx"
+
+    @property
+    def uses_emulator(self) -> bool:
+        return bool(os.environ.get("AWS_ENDPOINT_URL"))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
