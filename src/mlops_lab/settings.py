@@ -24,8 +24,11 @@ class Settings(BaseSettings):
     # Names: every AWS resource the lab creates starts with this prefix.
     prefix: str = Field("mlops-lab", pattern=r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
 
-    # Where the embedded stack keeps its state, logs, pid files and build outputs.
+    # Where the embedded stack keeps its state, logs and pid files.
     state_dir: Path = PROJECT_ROOT / ".lab"
+    # Installs and builds shared by every stack on this checkout (tests run their own stacks in temp state dirs).
+    emulator_venv: Path = PROJECT_ROOT / ".lab" / "emulator-venv"
+    build_dir: Path = PROJECT_ROOT / ".lab" / "build"
 
     # Embedded emulator (MiniStack), run as a server from its own virtualenv.
     emulator_host: str = "127.0.0.1"
@@ -47,6 +50,17 @@ class Settings(BaseSettings):
     # The model the Lambda and API serve, as published in the model bucket.
     model_key: str = "models/income-classifier/model.onnx"
     model_name: str = "income-classifier"
+
+    # The online API (mlops_lab.api): `python -m mlops_lab.api`, or the image (which sets host 0.0.0.0, port 8080).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = None  # when set, data endpoints need header `X-API-Key` (or `Authorization: Bearer`)
+    api_max_body_bytes: int = Field(1_048_576, ge=1)  # larger request bodies get 413
+    api_max_rows: int = Field(1000, ge=1)  # more rows in one request get 413
+    # "s3" = s3://{model_bucket}/{model_key} (what bootstrap publishes); or an s3://bucket/key URI; or a file path.
+    api_model_source: str = "s3"
+    api_model_poll_s: float = Field(10.0, ge=0)  # how often to look for a newly published model; 0 = never
+    api_access_log: bool = True  # one JSON line per request on stderr
 
     @property
     def input_bucket(self) -> str:

@@ -1,0 +1,199 @@
+"""Batch predictions: a CSV landing in the input bucket becomes a predictions CSV in the output bucket.
+
+For each S3 record: read ``s3://<input>/<key>``, score it with the model published at ``s3://<model bucket>/<model key>``
+and write ``s3://<output>/predictions/<key>`` (the input columns + ``prediction`` + ``probability_<class>``). The key is
+derived from the input key, so a redelivered event overwrites rather than duplicates. Input the model cannot score
+gets ``s3://<output>/errors/<key>.json`` instead, saying why; the input object is never modified.
+
+Runs on the emulator and on AWS alike: the layer brings numpy, onnxruntime and ``mlops_lab.inference``; boto3 comes
+from the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from mlops_lab.inference import InputError, TabularModel, score_csv
+
+OUTPUT_BUCKET = os.environ.get("OUTPUT_BUCKET", "")
+MODEL_BUCKET = os.environ.get("MODEL_BUCKET", "")
+MODEL_KEY = os.environ.get("MODEL_KEY", "")
+MAX_INPUT_BYTES = int(os.environ.get("MAX_INPUT_BYTES", str(512 * 1024 * 1024)))
+CHUNK_ROWS = int(os.environ.get("CHUNK_ROWS", "8192"))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"level": record.levelname, "message": record.getMessage(), **getattr(record, "fields", {})}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+logger = logging.getLogger("batch_predict")
+if not logger.handlers:
+    _stream = logging.StreamHandler(sys.stdout)
+    _stream.setFormatter(JsonFormatter())
+    logger.addHandler(_stream)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the Lambda runtime's own root handler would print every line twice
+
+
+def log(level: int, message: str, **fields: Any) -> None:
+    logger.log(level, message, extra={"fields": fields})
+
+
+# -- pure helpers -------------------------------------------------------------------------------------------------
+
+
+def output_key(input_key: str) -> str:
+    return f"predictions/{input_key}"
+
+
+def error_key(input_key: str) -> str:
+    return f"errors/{input_key}.json"
+
+
+@dataclass(frozen=True)
+class S3Object:
+    bucket: str
+    key: str
+    size: int | None
+
+
+def objects_created(event: dict[str, Any]) -> list[S3Object]:
+    """Every ObjectCreated record of an S3 event (keys arrive URL-encoded, spaces as '+')."""
+    found = []
+    for record in event.get("Records", []):
+        if not str(record.get("eventName", "ObjectCreated")).startswith("ObjectCreated"):
+            continue
+        s3 = record.get("s3", {})
+        key = urllib.parse.unquote_plus(s3.get("object", {}).get("key", ""))
+        bucket = s3.get("bucket", {}).get("name", "")
+        if bucket and key:
+            found.append(S3Object(bucket, key, s3.get("object", {}).get("size")))
+    return found
+
+
+# -- the model, cached across warm invocations --------------------------------------------------------------------
+
+
+class ModelCache:
+    """Keeps the loaded model between invocations; reloads when the published object's ETag changes."""
+
+    def __init__(self) -> None:
+        self.etag: str | None = None
+        self.model: TabularModel | None = None
+
+    def get(self, s3: Any, bucket: str, key: str) -> tuple[TabularModel, str]:
+        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
+        if self.model is None or etag != self.etag:
+            started = time.perf_counter()
+            body = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
+            self.model, self.etag = TabularModel(body), etag
+            log(logging.INFO, "model loaded", model=f"s3://{bucket}/{key}", etag=etag,
+                seconds=round(time.perf_counter() - started, 3), metadata_version=self.model.metadata.get("version"))  # fmt: skip
+        assert self.model is not None
+        return self.model, etag
+
+
+_models = ModelCache()
+_s3 = None
+
+
+def s3_client() -> Any:
+    global _s3
+    if _s3 is None:  # created on first use, so importing this module needs no AWS configuration (unit tests)
+        _s3 = boto3.client("s3")
+    return _s3
+
+
+# -- one object ---------------------------------------------------------------------------------------------------
+
+
+def process(s3: Any, obj: S3Object) -> dict[str, Any]:
+    started = time.perf_counter()
+    source = f"s3://{obj.bucket}/{obj.key}"
+    try:
+        result = _score_object(s3, obj)
+    except InputError as problem:
+        report = {"input": source, **problem.to_dict()}
+        s3.put_object(
+            Bucket=OUTPUT_BUCKET, Key=error_key(obj.key), Body=json.dumps(report, indent=2).encode(),
+            ContentType="application/json",
+        )  # fmt: skip
+        log(logging.WARNING, "input rejected", input=source, reason=problem.reason,
+            error=f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}")  # fmt: skip
+        return {"input": source, "status": "rejected", "reason": problem.reason,
+                "error": f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}"}  # fmt: skip
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    log(logging.INFO, "predictions written", **result)
+    return result
+
+
+def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
+    if not obj.key.lower().endswith(".csv"):
+        raise InputError(f"not a CSV file: {obj.key!r} (expected a .csv key)")
+    size = obj.size if obj.size is not None else _head_size(s3, obj)
+    if size > MAX_INPUT_BYTES:
+        raise InputError(f"file too large: {size:,} bytes > limit of {MAX_INPUT_BYTES:,} bytes (split it)")
+    model, etag = _models.get(s3, MODEL_BUCKET, MODEL_KEY)
+    with tempfile.TemporaryDirectory(prefix="batch-predict-") as tmp:
+        source_path, output_path = os.path.join(tmp, "input.csv"), os.path.join(tmp, "output.csv")
+        try:
+            s3.download_file(obj.bucket, obj.key, source_path)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise InputError("the object no longer exists (deleted before it was processed)") from None
+            raise
+        try:
+            # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+            with open(source_path, encoding="utf-8-sig", newline="") as source, open(
+                output_path, "w", encoding="utf-8", newline=""
+            ) as sink:
+                summary = score_csv(model, source, sink, chunk_rows=CHUNK_ROWS)
+        except UnicodeDecodeError as error:
+            raise InputError(f"not UTF-8 text ({error.reason} at byte {error.start} of a block): is this a CSV file?") from None
+        except Exception as error:  # csv.Error (NUL bytes, bad quoting), or the model refusing a value
+            if isinstance(error, InputError):
+                raise
+            raise InputError(f"could not read this file as CSV: {error}") from None
+        metadata = {"model-etag": etag.strip('"'), "rows": str(summary.rows)}
+        if model.metadata.get("version"):
+            metadata["model-version"] = model.metadata["version"]
+        s3.upload_file(output_path, OUTPUT_BUCKET, output_key(obj.key),
+                       ExtraArgs={"ContentType": "text/csv", "Metadata": metadata})  # fmt: skip
+    return {
+        "input": f"s3://{obj.bucket}/{obj.key}",
+        "status": "ok",
+        "output": f"s3://{OUTPUT_BUCKET}/{output_key(obj.key)}",
+        "rows": summary.rows,
+        "labels": summary.label_counts,
+    }
+
+
+def _head_size(s3: Any, obj: S3Object) -> int:
+    try:
+        return int(s3.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"])
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise InputError("the object no longer exists (deleted before it was processed)") from None
+        raise
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Score every created object in the event; one bad file never stops the others."""
+    s3 = s3_client()
+    results = [process(s3, obj) for obj in objects_created(event)]
+    return {"results": results}

@@ -1,0 +1,224 @@
+"""Where the served model comes from, and how a newly published one replaces it without dropping requests.
+
+The store holds one immutable :class:`Snapshot` (model + its info + its request validators). A request reads
+``store.current`` once and uses that snapshot to the end, so a swap — a single reference assignment — never changes a
+model under a request in flight; the old session is freed when the last request holding it finishes.
+
+A background task (started by the app's lifespan) asks the source for a cheap fingerprint (S3 ``ETag`` via
+``head_object``; a file's inode/mtime/size) every ``api_model_poll_s`` seconds, and loads, warms up and swaps only when
+it changed. A source that is unreachable or holds a broken model is reported (``/ready``, ``/metadata``) and retried;
+a model already being served stays in service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlops_lab.api.schemas import RecordTypes, build_record_types, example_record
+from mlops_lab.inference import TabularModel
+from mlops_lab.settings import Settings
+
+log = logging.getLogger("mlops_lab.api")
+
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    data: bytes
+    fingerprint: str
+    version: str | None = None  # what the source says the version is (S3 object metadata), if anything
+
+
+class ModelSource(Protocol):
+    uri: str
+
+    def fingerprint(self) -> str:
+        """Cheap: changes whenever the model behind the source changes."""
+        ...
+
+    def fetch(self) -> Artifact: ...
+
+
+class FileSource:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.uri = str(self.path.resolve()) if self.path.exists() else str(self.path)
+
+    def fingerprint(self) -> str:
+        st = os.stat(self.path)
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+    def fetch(self) -> Artifact:
+        for _ in range(3):  # a writer replacing the file in place: read again until the stat is stable
+            before = self.fingerprint()
+            data = self.path.read_bytes()
+            if self.fingerprint() == before:
+                return Artifact(data, before)
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.path} keeps changing while being read")
+
+
+class S3Source:
+    def __init__(self, bucket: str, key: str) -> None:
+        self.bucket, self.key = bucket, key
+        self.uri = f"s3://{bucket}/{key}"
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3  # AWS_ENDPOINT_URL etc. come from the environment
+            from botocore.config import Config
+
+            config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
+            self._client = boto3.client("s3", config=config)
+        return self._client
+
+    def fingerprint(self) -> str:
+        return self.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"].strip('"')
+
+    def fetch(self) -> Artifact:
+        response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        data = response["Body"].read()
+        metadata = response.get("Metadata") or {}
+        version = metadata.get("version") or metadata.get("model-version")
+        return Artifact(data, response["ETag"].strip('"'), version)
+
+
+def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelSource:
+    """``"s3"`` → the model bucket/key bootstrap publishes; ``s3://bucket/key``; anything else is a file path."""
+    if not isinstance(spec, str | Path):
+        return spec
+    text = str(spec)
+    if text == "s3":
+        return S3Source(settings.model_bucket, settings.model_key)
+    if text.startswith("s3://"):
+        bucket, _, key = text.removeprefix("s3://").partition("/")
+        if not bucket or not key:
+            raise ValueError(f"model source {text!r}: expected s3://bucket/key")
+        return S3Source(bucket, key)
+    if text.startswith("models:/"):
+        raise ValueError(f"model source {text!r}: mlflow registry aliases are not supported yet")
+    return FileSource(text)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    source: str
+    fingerprint: str
+    sha256: str
+    loaded_at: str
+    classes: tuple[str, ...]
+    inputs: list[dict[str, Any]]
+    onnx_metadata: dict[str, str]
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    model: TabularModel
+    info: ModelInfo
+    types: RecordTypes
+    feature_names: tuple[str, ...]
+    ref: dict[str, str] = field(default_factory=dict)  # {"name", "version"}, ready to serialise
+
+
+def build_snapshot(artifact: Artifact, *, source: str, name: str, max_rows: int, threads: int | None) -> Snapshot:
+    model = TabularModel(artifact.data, threads=threads)
+    types = build_record_types(model.features, max_rows)
+    # Warm up (first ORT run allocates) and learn the class names before the first request needs them.
+    model.predict_records([example_record(model.features)])
+    sha = hashlib.sha256(artifact.data).hexdigest()
+    meta = model.metadata
+    version = artifact.version or meta.get("model_version") or meta.get("version") or sha[:12]
+    name = meta.get("model_name") or name
+    info = ModelInfo(
+        name=name,
+        version=str(version),
+        source=source,
+        fingerprint=artifact.fingerprint,
+        sha256=sha,
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        classes=tuple(model.classes),
+        inputs=model.schema(),
+        onnx_metadata=dict(meta),
+    )
+    return Snapshot(model, info, types, tuple(model.feature_names), {"name": info.name, "version": info.version})
+
+
+class ModelStore:
+    def __init__(
+        self, source: ModelSource, *, name: str, max_rows: int, poll_s: float, threads: int | None = 1
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.max_rows = max_rows
+        self.poll_s = poll_s
+        self.threads = threads  # one ORT thread per session: requests, not one row, are the unit of parallelism
+        self.current: Snapshot | None = None
+        self.last_error: str | None = None
+        self.swaps = 0
+        self._lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def check(self) -> bool:
+        """Blocking: load the model if the source changed. True when a new snapshot was swapped in."""
+        try:
+            fingerprint = self.source.fingerprint()
+            current = self.current
+            if current is not None and fingerprint == current.info.fingerprint:
+                self.last_error = None
+                return False
+            artifact = self.source.fetch()
+            if current is not None and artifact.fingerprint == current.info.fingerprint:
+                return False
+            snapshot = build_snapshot(
+                artifact, source=self.source.uri, name=self.name, max_rows=self.max_rows, threads=self.threads
+            )
+        except Exception as exc:  # unreachable source, missing object, half-written or invalid model
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self.last_error:
+                log.warning("model source %s: %s", self.source.uri, message)
+            self.last_error = message
+            return False
+        self.current = snapshot  # the swap: one reference assignment
+        self.swaps += 1
+        self.last_error = None
+        log.info(
+            "serving model %s version %s from %s", snapshot.info.name, snapshot.info.version, snapshot.info.source
+        )
+        return True
+
+    async def refresh(self) -> bool:
+        async with self._lock:
+            return await asyncio.to_thread(self.check)
+
+    async def run(self, first_attempt: asyncio.Event | None = None) -> None:
+        """Load, then poll for a new model until cancelled; retry with backoff while nothing is loaded."""
+        delay = RETRY_MIN_S
+        while True:
+            await self.refresh()
+            if first_attempt is not None:
+                first_attempt.set()
+                first_attempt = None
+            if self.current is None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if self.poll_s <= 0:
+                return
+            await asyncio.sleep(self.poll_s)

@@ -1,0 +1,408 @@
+"""Create (idempotently) and delete everything the batch-prediction path needs.
+
+Buckets -> execution role + least-privilege policy -> layer -> function -> S3 invoke permission -> notification.
+Each step compares what exists with what is wanted and changes only the difference, so a second run reports
+"unchanged" everywhere. Works the same against the emulator and real AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from mlops_lab.aws import Aws, error_code, is_not_found
+from mlops_lab.layer import LayerArtifact, write_deterministic_zip
+from mlops_lab.settings import PROJECT_ROOT, Settings
+
+POLICY_DIR = Path(__file__).parent / "policies"
+HANDLER_DIR = PROJECT_ROOT / "lambda" / "batch_predict"
+INLINE_POLICY_NAME = "batch-predict"
+NOTIFICATION_ID = "batch-predict-csv"
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    action: str  # created | updated | unchanged | deleted | absent | published
+    detail: str = ""
+
+
+class BootstrapError(RuntimeError):
+    pass
+
+
+# -- what is wanted -----------------------------------------------------------------------------------------------
+
+
+def trust_policy() -> dict[str, Any]:
+    return json.loads((POLICY_DIR / "lambda-trust-policy.json").read_text())
+
+
+def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
+    template = Template((POLICY_DIR / "batch-predict-policy.json").read_text())
+    return json.loads(
+        template.substitute(
+            Partition=aws.partition,
+            Region=aws.region,
+            AccountId=aws.account_id,
+            FunctionName=settings.function_name,
+            InputBucket=settings.input_bucket,
+            OutputBucket=settings.output_bucket,
+            ModelBucket=settings.model_bucket,
+            ModelKey=settings.model_key,
+        )
+    )
+
+
+def function_package() -> bytes:
+    """The function's code zip: only the thin handler (the layer brings the rest)."""
+    entries = [(path.name, path.read_bytes(), 0o644) for path in sorted(HANDLER_DIR.glob("*.py"))]
+    buffer = io.BytesIO()
+    write_deterministic_zip(buffer, entries)
+    return buffer.getvalue()
+
+
+def code_sha256(package: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(package).digest()).decode()
+
+
+def function_environment(settings: Settings) -> dict[str, str]:
+    return {
+        "OUTPUT_BUCKET": settings.output_bucket,
+        "MODEL_BUCKET": settings.model_bucket,
+        "MODEL_KEY": settings.model_key,
+        "MAX_INPUT_BYTES": str(settings.max_input_mb * 1024 * 1024),
+        "CHUNK_ROWS": str(settings.chunk_rows),
+    }
+
+
+def notification_configuration(function_arn: str) -> dict[str, Any]:
+    # An explicit Id and a lower-case rule name: that is how S3 returns them, so a re-run can compare for equality.
+    return {
+        "LambdaFunctionConfigurations": [
+            {
+                "Id": NOTIFICATION_ID,
+                "LambdaFunctionArn": function_arn,
+                "Events": ["s3:ObjectCreated:*"],
+                "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".csv"}]}},
+            }
+        ]
+    }
+
+
+# -- bootstrap ----------------------------------------------------------------------------------------------------
+
+
+def bootstrap(
+    settings: Settings, aws: Aws, layer: LayerArtifact, *, on_change: Callable[[Change], None] = lambda _: None
+) -> list[Change]:
+    changes: list[Change] = []
+
+    def record(change: Change) -> None:
+        changes.append(change)
+        on_change(change)
+
+    for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
+        record(ensure_bucket(aws, bucket))
+    role_arn, role_change = ensure_role(settings, aws)
+    record(role_change)
+    record(ensure_role_policy(settings, aws))
+    layer_arn, layer_change = ensure_layer(settings, aws, layer)
+    record(layer_change)
+    function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn)
+    record(function_change)
+    record(ensure_invoke_permission(settings, aws, function_arn))
+    record(ensure_notification(settings, aws, function_arn))
+    return changes
+
+
+def ensure_bucket(aws: Aws, bucket: str) -> Change:
+    s3 = aws.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return Change("bucket", bucket, "unchanged")
+    except ClientError as error:
+        if error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
+            raise BootstrapError(f"bucket {bucket} exists but is not usable: {error}") from error
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if aws.region != "us-east-1":  # us-east-1 refuses an explicit LocationConstraint; every other region needs one
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
+    s3.create_bucket(**kwargs)
+    s3.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    return Change("bucket", bucket, "created")
+
+
+def ensure_role(settings: Settings, aws: Aws) -> tuple[str, Change]:
+    iam = aws.client("iam")
+    wanted = trust_policy()
+    try:
+        role = iam.get_role(RoleName=settings.role_name)["Role"]
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        role = iam.create_role(
+            RoleName=settings.role_name,
+            AssumeRolePolicyDocument=json.dumps(wanted),
+            Description="Execution role of the mlops-lab batch-predict Lambda",
+        )["Role"]
+        iam.get_waiter("role_exists").wait(RoleName=settings.role_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+        return role["Arn"], Change("role", settings.role_name, "created")
+    if _policy_document(role["AssumeRolePolicyDocument"]) != wanted:
+        iam.update_assume_role_policy(RoleName=settings.role_name, PolicyDocument=json.dumps(wanted))
+        return role["Arn"], Change("role", settings.role_name, "updated", "trust policy")
+    return role["Arn"], Change("role", settings.role_name, "unchanged")
+
+
+def ensure_role_policy(settings: Settings, aws: Aws) -> Change:
+    iam = aws.client("iam")
+    wanted = execution_policy(settings, aws)
+    name = f"{settings.role_name}/{INLINE_POLICY_NAME}"
+    try:
+        current = iam.get_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME)["PolicyDocument"]
+        if _policy_document(current) == wanted:
+            return Change("role policy", name, "unchanged")
+        action = "updated"
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        action = "created"
+    iam.put_role_policy(
+        RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(wanted)
+    )
+    return Change("role policy", name, action, "logs; s3:GetObject input + model; s3:PutObject output")
+
+
+def _policy_document(document: Any) -> Any:
+    # boto3 decodes IAM's URL-encoded documents into dicts; some emulators hand back the JSON string.
+    return json.loads(document) if isinstance(document, str) else document
+
+
+def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[str, Change]:
+    lam = aws.client("lambda")
+    versions = lam.list_layer_versions(LayerName=settings.layer_name).get("LayerVersions", [])
+    for version in versions:  # newest first
+        if version.get("Description") == layer.description:
+            return version["LayerVersionArn"], Change(
+                "layer", settings.layer_name, "unchanged", f"version {version['Version']}"
+            )
+    # Through S3, not inline: AWS caps direct uploads at 50 MB and the layer is close to that.
+    key = f"layers/{settings.layer_name}/{layer.sha256}.zip"
+    aws.client("s3").upload_file(str(layer.path), settings.model_bucket, key)
+    published = lam.publish_layer_version(
+        LayerName=settings.layer_name,
+        Description=layer.description,
+        Content={"S3Bucket": settings.model_bucket, "S3Key": key},
+        CompatibleRuntimes=[settings.lambda_runtime],
+    )
+    if not published["Content"].get("CodeSize"):
+        raise BootstrapError(f"layer publish from s3://{settings.model_bucket}/{key} produced an empty layer")
+    return published["LayerVersionArn"], Change(
+        "layer", settings.layer_name, "published",
+        f"version {published['Version']}, {layer.zipped_bytes / 1e6:.1f} MB zipped",
+    )  # fmt: skip
+
+
+def ensure_function(settings: Settings, aws: Aws, role_arn: str, layer_arn: str) -> tuple[str, Change]:
+    lam = aws.client("lambda")
+    package = function_package()
+    wanted = {
+        "Runtime": settings.lambda_runtime,
+        "Handler": "handler.handler",
+        "Role": role_arn,
+        "MemorySize": settings.lambda_memory_mb,
+        "Timeout": settings.lambda_timeout_s,
+        "Layers": [layer_arn],
+        "Environment": {"Variables": function_environment(settings)},
+    }
+    try:
+        current = lam.get_function(FunctionName=settings.function_name)["Configuration"]
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        created = _retry_role_propagation(
+            lambda: lam.create_function(
+                FunctionName=settings.function_name, Code={"ZipFile": package},
+                Description="mlops-lab: CSV in the input bucket -> predictions in the output bucket", **wanted,
+            )  # fmt: skip
+        )
+        lam.get_waiter("function_active_v2").wait(FunctionName=settings.function_name)
+        return created["FunctionArn"], Change("function", settings.function_name, "created")
+    updated = []
+    if current.get("CodeSha256") != code_sha256(package):
+        lam.update_function_code(FunctionName=settings.function_name, ZipFile=package)
+        lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+        updated.append("code")
+    differing = [key for key, value in wanted.items() if _current_setting(current, key) != value]
+    if differing:
+        _retry_role_propagation(
+            lambda: lam.update_function_configuration(FunctionName=settings.function_name, **wanted)
+        )
+        lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+        updated += [key.lower() for key in differing]
+    if updated:
+        return current["FunctionArn"], Change("function", settings.function_name, "updated", ", ".join(updated))
+    return current["FunctionArn"], Change("function", settings.function_name, "unchanged")
+
+
+def _current_setting(configuration: dict[str, Any], key: str) -> Any:
+    if key == "Layers":
+        return [layer["Arn"] for layer in configuration.get("Layers", [])]
+    if key == "Environment":
+        return {"Variables": configuration.get("Environment", {}).get("Variables", {})}
+    return configuration.get(key)
+
+
+def _retry_role_propagation(call: Callable[[], Any], timeout: float = 60) -> Any:
+    """A new IAM role takes seconds to become assumable by Lambda on AWS; retry that one error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except ClientError as error:
+            retryable = error_code(error) == "InvalidParameterValueException" and "role" in str(error).lower()
+            if not retryable or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) -> Change:
+    lam = aws.client("lambda")
+    statement_id = f"s3-invoke-{settings.input_bucket}"
+    source_arn = f"arn:{aws.partition}:s3:::{settings.input_bucket}"
+    try:
+        policy = json.loads(lam.get_policy(FunctionName=settings.function_name)["Policy"])
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        policy = {"Statement": []}
+    existing = next((s for s in policy.get("Statement", []) if s.get("Sid") == statement_id), None)
+    if existing is not None:
+        condition = existing.get("Condition", {})
+        if (
+            condition.get("ArnLike", {}).get("AWS:SourceArn") == source_arn
+            and condition.get("StringEquals", {}).get("AWS:SourceAccount") == aws.account_id
+        ):
+            return Change("invoke permission", statement_id, "unchanged")
+        lam.remove_permission(FunctionName=settings.function_name, StatementId=statement_id)
+    lam.add_permission(
+        FunctionName=settings.function_name,
+        StatementId=statement_id,
+        Action="lambda:InvokeFunction",
+        Principal="s3.amazonaws.com",
+        SourceArn=source_arn,
+        SourceAccount=aws.account_id,
+    )
+    return Change("invoke permission", statement_id, "updated" if existing else "created", f"s3.amazonaws.com from {source_arn}")
+
+
+def ensure_notification(settings: Settings, aws: Aws, function_arn: str) -> Change:
+    s3 = aws.client("s3")
+    wanted = notification_configuration(function_arn)
+    current = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
+    current.pop("ResponseMetadata", None)
+    current.pop("EventBridgeConfiguration", None)
+    if current == wanted:
+        return Change("notification", settings.input_bucket, "unchanged")
+    s3.put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration=wanted)
+    return Change(
+        "notification", settings.input_bucket, "updated" if current else "created", "ObjectCreated *.csv -> function"
+    )
+
+
+# -- the model the function serves --------------------------------------------------------------------------------
+
+
+def publish_model(settings: Settings, aws: Aws, model: bytes, metadata: dict[str, str] | None = None) -> Change:
+    """Put the ONNX model where the Lambda (and the API) read it, unless that exact file is already there."""
+    s3 = aws.client("s3")
+    digest = hashlib.md5(model, usedforsecurity=False).hexdigest()
+    target = f"s3://{settings.model_bucket}/{settings.model_key}"
+    try:
+        head = s3.head_object(Bucket=settings.model_bucket, Key=settings.model_key)
+        if head["ETag"].strip('"') == digest:
+            return Change("model", target, "unchanged")
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+    s3.put_object(
+        Bucket=settings.model_bucket, Key=settings.model_key, Body=model,
+        ContentType="application/octet-stream", Metadata=metadata or {},
+    )  # fmt: skip
+    return Change("model", target, "published", f"{len(model) / 1e6:.1f} MB")
+
+
+def model_published(settings: Settings, aws: Aws) -> bool:
+    try:
+        aws.client("s3").head_object(Bucket=settings.model_bucket, Key=settings.model_key)
+        return True
+    except ClientError as error:
+        if is_not_found(error):
+            return False
+        raise
+
+
+# -- teardown -----------------------------------------------------------------------------------------------------
+
+
+def teardown(settings: Settings, aws: Aws, *, on_change: Callable[[Change], None] = lambda _: None) -> list[Change]:
+    changes: list[Change] = []
+
+    def record(kind: str, name: str, delete: Callable[[], Any]) -> None:
+        try:
+            delete()
+            change = Change(kind, name, "deleted")
+        except ClientError as error:
+            if not is_not_found(error):
+                raise
+            change = Change(kind, name, "absent")
+        changes.append(change)
+        on_change(change)
+
+    s3, lam, iam = aws.client("s3"), aws.client("lambda"), aws.client("iam")
+    record("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
+    record("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
+    record("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
+    record(
+        "role policy", f"{settings.role_name}/{INLINE_POLICY_NAME}",
+        lambda: iam.delete_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME),
+    )  # fmt: skip
+    record("role", settings.role_name, lambda: iam.delete_role(RoleName=settings.role_name))
+    for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
+        record("bucket", bucket, lambda bucket=bucket: _delete_bucket(s3, bucket))
+    return changes
+
+
+def _clear_notification(s3: Any, bucket: str) -> None:
+    s3.head_bucket(Bucket=bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
+
+
+def _delete_layer_versions(lam: Any, name: str) -> None:
+    versions = lam.list_layer_versions(LayerName=name).get("LayerVersions", [])
+    if not versions:
+        raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "ListLayerVersions")
+    for version in versions:
+        lam.delete_layer_version(LayerName=name, VersionNumber=version["Version"])
+
+
+def _delete_bucket(s3: Any, bucket: str) -> None:
+    paginator = s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket):
+        doomed = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        if doomed:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+    s3.delete_bucket(Bucket=bucket)

@@ -1,0 +1,435 @@
+"""The lab's data: the course's cleaned UCI Adult schema, a seeded synthetic generator, and CSV loading.
+
+The schema is the course's: the raw UCI Adult columns minus ``fnlwgt``/``education-num``, with categories grouped
+into the course's cleaned vocabularies (e.g. 16 education levels into 7). ``generate`` makes rows whose marginals
+and main correlations follow the course's batch (``input_batch.csv``, the cleaned UCI test split), with a label
+drawn from a logistic latent score, so a model trained on it learns real signal and serves the course's inputs.
+``load_training_csv`` reads the lab's own CSVs and the raw UCI files (``adult.data``/``adult.test``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# -- schema -----------------------------------------------------------------------------------------------------
+
+NUMERIC: tuple[str, ...] = ("age", "capital_gain", "capital_loss", "hours_per_week")
+
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "work_class": (
+        "Federal-gov", "Local-gov", "Private", "Self-emp-inc", "Self-emp-not-inc", "State-gov", "Without-pay",
+    ),
+    "education": (
+        "Associates", "Bachelors", "Doctorate", "Dropout", "High School grad", "Masters", "Prof-School",
+    ),
+    "marital_status": ("Married", "Never-Married", "Separated", "Widowed"),
+    "occupation": (
+        "Admin", "Blue-Collar", "Military", "Other", "Professional", "Sales", "Service", "White-Collar",
+    ),
+    "relationship": ("Husband", "Not-in-family", "Other-relative", "Own-child", "Unmarried", "Wife"),
+    "race": ("Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"),
+    "sex": ("Female", "Male"),
+    "native_country": (
+        "British-Commonwealth", "China", "France", "Germany", "Greece", "Holand-Netherlands", "Hungary", "Iran",
+        "Italy", "Japan", "Latin-America", "Other", "Poland", "Portugal", "SE-Asia", "South", "South-America",
+        "United-States", "Yugoslavia",
+    ),
+}  # fmt: skip
+CATEGORICAL: tuple[str, ...] = tuple(CATEGORIES)
+
+# Column order of the course's CSVs.
+FEATURES: tuple[str, ...] = (
+    "age", "work_class", "education", "marital_status", "occupation", "relationship", "race", "sex",
+    "capital_gain", "capital_loss", "hours_per_week", "native_country",
+)  # fmt: skip
+LABEL = "income"
+CLASSES: tuple[str, ...] = ("<=50K", ">50K")
+
+# -- raw UCI Adult ----------------------------------------------------------------------------------------------
+
+UCI_COLUMNS: tuple[str, ...] = (
+    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation", "relationship",
+    "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income",
+)  # fmt: skip
+_UCI_RENAME = {
+    "workclass": "work_class",
+    "marital-status": "marital_status",
+    "capital-gain": "capital_gain",
+    "capital-loss": "capital_loss",
+    "hours-per-week": "hours_per_week",
+    "native-country": "native_country",
+}
+
+# Raw UCI value -> cleaned vocabulary, for the values that are not already in it. The groups reproduce the course's
+# cleaning, checked against the course batch's marginals: Some-college is counted as High School grad (54% of the
+# batch, which only HS-grad + Some-college reach) and Married-spouse-absent as Separated (the batch has almost no
+# Married + Not-in-family rows, which is where spouse-absent rows sit in the raw data).
+_UCI_MAPS: dict[str, dict[str, str]] = {
+    "work_class": {"Never-worked": "Without-pay"},
+    "education": {
+        "HS-grad": "High School grad", "Some-college": "High School grad",
+        "Assoc-acdm": "Associates", "Assoc-voc": "Associates", "Prof-school": "Prof-School",
+        **dict.fromkeys(("Preschool", "1st-4th", "5th-6th", "7th-8th", "9th", "10th", "11th", "12th"), "Dropout"),
+    },
+    "marital_status": {
+        "Married-civ-spouse": "Married", "Married-AF-spouse": "Married", "Married-spouse-absent": "Separated",
+        "Divorced": "Separated", "Never-married": "Never-Married",
+    },
+    "occupation": {
+        "Adm-clerical": "Admin", "Armed-Forces": "Military", "Exec-managerial": "White-Collar",
+        "Prof-specialty": "Professional", "Tech-support": "Other", "Protective-serv": "Other",
+        "Other-service": "Service", "Priv-house-serv": "Service",
+        **dict.fromkeys(
+            ("Craft-repair", "Farming-fishing", "Handlers-cleaners", "Machine-op-inspct", "Transport-moving"),
+            "Blue-Collar",
+        ),
+    },
+    "native_country": {
+        "Canada": "British-Commonwealth", "England": "British-Commonwealth", "India": "British-Commonwealth",
+        "Ireland": "British-Commonwealth", "Scotland": "British-Commonwealth",
+        "Hong": "China", "Taiwan": "China",
+        "Cambodia": "SE-Asia", "Laos": "SE-Asia", "Philippines": "SE-Asia", "Thailand": "SE-Asia",
+        "Vietnam": "SE-Asia",
+        "Columbia": "South-America", "Ecuador": "South-America", "El-Salvador": "South-America",
+        "Peru": "South-America",
+        "Cuba": "Other",
+        **dict.fromkeys(
+            (
+                "Dominican-Republic", "Guatemala", "Haiti", "Honduras", "Jamaica", "Mexico", "Nicaragua",
+                "Outlying-US(Guam-USVI-etc)", "Puerto-Rico", "Trinadad&Tobago",
+            ),
+            "Latin-America",
+        ),
+    },
+}  # fmt: skip
+
+# -- generator tables -------------------------------------------------------------------------------------------
+# Measured on the course batch (rounded). Rows need not sum to exactly 1: every table is normalised when used.
+
+# Age: share of rows per band of ages [lo, hi].
+_AGE_BANDS = np.array(
+    [(17, 20), (21, 25), (26, 30), (31, 35), (36, 40), (41, 45), (46, 50), (51, 55), (56, 60), (61, 65), (66, 70),
+     (71, 75), (76, 80), (81, 90)]
+)  # fmt: skip
+_AGE_BAND_SHARE = [.061, .121, .129, .137, .132, .121, .101, .077, .055, .034, .016, .010, .005, .003]
+
+# Coarser age groups for the conditional tables: <=20, 21-25, 26-30, 31-40, 41-50, 51-60, 61-70, 71+.
+_AGE_GROUP_STARTS = [21, 26, 31, 41, 51, 61, 71]
+
+_P_MALE = 0.673
+
+# marital_status (Married, Never-Married, Separated, Widowed) by sex (Female, Male) and age group.
+_MARITAL = np.array([
+    [[.016, .974, .010, .000], [.073, .852, .075, .000], [.147, .588, .261, .005], [.218, .366, .403, .014],
+     [.195, .179, .553, .072], [.188, .109, .509, .193], [.132, .094, .365, .409], [.045, .045, .239, .672]],
+    [[.016, .968, .016, .000], [.222, .740, .036, .001], [.422, .482, .094, .002], [.684, .188, .126, .002],
+     [.760, .085, .152, .003], [.799, .044, .134, .023], [.853, .038, .070, .038], [.752, .044, .062, .142]],
+])  # fmt: skip
+
+# relationship (Husband, Not-in-family, Other-relative, Own-child, Unmarried, Wife) by marital status and sex.
+# Husband/Wife only for the married, by sex; Own-child is then reweighted by age (_OWN_CHILD_BY_AGE).
+_RELATIONSHIP = np.array([
+    [[0, .004, .030, .030, 0, .936], [.993, .001, .004, .002, 0, 0]],
+    [[0, .413, .058, .399, .129, 0], [0, .485, .060, .396, .059, 0]],
+    [[0, .422, .043, .052, .483, 0], [0, .685, .040, .087, .188, 0]],
+    [[0, .539, .045, .004, .412, 0], [0, .661, .032, .065, .242, 0]],
+])  # fmt: skip
+_OWN_CHILD_BY_AGE = np.array([4.0, 1.8, 0.7, 0.4, 0.15, 0.1, 0.1, 0.1])
+
+# education (vocabulary order) by age group.
+_EDUCATION = np.array([
+    [.006, .000, .000, .343, .651, .000, .000], [.071, .169, .000, .101, .647, .011, .001],
+    [.100, .211, .004, .103, .526, .045, .010], [.090, .187, .011, .100, .540, .055, .018],
+    [.086, .188, .021, .090, .489, .103, .023], [.057, .131, .022, .147, .549, .074, .020],
+    [.056, .138, .020, .218, .468, .074, .026], [.044, .089, .022, .289, .483, .033, .039],
+])  # fmt: skip
+
+# occupation (vocabulary order) by education, then reweighted by sex (_OCCUPATION_BY_SEX).
+_OCCUPATION = np.array([
+    [.162, .277, .0003, .114, .139, .095, .065, .148], [.101, .089, .0003, .060, .287, .185, .028, .250],
+    [.008, .024, .0003, .040, .694, .048, .008, .177], [.042, .568, .0003, .016, .014, .088, .236, .035],
+    [.157, .403, .0003, .062, .038, .119, .127, .095], [.040, .034, .0020, .025, .513, .074, .022, .290],
+    [.019, .012, .0060, .006, .862, .025, .012, .056],
+])  # fmt: skip
+_OCCUPATION_BY_SEX = np.array([
+    [2.05, 0.31, 0.2, 0.90, 1.14, 1.10, 1.80, 0.89],
+    [0.49, 1.33, 1.3, 1.05, 0.93, 0.95, 0.62, 1.06],
+])  # fmt: skip
+
+# work_class (vocabulary order) by occupation.
+_WORK_CLASS = np.array([
+    [.096, .077, .739, .011, .008, .070, .0000], [.011, .029, .803, .021, .120, .017, .0004],
+    [1.00, .000, .000, .000, .000, .000, .0000], [.053, .200, .615, .005, .016, .111, .0000],
+    [.037, .190, .527, .043, .096, .108, .0000], [.002, .006, .807, .072, .109, .004, .0000],
+    [.013, .061, .822, .008, .057, .039, .0010], [.043, .058, .639, .116, .098, .045, .0010],
+])  # fmt: skip
+
+_RACE = [.010, .028, .093, .009, .860]
+
+# native_country (vocabulary order) by race.
+_COUNTRY = np.array([
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, .019, 0, 0, 0, 0, 0, 0, .981, 0],
+    [.086, .168, .004, .004, 0, 0, 0, .007, 0, .029, .022, 0, 0, 0, .294, .072, 0, .315, 0],
+    [.001, 0, 0, .002, 0, 0, 0, 0, 0, .001, .053, .001, 0, 0, .002, 0, .001, .939, 0],
+    [.054, 0, .011, 0, 0, 0, 0, .022, 0, .011, .366, .011, 0, .011, 0, 0, .075, .441, 0],
+    [.009, 0, .001, .005, .002, .0001, .0004, .001, .002, .001, .030, .003, .002, .002, .001, 0, .008, .933, .001],
+])  # fmt: skip
+
+# hours_per_week: a spike at exactly 40 (share by age group), otherwise normal around a mean shifted by age group,
+# sex and occupation.
+_HOURS_40_BY_AGE = np.array([0.20, 0.45, 0.52, 0.52, 0.50, 0.50, 0.40, 0.25])
+_HOURS_SHIFT_BY_AGE = np.array([-16.0, -5.0, 0.0, 1.0, 1.0, 0.0, -6.0, -14.0])
+_HOURS_SHIFT_BY_SEX = np.array([-4.0, 2.5])
+_HOURS_SHIFT_BY_OCCUPATION = np.array([-3.0, 1.0, 2.0, 0.0, 1.5, 0.0, -7.0, 5.0])
+
+# capital_gain: a minority of rows have one; its odds grow with education and age. Raw UCI gains cluster on a few
+# amounts (15024, 7688, 7298 and the 99999 cap cover a third of them); the rest spread log-normally.
+_GAIN_RATE = 0.068
+_GAIN_BY_EDUCATION = np.array([1.2, 1.5, 3.2, 0.7, 0.95, 1.9, 3.6])
+_GAIN_BY_AGE = np.array([0.25, 0.45, 0.65, 1.0, 1.4, 1.25, 1.8, 2.0])
+_GAIN_AMOUNTS = np.array([15024, 7688, 7298, 99999, 3103, 5013, 4386, 2174, 5178, 3325, 27828, 8614, 4650, 10520])
+_GAIN_AMOUNT_SHARE = np.array([.135, .096, .092, .062, .041, .037, .026, .025, .025, .023, .020, .018, .016, .016])
+_GAIN_SPREAD = (np.log(5000.0), 0.8, 114, 41310)  # log-median, log-sd, min, max of the non-clustered amounts
+
+# capital_loss: only for rows without a gain (as in the raw data); clustered around 1900.
+_LOSS_RATE = 0.051
+_LOSS_AMOUNTS = np.array([1902, 1977, 1887])
+_LOSS_AMOUNT_SHARE = np.array([.14, .11, .11])
+_LOSS_SPREAD = (1880.0, 350.0, 155, 3770)  # mean, sd, min, max of the rest
+
+# The label's latent log-odds; the intercept gives ~24% ">50K". A logistic draw from these log-odds is the noise.
+_LOGIT_INTERCEPT = -2.95
+_LOGIT_EDUCATION = np.array([0.5, 1.3, 2.3, -1.2, 0.0, 1.7, 2.4])
+_LOGIT_OCCUPATION = np.array([-0.2, -0.4, 0.0, 0.2, 0.6, 0.2, -1.2, 0.9])
+_LOGIT_MARITAL = np.array([2.0, -0.6, 0.0, 0.0])
+_LOGIT_MALE = 0.3
+_LOGIT_WORK_CLASS = np.array([0.4, 0.0, 0.0, 0.6, 0.0, 0.0, -3.0])
+_LOGIT_AGE_PEAK, _LOGIT_AGE_CURVE = 50, -0.0018  # quadratic in age, peaking at 50
+_LOGIT_PER_HOUR = 0.035  # per hour above 40
+_LOGIT_BIG_GAIN, _LOGIT_SMALL_GAIN, _BIG_GAIN = 4.0, 0.3, 7000
+_LOGIT_LOSS_NEAR_1900, _LOGIT_OTHER_LOSS = 1.2, -0.2
+
+
+def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFrame:
+    """``n_rows`` synthetic rows in the course schema (``FEATURES`` order, plus ``income`` when ``with_label``).
+
+    Deterministic for a given ``(n_rows, seed)``. Fully vectorised: a million rows take a few seconds.
+    """
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, not {n_rows}")
+    rng = np.random.default_rng(seed)
+
+    sex = (rng.random(n_rows) < _P_MALE).astype(np.intp)
+    band = _draw(rng, _AGE_BAND_SHARE, n_rows)
+    low, high = _AGE_BANDS[band, 0], _AGE_BANDS[band, 1]
+    age = rng.integers(low, high + 1)
+    age_group = np.searchsorted(_AGE_GROUP_STARTS, age, side="right")
+
+    marital = _draw_by_group(rng, _MARITAL.reshape(-1, 4), sex * 8 + age_group)
+    relationship_table = _RELATIONSHIP[:, :, None, :] * np.ones((1, 1, 8, 1))
+    relationship_table[..., 3] *= _OWN_CHILD_BY_AGE
+    relationship = _draw_by_group(rng, relationship_table.reshape(-1, 6), (marital * 2 + sex) * 8 + age_group)
+    education = _draw_by_group(rng, _EDUCATION, age_group)
+    occupation_table = _OCCUPATION[:, None, :] * _OCCUPATION_BY_SEX[None, :, :]
+    occupation = _draw_by_group(rng, occupation_table.reshape(-1, 8), education * 2 + sex)
+    work_class = _draw_by_group(rng, _WORK_CLASS, occupation)
+    race = _draw(rng, _RACE, n_rows)
+    country = _draw_by_group(rng, _COUNTRY, race)
+
+    hours_mean = (
+        43.0 + _HOURS_SHIFT_BY_AGE[age_group] + _HOURS_SHIFT_BY_SEX[sex] + _HOURS_SHIFT_BY_OCCUPATION[occupation]
+    )
+    hours = np.where(
+        rng.random(n_rows) < _HOURS_40_BY_AGE[age_group], 40.0, rng.normal(hours_mean, 13.0)
+    )
+    hours = np.clip(np.rint(hours), 1, 99).astype(np.int64)
+
+    has_gain = rng.random(n_rows) < _GAIN_RATE * _GAIN_BY_EDUCATION[education] * _GAIN_BY_AGE[age_group]
+    gain = np.where(has_gain, _amounts(rng, n_rows, _GAIN_AMOUNTS, _GAIN_AMOUNT_SHARE, _lognormal_spread), 0)
+    has_loss = ~has_gain & (rng.random(n_rows) < _LOSS_RATE * np.sqrt(_GAIN_BY_AGE[age_group]))
+    loss = np.where(has_loss, _amounts(rng, n_rows, _LOSS_AMOUNTS, _LOSS_AMOUNT_SHARE, _normal_spread), 0)
+
+    codes = {
+        "work_class": work_class, "education": education, "marital_status": marital, "occupation": occupation,
+        "relationship": relationship, "race": race, "sex": sex, "native_country": country,
+    }  # fmt: skip
+    columns: dict[str, np.ndarray] = {
+        "age": age.astype(np.int64),
+        "capital_gain": gain.astype(np.int64),
+        "capital_loss": loss.astype(np.int64),
+        "hours_per_week": hours,
+    }
+    columns |= {name: np.asarray(CATEGORIES[name], dtype=object)[values] for name, values in codes.items()}
+    frame = pd.DataFrame({name: columns[name] for name in FEATURES})
+
+    if with_label:
+        logit = (
+            _LOGIT_INTERCEPT
+            + _LOGIT_EDUCATION[education]
+            + _LOGIT_OCCUPATION[occupation]
+            + _LOGIT_MARITAL[marital]
+            + _LOGIT_MALE * sex
+            + _LOGIT_WORK_CLASS[work_class]
+            + _LOGIT_AGE_CURVE * (age - _LOGIT_AGE_PEAK) ** 2
+            + _LOGIT_PER_HOUR * (hours - 40)
+            + np.where(gain >= _BIG_GAIN, _LOGIT_BIG_GAIN, np.where(gain > 0, _LOGIT_SMALL_GAIN, 0.0))
+            + np.where((loss >= 1800) & (loss <= 2000), _LOGIT_LOSS_NEAR_1900, np.where(loss > 0, _LOGIT_OTHER_LOSS, 0))
+        )
+        positive = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))
+        frame[LABEL] = np.where(positive, CLASSES[1], CLASSES[0])
+    return frame
+
+
+def _draw(rng: np.random.Generator, weights: Sequence[float] | np.ndarray, size: int) -> np.ndarray:
+    """``size`` indices drawn with the given (not necessarily normalised) weights."""
+    p = np.asarray(weights, dtype=np.float64)
+    return rng.choice(len(p), size=size, p=p / p.sum())
+
+
+def _draw_by_group(rng: np.random.Generator, table: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """One index per row, drawn from ``table[group[row]]``.
+
+    Loops over the (few) groups rather than building an (n_rows, k) probability matrix, which would cost
+    n_rows * k floats. Empty groups draw nothing, so the stream of random numbers depends only on the data.
+    """
+    out = np.zeros(len(group), dtype=np.intp)
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
+        out[rows] = _draw(rng, table[g], len(rows))
+    return out
+
+
+def _amounts(
+    rng: np.random.Generator,
+    size: int,
+    clustered: np.ndarray,
+    shares: np.ndarray,
+    spread: Callable[[np.random.Generator, int], np.ndarray],
+) -> np.ndarray:
+    """Amounts that hit one of ``clustered`` with the given ``shares``, else come from ``spread(rng, size)``."""
+    pick = _draw(rng, [*shares, 1.0 - shares.sum()], size)
+    other = spread(rng, size)
+    return np.where(pick < len(clustered), clustered[np.minimum(pick, len(clustered) - 1)], other)
+
+
+def _lognormal_spread(rng: np.random.Generator, size: int) -> np.ndarray:
+    log_median, log_sd, low, high = _GAIN_SPREAD
+    return np.clip(np.rint(rng.lognormal(log_median, log_sd, size)), low, high)
+
+
+def _normal_spread(rng: np.random.Generator, size: int) -> np.ndarray:
+    mean, sd, low, high = _LOSS_SPREAD
+    return np.clip(np.rint(rng.normal(mean, sd, size)), low, high)
+
+
+# -- CSV --------------------------------------------------------------------------------------------------------
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as the lab's CSV (header, no index); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False, lineterminator="\n")
+    return path
+
+
+def load_training_csv(path: str | Path) -> pd.DataFrame:
+    """Load labelled training rows as a DataFrame in the lab's schema (``FEATURES`` + ``income``).
+
+    Accepts the lab's own CSV (course column names + ``income``, any column order) and the raw UCI Adult files
+    (``adult.data``/``adult.test``: no header or the standard UCI header, ``", "`` separators, ``?`` for missing,
+    ``>50K.`` labels). Raw categories are mapped to the course vocabulary; ``fnlwgt``/``education-num`` are dropped.
+    Missing categoricals become NaN (training imputes them). Raises ValueError naming the offending columns or
+    values for anything else.
+    """
+    path = Path(path)
+    header = _first_record(path)
+    names = [name.strip() for name in header]
+    if set(names) >= {*FEATURES, LABEL}:
+        frame = pd.read_csv(path, skipinitialspace=True, dtype={name: "str" for name in CATEGORICAL})
+    elif names == list(UCI_COLUMNS):
+        frame = _read_uci(path, has_header=True)
+    elif len(names) == len(UCI_COLUMNS) and names[0].isdigit():
+        frame = _read_uci(path, has_header=False)
+    else:
+        expected = [*FEATURES, LABEL]
+        missing = [name for name in expected if name not in names]
+        extra = [name for name in names if name not in expected]
+        raise ValueError(
+            f"{path}: neither the lab's training CSV nor a raw UCI Adult file;"
+            f" missing columns: {', '.join(missing) or '-'}; unexpected columns: {', '.join(extra) or '-'}"
+            f" (expected {', '.join(expected)}, or the 15 raw UCI columns {', '.join(UCI_COLUMNS)})"
+        )
+    return _validated(frame[[*FEATURES, LABEL]].copy(), path)
+
+
+def _first_record(path: Path) -> list[str]:
+    """The first CSV record that is not a UCI comment line (``adult.test`` opens with ``|1x3 Cross validator``)."""
+    with path.open(newline="") as handle:
+        for record in csv.reader(handle):
+            if record and not record[0].startswith("|"):
+                return record
+    raise ValueError(f"{path}: empty file")
+
+
+def _read_uci(path: Path, *, has_header: bool) -> pd.DataFrame:
+    frame = pd.read_csv(
+        path,
+        header=0 if has_header else None,
+        names=list(UCI_COLUMNS),
+        skipinitialspace=True,
+        na_values=["?"],
+        comment="|",
+        dtype={name: "str" for name in UCI_COLUMNS if name not in ("age", "fnlwgt", "education-num")}
+        | {"capital-gain": "float64", "capital-loss": "float64", "hours-per-week": "float64"},
+    )
+    frame = frame.drop(columns=["fnlwgt", "education-num"]).rename(columns=_UCI_RENAME)
+    for column, mapping in _UCI_MAPS.items():
+        frame[column] = frame[column].replace(mapping)
+    return frame
+
+
+def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Check values against the schema; normalise labels (``>50K.`` -> ``>50K``) and numeric dtypes."""
+    problems: dict[str, list[str]] = {}
+    for column in NUMERIC:
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame[column][numbers.isna() & frame[column].notna()]
+        if len(bad):
+            problems[column] = _examples(bad)
+        frame[column] = numbers
+    for column, vocabulary in CATEGORIES.items():
+        values = frame[column].str.strip()
+        bad = values[values.notna() & ~values.isin(vocabulary)]
+        if len(bad):
+            problems[column] = _examples(bad)
+        frame[column] = values
+    labels = frame[LABEL].str.strip().str.rstrip(".")
+    bad = labels[~labels.isin(CLASSES)]
+    if len(bad):
+        problems[LABEL] = _examples(bad)
+    frame[LABEL] = labels
+    if problems:
+        detail = "; ".join(f"{column}: {', '.join(values)}" for column, values in problems.items())
+        raise ValueError(f"{path}: values outside the schema in columns {', '.join(problems)} ({detail})")
+    if frame.empty:
+        raise ValueError(f"{path}: no data rows")
+    return _integral_numerics(frame)
+
+
+def _integral_numerics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Whole-number numeric columns without gaps become int64 (the course CSVs write ``0.0``)."""
+    for column in NUMERIC:
+        values = frame[column]
+        if values.notna().all() and (values == values.round()).all():
+            frame[column] = values.astype(np.int64)
+    return frame
+
+
+def _examples(values: pd.Series, limit: int = 5) -> list[str]:
+    return [repr(value) for value in pd.unique(values)[:limit]]

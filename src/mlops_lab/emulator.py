@@ -1,0 +1,133 @@
+"""The one place that knows which AWS emulator runs underneath: MiniStack, in its own virtualenv.
+
+Everything else reaches AWS through the SDK's standard configuration (``AWS_ENDPOINT_URL`` and friends). What only an
+emulator has — installing it, its start-up environment, its health and reset endpoints — lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from mlops_lab.settings import PROJECT_ROOT, Settings
+
+REQUIREMENTS = PROJECT_ROOT / "localstack" / "requirements-ministack.txt"
+HEALTH_PATH = "/_ministack/health"
+RESET_PATH = "/_ministack/reset"
+
+
+@dataclass(frozen=True)
+class EmulatorInstall:
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def server(self) -> Path:
+        return self.venv / "bin" / "ministack"
+
+
+def find_python(preferred: str | None = None) -> str:
+    """The interpreter for the emulator's venv.
+
+    MiniStack runs every Python function on its own interpreter, so a 3.12 here means the embedded Lambda runs the
+    very layer built for AWS's python3.12 runtime. Where no 3.12 exists, the project's interpreter serves and the
+    layer is built for it instead.
+    """
+    if preferred:
+        return preferred
+    candidates = [shutil.which("python3.12")]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates += sorted((pyenv_root / "versions").glob("3.12*/bin/python3.12"), reverse=True)
+    candidates += [Path("/usr/bin/python3.12"), Path("/usr/local/bin/python3.12")]
+    for candidate in candidates:
+        if candidate and _runs(str(candidate)):
+            return str(candidate)
+    return sys.executable
+
+
+def _runs(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_installed(settings: Settings) -> EmulatorInstall:
+    """Create (or refresh, when the pinned requirements change) the emulator's own virtualenv."""
+    install = EmulatorInstall(settings.emulator_venv)
+    stamp = install.venv / ".requirements.sha256"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if install.server.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return install
+    python = find_python(settings.emulator_python)
+    if install.venv.exists():
+        shutil.rmtree(install.venv)
+    subprocess.run([python, "-m", "venv", str(install.venv)], check=True)
+    result = subprocess.run(
+        [str(install.python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"installing the emulator into {install.venv} failed:\n{result.stderr[-3000:]}")
+    stamp.write_text(wanted)
+    return install
+
+
+def server_command(install: EmulatorInstall) -> list[str]:
+    return [str(install.server)]
+
+
+def server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
+    """MiniStack's environment. Lambda workers inherit all of it, so it is built from scratch, not from ours."""
+    keep = {"PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
+    env = {key: value for key, value in os.environ.items() if key in keep}
+    env.update(
+        {
+            "GATEWAY_PORT": str(settings.emulator_port),
+            "BIND_HOST": settings.emulator_host,
+            "MINISTACK_HOST": settings.emulator_host,
+            # Its other listeners: the IoT mTLS one ignores BIND_HOST, so it stays off; SFTP/DSQL start only on use.
+            "IOT_MTLS_ENABLED": "0",
+            "SFTP_ENABLED": "0",
+            "AUTH": "true" if settings.emulator_auth else "false",
+            # Workers, their extracted code and layers live here; `down` deletes it (MiniStack can leave them behind).
+            "TMPDIR": str(tmp_dir),
+            # Handlers reach the emulator itself (an inherited endpoint pointing elsewhere would win otherwise).
+            "AWS_ENDPOINT_URL": settings.emulator_url,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def health_url(settings: Settings) -> str:
+    return settings.emulator_url + HEALTH_PATH
+
+
+def is_healthy(settings: Settings) -> bool:
+    try:
+        return httpx.get(health_url(settings), timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def reset(settings: Settings) -> None:
+    """Wipe every service's state (tests use it between modules)."""
+    httpx.post(settings.emulator_url + RESET_PATH, timeout=30).raise_for_status()
+
+
+def interpreter(install: EmulatorInstall) -> str:
+    """The interpreter embedded Lambda functions run on."""
+    return str(install.python)

@@ -1,0 +1,190 @@
+"""The embedded stack: every service as a local process, started detached and tracked by pid files under the state dir.
+
+Each service is a command, an environment, a health URL and a log file; `up` starts what is not running and waits for
+health, `down` stops every process group it started and removes what MiniStack's workers leave in their temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from mlops_lab import emulator
+from mlops_lab.settings import Settings
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: list[str]
+    health_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    url: str = ""
+    cleanup: tuple[Path, ...] = ()  # folders emptied when the service stops
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.state_dir / "run"
+
+
+def log_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "logs" / f"{name}.log"
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return run_dir(settings) / f"{name}.pid"
+
+
+def emulator_service(settings: Settings) -> Service:
+    install = emulator.EmulatorInstall(settings.emulator_venv)
+    tmp_dir = settings.state_dir / "emulator" / "tmp"
+    return Service(
+        name="emulator",
+        command=emulator.server_command(install),
+        health_url=emulator.health_url(settings),
+        env=emulator.server_environment(settings, tmp_dir),
+        description=f"MiniStack (S3, IAM, Lambda, ECR){' with IAM enforced' if settings.emulator_auth else ''}",
+        url=settings.emulator_url,
+        cleanup=(tmp_dir,),
+    )
+
+
+def api_service(settings: Settings, aws_env: dict[str, str]) -> Service:
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    return Service(
+        name="api",
+        command=[sys.executable, "-m", "uvicorn", "mlops_lab.api.app:app", "--host", settings.api_host,
+                 "--port", str(settings.api_port), "--no-access-log"],  # fmt: skip  # the app logs access as JSON
+        health_url=url + "/health",
+        env={**os.environ, **aws_env},
+        description="FastAPI inference service (docs at /docs)",
+        url=url,
+    )
+
+
+def pid_of(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start(settings: Settings, service: Service, *, timeout: float = 60) -> int:
+    """Start a service unless it already runs; wait until its health URL answers 200."""
+    pid = pid_of(settings, service.name)
+    if pid is None:
+        if healthy(service.health_url):
+            raise StartError(
+                f"{service.name}: something else already answers at {service.health_url} (port taken); "
+                "stop it or choose another port in settings"
+            )
+        for folder in service.cleanup:
+            folder.mkdir(parents=True, exist_ok=True)
+        log = log_path(settings, service.name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        run_dir(settings).mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as sink:
+            process = subprocess.Popen(
+                service.command, env=service.env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: `down` stops it and every worker it spawned
+            )  # fmt: skip
+        pid = process.pid
+        _pid_file(settings, service.name).write_text(str(pid))
+    deadline = time.monotonic() + timeout
+    while not healthy(service.health_url):
+        if pid_of(settings, service.name) is None or _exited(pid):
+            tail = log_path(settings, service.name).read_text(errors="replace")[-3000:]
+            stop(settings, service)
+            raise StartError(f"{service.name} exited during start-up; the end of its log:\n{tail}")
+        if time.monotonic() > deadline:
+            stop(settings, service)
+            raise StartError(f"{service.name} was not healthy at {service.health_url} after {timeout:.0f} s")
+        time.sleep(0.1)
+    return pid
+
+
+def _exited(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own child if it died
+    except ChildProcessError:
+        return False
+    return waited == pid
+
+
+def stop(settings: Settings, service: Service | str, *, timeout: float = 10) -> bool:
+    """Stop a service's whole process group; True if something was running."""
+    name = service if isinstance(service, str) else service.name
+    pid = pid_of(settings, name)
+    stopped = False
+    if pid is not None:
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _group_alive(pid) and time.monotonic() < deadline:
+            _exited(pid)
+            time.sleep(0.05)
+        if _group_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+        _exited(pid)
+        stopped = True
+    _pid_file(settings, name).unlink(missing_ok=True)
+    if not isinstance(service, str):
+        for folder in service.cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
+    return stopped
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie leader keeps the group "alive" until reaped; treat it as gone once it exited.
+    return not _is_zombie(pid) or _has_other_members(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def _has_other_members(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and int(stat.parent.name) != pgid and fields[0] != "Z":
+            return True
+    return False
