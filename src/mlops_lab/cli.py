@@ -101,6 +101,15 @@ def _status_table(settings) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+@app.command("install-emulator")
+def install_emulator() -> None:
+    """Install the emulator (MiniStack) into its own venv; `make install` runs this."""
+    from mlops_lab.emulator import ensure_installed
+
+    install = ensure_installed(get_settings())
+    console.print(f"Emulator installed in {install.venv}")
+
+
 @app.command()
 def env() -> None:
     """Print the shell exports that point the AWS CLI/SDK at the embedded emulator."""

@@ -120,6 +120,7 @@ _AGE_BAND_SHARE = [.061, .121, .129, .137, .132, .121, .101, .077, .055, .034, .
 
 # Coarser age groups for the conditional tables: <=20, 21-25, 26-30, 31-40, 41-50, 51-60, 61-70, 71+.
 _AGE_GROUP_STARTS = [21, 26, 31, 41, 51, 61, 71]
+_AGE_GROUPS = len(_AGE_GROUP_STARTS) + 1
 
 _P_MALE = 0.673
 
@@ -182,6 +183,7 @@ _COUNTRY = np.array([
 
 # hours_per_week: a spike at exactly 40 (share by age group), otherwise normal around a mean shifted by age group,
 # sex and occupation.
+_HOURS_MEAN, _HOURS_SD = 43.0, 13.0
 _HOURS_40_BY_AGE = np.array([0.20, 0.45, 0.52, 0.52, 0.50, 0.50, 0.40, 0.25])
 _HOURS_SHIFT_BY_AGE = np.array([-16.0, -5.0, 0.0, 1.0, 1.0, 0.0, -6.0, -14.0])
 _HOURS_SHIFT_BY_SEX = np.array([-4.0, 2.5])
@@ -212,7 +214,7 @@ _LOGIT_WORK_CLASS = np.array([0.4, 0.0, 0.0, 0.6, 0.0, 0.0, -3.0])
 _LOGIT_AGE_PEAK, _LOGIT_AGE_CURVE = 50, -0.0018  # quadratic in age, peaking at 50
 _LOGIT_PER_HOUR = 0.035  # per hour above 40
 _LOGIT_BIG_GAIN, _LOGIT_SMALL_GAIN, _BIG_GAIN = 4.0, 0.3, 7000
-_LOGIT_LOSS_NEAR_1900, _LOGIT_OTHER_LOSS = 1.2, -0.2
+_LOGIT_LOSS_NEAR_1900, _LOGIT_OTHER_LOSS, _LOSS_NEAR_1900 = 1.2, -0.2, (1800, 2000)
 
 
 def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFrame:
@@ -230,10 +232,13 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
     age = rng.integers(low, high + 1)
     age_group = np.searchsorted(_AGE_GROUP_STARTS, age, side="right")
 
-    marital = _draw_by_group(rng, _MARITAL.reshape(-1, 4), sex * 8 + age_group)
-    relationship_table = _RELATIONSHIP[:, :, None, :] * np.ones((1, 1, 8, 1))
+    # Conditional draws: each table is flattened so that one integer indexes the conditioning combination.
+    marital = _draw_by_group(rng, _MARITAL.reshape(-1, 4), sex * _AGE_GROUPS + age_group)
+    relationship_table = np.repeat(_RELATIONSHIP[:, :, None, :], _AGE_GROUPS, axis=2)
     relationship_table[..., 3] *= _OWN_CHILD_BY_AGE
-    relationship = _draw_by_group(rng, relationship_table.reshape(-1, 6), (marital * 2 + sex) * 8 + age_group)
+    relationship = _draw_by_group(
+        rng, relationship_table.reshape(-1, 6), (marital * 2 + sex) * _AGE_GROUPS + age_group
+    )
     education = _draw_by_group(rng, _EDUCATION, age_group)
     occupation_table = _OCCUPATION[:, None, :] * _OCCUPATION_BY_SEX[None, :, :]
     occupation = _draw_by_group(rng, occupation_table.reshape(-1, 8), education * 2 + sex)
@@ -242,11 +247,12 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
     country = _draw_by_group(rng, _COUNTRY, race)
 
     hours_mean = (
-        43.0 + _HOURS_SHIFT_BY_AGE[age_group] + _HOURS_SHIFT_BY_SEX[sex] + _HOURS_SHIFT_BY_OCCUPATION[occupation]
+        _HOURS_MEAN
+        + _HOURS_SHIFT_BY_AGE[age_group]
+        + _HOURS_SHIFT_BY_SEX[sex]
+        + _HOURS_SHIFT_BY_OCCUPATION[occupation]
     )
-    hours = np.where(
-        rng.random(n_rows) < _HOURS_40_BY_AGE[age_group], 40.0, rng.normal(hours_mean, 13.0)
-    )
+    hours = np.where(rng.random(n_rows) < _HOURS_40_BY_AGE[age_group], 40.0, rng.normal(hours_mean, _HOURS_SD))
     hours = np.clip(np.rint(hours), 1, 99).astype(np.int64)
 
     has_gain = rng.random(n_rows) < _GAIN_RATE * _GAIN_BY_EDUCATION[education] * _GAIN_BY_AGE[age_group]
@@ -278,7 +284,11 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
             + _LOGIT_AGE_CURVE * (age - _LOGIT_AGE_PEAK) ** 2
             + _LOGIT_PER_HOUR * (hours - 40)
             + np.where(gain >= _BIG_GAIN, _LOGIT_BIG_GAIN, np.where(gain > 0, _LOGIT_SMALL_GAIN, 0.0))
-            + np.where((loss >= 1800) & (loss <= 2000), _LOGIT_LOSS_NEAR_1900, np.where(loss > 0, _LOGIT_OTHER_LOSS, 0))
+            + np.where(
+                (loss >= _LOSS_NEAR_1900[0]) & (loss <= _LOSS_NEAR_1900[1]),
+                _LOGIT_LOSS_NEAR_1900,
+                np.where(loss > 0, _LOGIT_OTHER_LOSS, 0.0),
+            )
         )
         positive = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-logit))
         frame[LABEL] = np.where(positive, CLASSES[1], CLASSES[0])
@@ -294,8 +304,8 @@ def _draw(rng: np.random.Generator, weights: Sequence[float] | np.ndarray, size:
 def _draw_by_group(rng: np.random.Generator, table: np.ndarray, group: np.ndarray) -> np.ndarray:
     """One index per row, drawn from ``table[group[row]]``.
 
-    Loops over the (few) groups rather than building an (n_rows, k) probability matrix, which would cost
-    n_rows * k floats. Empty groups draw nothing, so the stream of random numbers depends only on the data.
+    Loops over the (few) groups present, in sorted order, rather than building an (n_rows, k) probability matrix,
+    which would cost n_rows * k floats.
     """
     out = np.zeros(len(group), dtype=np.intp)
     for g in np.unique(group):
@@ -409,7 +419,7 @@ def _validated(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         if len(bad):
             problems[column] = _examples(bad)
         frame[column] = values
-    labels = frame[LABEL].str.strip().str.rstrip(".")
+    labels = frame[LABEL].astype(str).str.strip().str.rstrip(".")
     bad = labels[~labels.isin(CLASSES)]
     if len(bad):
         problems[LABEL] = _examples(bad)

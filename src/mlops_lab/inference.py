@@ -342,10 +342,10 @@ def _cast_column(feature: Feature, values: Sequence[Any], first_row: int) -> np.
         return _cast_strings(feature, values, first_row)
     if feature.dtype is np.bool_:
         return _cast_bools(feature, values, first_row)
-    try:
-        numbers = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        numbers = None
+    numbers = _as_float_array(values)
+    if numbers is None and not feature.is_integer:
+        # A blank cell is a missing value; float inputs carry it as NaN for the model's imputer to fill.
+        numbers = _as_float_array([np.nan if v is None or (isinstance(v, str) and not v.strip()) else v for v in values])
     if numbers is None or numbers.ndim != 1:
         bad = [(i, v) for i, v in enumerate(values) if _as_float(v) is None]
         raise _type_error(feature, bad, first_row)
@@ -393,6 +393,13 @@ def _cast_bools(feature: Feature, values: Sequence[Any], first_row: int) -> np.n
     if bad:
         raise _type_error(feature, bad, first_row)
     return np.asarray(out, dtype=np.bool_)
+
+
+def _as_float_array(values: Sequence[Any]) -> np.ndarray | None:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
 
 
 def _as_float(value: Any) -> float | None:

@@ -1,0 +1,47 @@
+# mlops-lab: `make help` lists the targets. Everything installs into ./.venv (project) and ./.lab (emulator, state).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml localstack/requirements-ministack.txt | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo up down status test bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python 3.11+ is needed, {sys.executable} is {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/mlops-lab install-emulator
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## Create .venv, install the project and its test tools, and the emulator in its own venv
+
+demo: install ## Bring up the embedded stack, run the whole pipeline on sample data, show the results
+	$(BIN)/mlops-lab demo
+
+up: install ## Start the embedded stack (emulator + API), bootstrap, print endpoints
+	$(BIN)/mlops-lab up
+
+down: ## Stop the embedded stack
+	@if [ -x $(BIN)/mlops-lab ]; then $(BIN)/mlops-lab down; else echo "Nothing installed, nothing running."; fi
+
+status: install ## Show the embedded services and their health
+	$(BIN)/mlops-lab status
+
+test: install ## Run the test suite (unit + integration against a real emulator it starts itself)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install ## Run the benchmarks (tables, not assertions)
+	$(BIN)/python bench/batch.py
+
+clean: down ## Remove the venvs, state, builds and caches
+	rm -rf $(VENV) .lab .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,253 @@
+"""The whole batch path on a real emulator: upload -> S3 notification -> Lambda (layer) -> output bucket."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from mlops_lab import lab
+from mlops_lab.bootstrap import bootstrap, execution_policy, teardown
+from mlops_lab.data import generate
+from mlops_lab.settings import Settings
+from tests.conftest import Lab
+
+WAIT = {"Delay": 0.2, "MaxAttempts": 300}  # up to ~60 s: a cold start plus queueing behind other workers
+
+
+def wait_for(lab_stack: Lab, key: str) -> dict:
+    s3 = lab_stack.s3()
+    s3.get_waiter("object_exists").wait(Bucket=lab_stack.settings.output_bucket, Key=key, WaiterConfig=WAIT)
+    return s3.head_object(Bucket=lab_stack.settings.output_bucket, Key=key)
+
+
+def read_output(lab_stack: Lab, key: str) -> bytes:
+    return lab_stack.s3().get_object(Bucket=lab_stack.settings.output_bucket, Key=key)["Body"].read()
+
+
+def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path: Path) -> None:
+    result = lab.predict_file(lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path)
+    assert result.status == "ok"
+    assert result.rows == 500
+    rows = list(csv.DictReader(result.local_path.open()))
+    assert set(rows[0]) >= {"age", "prediction", "probability_<=50K", "probability_>50K"}
+    assert {row["prediction"] for row in rows} <= {"<=50K", ">50K"}
+    assert all(abs(float(r["probability_<=50K"]) + float(r["probability_>50K"]) - 1) < 1e-5 for r in rows)
+
+
+def test_course_batch_through_the_lambda(lab_stack: Lab, course_batch_path: Path, tmp_path: Path) -> None:
+    """The course's 10,090 real rows, scored by the deployed function with the lab's own model."""
+    result = lab.predict_file(lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv",
+                              out_dir=tmp_path)  # fmt: skip
+    assert result.status == "ok", result.error
+    assert result.rows == 10090
+    assert sum(result.label_counts.values()) == 10090
+    assert 0.05 < result.label_counts[">50K"] / 10090 < 0.5
+
+
+def test_keys_with_spaces_and_folders(lab_stack: Lab, sample_csv: Path) -> None:
+    key = "folder one/März batch (1).csv"
+    lab_stack.s3().upload_file(str(sample_csv), lab_stack.settings.input_bucket, key)
+    head = wait_for(lab_stack, f"predictions/{key}")
+    assert head["Metadata"]["rows"] == "500"
+
+
+def test_non_csv_keys_do_not_trigger(lab_stack: Lab, sample_csv: Path) -> None:
+    s3, settings = lab_stack.s3(), lab_stack.settings
+    s3.upload_file(str(sample_csv), settings.input_bucket, "notes/readme.txt")
+    s3.upload_file(str(sample_csv), settings.input_bucket, "notes/marker.csv")
+    wait_for(lab_stack, "predictions/notes/marker.csv")  # a later .csv was processed ...
+    with pytest.raises(ClientError):  # ... and the .txt never was
+        s3.head_object(Bucket=settings.output_bucket, Key="predictions/notes/readme.txt")
+
+
+# -- bad input: an error report, no predictions, the input untouched --------------------------------------------
+
+HEADER = "age,work_class,education,marital_status,occupation,relationship,race,sex,capital_gain,capital_loss,hours_per_week,native_country"
+GOOD = "39,Private,Bachelors,Married,Professional,Husband,White,Male,0,0,40,United-States"
+
+BAD_INPUTS = {
+    "empty.csv": (b"", "empty file"),
+    "header-only.csv": (f"{HEADER}\n".encode(), "header only"),
+    "missing-column.csv": (b"age,work_class\n39,Private\n", "missing columns"),
+    "extra-column.csv": (f"{HEADER},income\n{GOOD},>50K\n".encode(), "unexpected columns: income"),
+    "wrong-type.csv": (f"{HEADER}\n{GOOD}\n{GOOD.replace('39', 'forty', 1)}\n".encode(), "'age' expects a number"),
+    "latin1.csv": (f"{HEADER}\n{GOOD.replace('Private', 'Privé')}\n".encode("latin-1"), "not UTF-8"),
+    "ragged.csv": (f"{HEADER}\n{GOOD}\n39,Private\n".encode(), "ragged rows"),
+    "unknown-category.csv": (f"{HEADER}\n{GOOD.replace('Private', 'Astronaut')}\n".encode(), "unknown categories"),
+    "image.csv": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10", "not UTF-8"),
+    "json.csv": (b'{"age": 39, "sex": "Male"}', "missing columns"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_uploads(lab_stack: Lab) -> dict[str, str]:
+    """Upload every bad file at once; returns key -> the input's ETag at upload."""
+    s3 = lab_stack.s3()
+    etags = {}
+    for name, (body, _) in BAD_INPUTS.items():
+        etags[f"bad/{name}"] = s3.put_object(Bucket=lab_stack.settings.input_bucket, Key=f"bad/{name}", Body=body)["ETag"]
+    oversized = generate(30000, seed=5, with_label=False).to_csv(index=False).encode()
+    assert len(oversized) > lab_stack.settings.max_input_mb * 1024 * 1024
+    etags["bad/oversized.csv"] = s3.put_object(Bucket=lab_stack.settings.input_bucket, Key="bad/oversized.csv",
+                                               Body=oversized)["ETag"]  # fmt: skip
+    return etags
+
+
+@pytest.mark.parametrize("name", [*BAD_INPUTS, "oversized.csv"])
+def test_bad_input_gets_an_error_report(lab_stack: Lab, bad_uploads: dict[str, str], name: str) -> None:
+    key = f"bad/{name}"
+    wait_for(lab_stack, f"errors/{key}.json")
+    report = json.loads(read_output(lab_stack, f"errors/{key}.json"))
+    expected = "file too large" if name == "oversized.csv" else BAD_INPUTS[name][1]
+    assert expected in report["reason"]
+    assert report["input"] == f"s3://{lab_stack.settings.input_bucket}/{key}"
+    s3 = lab_stack.s3()
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=lab_stack.settings.output_bucket, Key=f"predictions/{key}")
+    # The input is untouched.
+    assert s3.head_object(Bucket=lab_stack.settings.input_bucket, Key=key)["ETag"] == bad_uploads[key]
+
+
+def test_error_report_names_rows_and_columns(lab_stack: Lab, bad_uploads: dict[str, str]) -> None:
+    wait_for(lab_stack, "errors/bad/wrong-type.csv.json")
+    report = json.loads(read_output(lab_stack, "errors/bad/wrong-type.csv.json"))
+    assert report["columns"] == ["age"]
+    assert report["rows"] == [{"row": 3, "column": "age", "value": "forty"}]
+
+
+# -- redelivery, concurrency -------------------------------------------------------------------------------------
+
+
+def test_redelivered_event_overwrites_instead_of_duplicating(lab_stack: Lab, sample_csv: Path) -> None:
+    s3, settings = lab_stack.s3(), lab_stack.settings
+    key = "redelivery/batch.csv"
+    s3.upload_file(str(sample_csv), settings.input_bucket, key)
+    wait_for(lab_stack, f"predictions/{key}")
+    first = read_output(lab_stack, f"predictions/{key}")
+    # Deliver the same event again, as S3 may: invoke the function directly with an identical record.
+    event = {"Records": [{"eventName": "ObjectCreated:Put",
+                          "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}}}]}  # fmt: skip
+    response = lab_stack.aws.client("lambda").invoke(FunctionName=settings.function_name, Payload=json.dumps(event))
+    assert "FunctionError" not in response, response["Payload"].read()
+    listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix="predictions/redelivery/")
+    assert [item["Key"] for item in listing["Contents"]] == [f"predictions/{key}"]
+    assert read_output(lab_stack, f"predictions/{key}") == first
+
+
+def test_fifty_concurrent_uploads_none_lost(lab_stack: Lab, tmp_path: Path) -> None:
+    s3, settings = lab_stack.s3(), lab_stack.settings
+    body = generate(200, seed=21, with_label=False).to_csv(index=False).encode()
+    keys = [f"burst/{i:02d}.csv" for i in range(50)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=settings.input_bucket, Key=k, Body=body), keys))
+    deadline = time.monotonic() + 240
+    done: set[str] = set()
+    while len(done) < len(keys) and time.monotonic() < deadline:
+        listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix="predictions/burst/")
+        done = {item["Key"] for item in listing.get("Contents", [])}
+        time.sleep(0.5)
+    assert done == {f"predictions/{k}" for k in keys}
+    assert all(len(read_output(lab_stack, f"predictions/{k}").splitlines()) == 201 for k in keys[:5])
+
+
+# -- IAM: the function's role may do exactly what it needs ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def role_s3(lab_stack: Lab):  # type: ignore[no-untyped-def]
+    """An S3 client holding the execution role's credentials (the emulator enforces IAM: AUTH=true)."""
+    aws, settings = lab_stack.aws, lab_stack.settings
+    role_arn = aws.client("iam").get_role(RoleName=settings.role_name)["Role"]["Arn"]
+    credentials = aws.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="least-privilege-test")["Credentials"]
+    return boto3.client(
+        "s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=aws.region,
+        aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )  # fmt: skip
+
+
+def _denied(call) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        call()
+    except ClientError as error:
+        return error.response["Error"]["Code"] == "AccessDenied"
+    return False
+
+
+def test_role_can_do_what_the_function_needs(lab_stack: Lab, role_s3, sample_csv: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = lab_stack.settings
+    lab_stack.s3().upload_file(str(sample_csv), settings.input_bucket, "iam/in.csv")
+    assert role_s3.get_object(Bucket=settings.input_bucket, Key="iam/in.csv")["Body"].read()
+    assert role_s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)["Body"].read()
+    role_s3.put_object(Bucket=settings.output_bucket, Key="predictions/iam/probe.csv", Body=b"x")
+    role_s3.put_object(Bucket=settings.output_bucket, Key="errors/iam/probe.csv.json", Body=b"{}")
+
+
+def test_role_cannot_do_anything_else(lab_stack: Lab, role_s3) -> None:  # type: ignore[no-untyped-def]
+    settings = lab_stack.settings
+    lab_stack.s3().put_object(Bucket=settings.output_bucket, Key="predictions/iam/secret.csv", Body=b"x")
+    assert _denied(lambda: role_s3.put_object(Bucket=settings.input_bucket, Key="iam/overwrite.csv", Body=b"x"))
+    assert _denied(lambda: role_s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=b"x"))
+    assert _denied(lambda: role_s3.get_object(Bucket=settings.output_bucket, Key="predictions/iam/secret.csv"))
+    assert _denied(lambda: role_s3.put_object(Bucket=settings.output_bucket, Key="elsewhere.csv", Body=b"x"))
+    assert _denied(lambda: role_s3.delete_object(Bucket=settings.input_bucket, Key="iam/in.csv"))
+    assert _denied(lambda: role_s3.list_objects_v2(Bucket=settings.input_bucket))
+    assert _denied(lambda: role_s3.get_object(Bucket=settings.model_bucket, Key="layers/anything.zip"))
+
+
+def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
+    aws, settings = lab_stack.aws, lab_stack.settings
+    attached = aws.client("iam").get_role_policy(RoleName=settings.role_name, PolicyName="batch-predict")
+    assert attached["PolicyDocument"] == execution_policy(settings, aws)
+    statements = attached["PolicyDocument"]["Statement"]
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "s3:GetObject", "s3:PutObject"}
+
+
+# -- bootstrap is idempotent; teardown leaves nothing ------------------------------------------------------------
+
+
+def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
+    changes = lab.run_bootstrap(lab_stack.settings, lab_stack.aws)
+    assert {c.action for c in changes} == {"unchanged"}, changes
+    assert len(changes) == 9
+
+
+def test_bootstrap_repairs_drift(lab_stack: Lab) -> None:
+    aws, settings = lab_stack.aws, lab_stack.settings
+    lam = aws.client("lambda")
+    lam.update_function_configuration(FunctionName=settings.function_name, Timeout=3)
+    lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+    aws.client("s3").put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration={})
+    changes = {c.kind: c for c in lab.run_bootstrap(settings, aws)}
+    assert changes["function"].action == "updated" and "timeout" in changes["function"].detail
+    assert changes["notification"].action == "created"
+    assert {c.action for c in lab.run_bootstrap(settings, aws)} == {"unchanged"}
+
+
+def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
+    """On a second prefix, so the session's own resources stay up for the other tests."""
+    settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-teardown"})
+    aws = lab_stack.aws
+    layer = lab.build_lambda_layer(settings)
+    created = bootstrap(settings, aws, layer)
+    assert {c.action for c in created} <= {"created", "published"}
+    aws.client("s3").put_object(Bucket=settings.output_bucket, Key="predictions/x.csv", Body=b"x")
+    removed = teardown(settings, aws)
+    assert {c.action for c in removed} == {"deleted"}, removed
+    assert not [b for b in aws.client("s3").list_buckets()["Buckets"] if b["Name"].startswith("lab-teardown-")]
+    with pytest.raises(ClientError):
+        aws.client("lambda").get_function(FunctionName=settings.function_name)
+    with pytest.raises(ClientError):
+        aws.client("iam").get_role(RoleName=settings.role_name)
+    assert not aws.client("lambda").list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]
+    assert {c.action for c in teardown(settings, aws)} == {"absent"}
