@@ -19,7 +19,8 @@ from mlops_lab.settings import get_settings
 
 app = typer.Typer(help="An offline AWS MLOps lab: S3 -> Lambda batch predictions on an emulator or real AWS.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)  # fmt: skip
-console = Console()
+# Without a terminal (make, CI logs) rich would wrap at 80 columns and cut the endpoints table.
+console = Console() if Console().is_terminal else Console(width=120)
 
 _STYLE = {"created": "green", "published": "green", "updated": "yellow", "deleted": "red", "unchanged": "dim",
           "absent": "dim"}  # fmt: skip
@@ -47,7 +48,13 @@ def _target() -> str:
 @app.command()
 def up(api: Annotated[bool, typer.Option(help="Also start the inference API.")] = True) -> None:
     """Start the embedded stack (emulator, API), train a model if none exists, bootstrap, and show the endpoints."""
+    _bring_up(api=api)
+
+
+def _bring_up(*, api: bool) -> list[str]:
+    """`up`'s work; returns the services this call started (not those already running)."""
     settings = get_settings()
+    already = {name for name in ("emulator", "api") if stack.pid_of(settings, name)}
     started = time.perf_counter()
     with console.status("Starting the emulator (first run installs it into its own venv)..."):
         env = lab.start_services(settings)
@@ -65,6 +72,7 @@ def up(api: Annotated[bool, typer.Option(help="Also start the inference API.")] 
     env_file = lab.write_env_file(settings, env)
     _status_table(settings)
     console.print(f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]")
+    return [name for name in ("emulator", "api") if stack.pid_of(settings, name) and name not in already]
 
 
 @app.command()
@@ -84,11 +92,7 @@ def _status_table(settings) -> None:  # type: ignore[no-untyped-def]
     table = Table(title="mlops-lab")
     for column in ("service", "state", "endpoint", "what"):
         table.add_column(column)
-    services = [stack.emulator_service(settings)]
-    try:
-        services.append(stack.api_service(settings, {}))
-    except AttributeError:  # the API's settings are not there in this build
-        pass
+    services = [stack.emulator_service(settings), stack.api_service(settings, {})]
     for service in services:
         pid = stack.pid_of(settings, service.name)
         healthy = stack.healthy(service.health_url)
@@ -200,12 +204,26 @@ def _predict(file: Path, key: str | None, timeout: float) -> lab.BatchResult:
 
 
 @app.command()
-def demo(rows: Annotated[int, typer.Option(help="Sample rows to generate and score.")] = 10000) -> None:
+def demo(
+    rows: Annotated[int, typer.Option(help="Sample rows to generate and score.")] = 10000,
+    keep: Annotated[bool, typer.Option(help="Leave the services it started running afterwards.")] = False,
+) -> None:
     """The whole flow on sample data: up, generate a CSV, upload it, show the Lambda's predictions."""
+    started = time.perf_counter()
+    launched = _bring_up(api=True)
+    try:
+        _demo_pipeline(rows)
+    finally:
+        if launched and not keep:
+            for name in reversed(launched):
+                stack.stop(get_settings(), stack.emulator_service(get_settings()) if name == "emulator" else name)
+            console.print(f"Stopped what the demo started ({', '.join(launched)}); `make up` keeps the lab running.")
+    console.print(f"Whole demo took {time.perf_counter() - started:.1f} s.")
+
+
+def _demo_pipeline(rows: int) -> None:
     from mlops_lab.data import generate, write_csv
 
-    started = time.perf_counter()
-    up(api=True)
     settings = get_settings()
     sample = settings.state_dir / "data" / "sample.csv"
     sample.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +234,8 @@ def demo(rows: Annotated[int, typer.Option(help="Sample rows to generate and sco
         preview = [next(handle) for _ in range(3)]
     console.print("[dim]" + "".join(preview).rstrip() + "[/]")
     console.rule("Summary")
-    console.print(f"{result.rows:,} rows scored by the Lambda; whole demo took {time.perf_counter() - started:.1f} s.")
+    counts = ", ".join(f"{label} {count:,}" for label, count in sorted((result.label_counts or {}).items()))
+    console.print(f"{result.rows:,} rows scored by the Lambda in {result.seconds:.2f} s (upload -> predictions): {counts}")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,15 @@ def start_api(settings: Settings, env: dict[str, str]) -> None:
     stack.start(settings, stack.api_service(settings, env))
 
 
+def start_mlflow(settings: Settings, env: dict[str, str]) -> None:
+    """The mlflow tracking server (needs the model bucket: start it after bootstrap)."""
+    (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
+    stack.start(settings, stack.mlflow_service(settings, env))
+
+
 def stop_services(settings: Settings) -> list[str]:
     stopped = []
-    for name in ("api", "emulator"):
+    for name in ("api", "mlflow", "sagemaker-emulator", "emulator"):
         service = stack.emulator_service(settings) if name == "emulator" else name
         if stack.stop(settings, service):
             stopped.append(name)

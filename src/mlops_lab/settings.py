@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     api_model_poll_s: float = Field(10.0, ge=0)  # how often to look for a newly published model; 0 = never
     api_access_log: bool = True  # one JSON line per request on stderr
 
+    # The mlflow tracking server (mlops_lab.registry): runs, registry, promotion. Artifacts go through the server into
+    # s3://{model_bucket}/{mlflow_artifacts_prefix} (served artifacts: clients need no S3 credentials).
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    mlflow_backend_uri: str | None = None  # default: sqlite under state_dir; any SQLAlchemy URI (postgresql://...)
+    mlflow_artifacts_prefix: str = "mlflow"
+    mlflow_experiment: str = "income-classifier"
+    # SageMaker through mlflow's deployments client. Offline the control plane is moto (MiniStack has no SageMaker).
+    sagemaker_emulator_port: int = Field(5005, ge=1, le=65535)
+    sagemaker_endpoint_name: str | None = None  # default: {prefix}-endpoint
+
     @property
     def input_bucket(self) -> str:
         return f"{self.prefix}-input"
@@ -94,6 +105,18 @@ class Settings(BaseSettings):
     def model_path(self) -> Path:
         """Where `train` writes the ONNX model before publishing it."""
         return self.state_dir / "models" / "model.onnx"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        return self.mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return f"s3://{self.model_bucket}/{self.mlflow_artifacts_prefix.strip('/')}"
 
     @property
     def uses_emulator(self) -> bool:

@@ -75,6 +75,24 @@ def api_service(settings: Settings, aws_env: dict[str, str]) -> Service:
     )
 
 
+def mlflow_service(settings: Settings, aws_env: dict[str, str]) -> Service:
+    """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return Service(
+        name="mlflow",
+        command=[*([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]), "server",
+                 "--host", settings.mlflow_host, "--port", str(settings.mlflow_port), "--workers", "1",
+                 "--backend-store-uri", settings.mlflow_backend_store_uri,
+                 "--serve-artifacts", "--artifacts-destination", settings.mlflow_artifacts_destination],  # fmt: skip
+        health_url=settings.mlflow_tracking_uri + "/health",
+        # The server, not its clients, writes artifacts to S3: it gets the SDK variables (emulator or real AWS).
+        env={**os.environ, **aws_env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+             **({"MLFLOW_S3_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]} if aws_env.get("AWS_ENDPOINT_URL") else {})},
+        description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
+        url=settings.mlflow_tracking_uri,
+    )
+
+
 def pid_of(settings: Settings, name: str) -> int | None:
     path = _pid_file(settings, name)
     try:

@@ -1,0 +1,167 @@
+"""Batch path benchmark: S3 upload -> Lambda -> predictions object, beside in-process parse + ONNX Runtime.
+
+Starts its own embedded stack on a free loopback port (state in a temp dir), so it never touches `make up`'s.
+Prints tables; asserts nothing. Ratios are from one run, side by side, because these machines are noisy.
+
+    .venv/bin/python bench/batch.py [--sizes 10000,100000,1000000] [--warm-invokes 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mlops_lab import lab
+from mlops_lab.aws import Aws
+from mlops_lab.bootstrap import publish_model
+from mlops_lab.data import generate, write_csv
+from mlops_lab.inference import TabularModel, score_csv
+from mlops_lab.layer import build_layer
+from mlops_lab.settings import Settings
+
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_process(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
+    """Seconds to parse, cast, score and write predictions for a file, in this process (one ORT thread, like the
+    Lambda's share of this 2-core machine)."""
+    model = TabularModel(model_path, threads=1)
+    started = time.perf_counter()
+    with csv_path.open(newline="") as source, open(os.devnull, "w") as sink:
+        score_csv(model, source, sink, chunk_rows=chunk_rows)
+    return time.perf_counter() - started
+
+
+def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> float:
+    """Seconds from the start of the upload until the predictions object exists."""
+    s3 = aws.client("s3")
+    started = time.perf_counter()
+    s3.upload_file(str(csv_path), settings.input_bucket, key)
+    s3.get_waiter("object_exists").wait(
+        Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
+    )
+    return time.perf_counter() - started
+
+
+def invoke_seconds(aws: Aws, settings: Settings, key: str) -> float:
+    event = {"Records": [{"eventName": "ObjectCreated:Put",
+                          "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}}}]}  # fmt: skip
+    started = time.perf_counter()
+    response = aws.client("lambda").invoke(FunctionName=settings.function_name, Payload=json.dumps(event))
+    elapsed = time.perf_counter() - started
+    if "FunctionError" in response:
+        raise RuntimeError(response["Payload"].read().decode())
+    return elapsed
+
+
+def force_cold(aws: Aws, settings: Settings, nonce: int) -> None:
+    """A configuration change replaces the function's workers, so the next invoke starts cold."""
+    lam = aws.client("lambda")
+    current = lam.get_function_configuration(FunctionName=settings.function_name)["Environment"]["Variables"]
+    lam.update_function_configuration(FunctionName=settings.function_name,
+                                      Environment={"Variables": {**current, "BENCH_NONCE": str(nonce)}})  # fmt: skip
+    lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--warm-invokes", type=int, default=20)
+    parser.add_argument("--cold-invokes", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    settings = Settings(state_dir=work / "lab", emulator_port=free_port(), prefix="bench", max_input_mb=1024)
+    saved_env = dict(os.environ)
+    console.print(f"[dim]stack in {work}; emulator on {settings.emulator_url}[/]")
+    lab.start_services(settings)
+    try:
+        aws = Aws()
+        model_path = work / "model.onnx"
+        from mlops_lab.train import train_and_export
+
+        train_and_export(None, model_path, rows=20000, seed=1)
+        lab.run_bootstrap(settings, aws)
+        publish_model(settings, aws, model_path.read_bytes())
+
+        # Latency of one tiny file: cold (fresh worker) and warm, beside scoring it in-process.
+        tiny = work / "tiny.csv"
+        write_csv(generate(1, seed=2, with_label=False), tiny)
+        aws.client("s3").upload_file(str(tiny), settings.input_bucket, "bench/tiny.txt")  # .txt: no notification
+        tiny_key = "bench/tiny.txt"
+        cold = []
+        for nonce in range(args.cold_invokes):
+            force_cold(aws, settings, nonce)
+            cold.append(invoke_seconds(aws, settings, tiny_key))
+        warm = [invoke_seconds(aws, settings, tiny_key) for _ in range(args.warm_invokes)]
+        model = TabularModel(model_path, threads=1)
+        tiny_in_process = []
+        for _ in range(args.warm_invokes):
+            started = time.perf_counter()
+            with tiny.open(newline="") as source:
+                score_csv(model, source, io.StringIO(), chunk_rows=settings.chunk_rows)
+            tiny_in_process.append(time.perf_counter() - started)
+
+        # Throughput at each size, warm worker.
+        rows_table = []
+        for size in sizes:
+            path = work / f"rows-{size}.csv"
+            write_csv(generate(size, seed=size, with_label=False), path)
+            local = in_process(model_path, path, settings.chunk_rows)
+            remote = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
+            rows_table.append((size, path.stat().st_size, local, remote))
+            path.unlink()
+
+        aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
+    finally:
+        lab.stop_services(settings)
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+    throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process")
+    for column in ("rows", "file", "in-process rows/s", "end-to-end rows/s", "end-to-end / in-process"):
+        throughput.add_column(column, justify="right")
+    for size, file_bytes, local, remote in rows_table:
+        throughput.add_row(f"{size:,}", f"{file_bytes / 1e6:.1f} MB", f"{size / local:,.0f}", f"{size / remote:,.0f}",
+                           f"{local / remote:.0%}")  # fmt: skip
+    latency = Table(title="Invocation latency (1-row file, synchronous invoke)")
+    for column in ("", "median", "min", "max", "n"):
+        latency.add_column(column, justify="right")
+    for name, values in (("cold start", cold), ("warm", warm), ("in-process scoring", tiny_in_process)):
+        latency.add_row(name, f"{statistics.median(values) * 1000:.1f} ms", f"{min(values) * 1000:.1f} ms",
+                        f"{max(values) * 1000:.1f} ms", str(len(values)))  # fmt: skip
+    overhead = statistics.median(warm) - statistics.median(tiny_in_process)
+    sizes_table = Table(title="Layer (AWS target: py3.12 manylinux_2_28_x86_64)")
+    for column in ("zipped", "unzipped", "AWS limits"):
+        sizes_table.add_column(column, justify="right")
+    sizes_table.add_row(f"{aws_layer.zipped_bytes / 1e6:.1f} MB", f"{aws_layer.unzipped_bytes / 1e6:.1f} MB",
+                        "50 MB zipped (direct upload) / 250 MB unzipped")  # fmt: skip
+    for table in (throughput, latency, sizes_table):
+        console.print(table)
+    console.print(f"warm overhead (warm invoke - in-process scoring of the same file): {overhead * 1000:.1f} ms")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(f"[dim]machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; bench process peak RSS "
+                  f"{peak:.0f} MiB[/]")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

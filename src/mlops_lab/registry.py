@@ -1,0 +1,306 @@
+"""mlflow tracking, registry and promotion: what `mlops-lab train`, `models` and `promote` do.
+
+- ``train_and_log``: train, export to ONNX, check agreement, then log one run (params; accuracy, ROC AUC, F1 on the
+  holdout; the sklearn pipeline; the holdout rows; the ONNX model as a pyfunc with signature + input example) and
+  register it as a new version of ``settings.model_name``.
+- ``promote``: re-check a version's ONNX against its own sklearn pipeline on its own holdout (refuse on mismatch),
+  stamp the registry version into the ONNX metadata (``version``, ``model_name``, ``run_id``: new bytes, new ETag),
+  publish it to the model bucket (the Lambda reloads on the ETag, the API hot-swaps on its poll) and point the
+  ``champion`` alias at it. Rolling back is promoting an older version.
+- ``list_versions``: versions, their aliases and metrics, and which one the model bucket serves right now.
+
+Clients talk to the tracking server only (served artifacts: the server writes to S3), so they need no S3 credentials
+for mlflow; publishing the model needs the lab's AWS access as before.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mlops_lab.aws import Aws, is_not_found
+from mlops_lab.bootstrap import Change, publish_model
+from mlops_lab.settings import Settings
+
+ALIAS = "champion"
+ONNX_MODEL = "onnx-model"  # the registered pyfunc (ONNX + the inference core)
+SKLEARN_MODEL = "sklearn-model"  # the pipeline the ONNX was exported from (agreement checks)
+HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+PYFUNC_CODE = Path(__file__).with_name("onnx_pyfunc.py")
+INFERENCE_CODE = Path(__file__).with_name("inference.py")
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class ServerUnavailable(RegistryError):
+    pass
+
+
+# -- connection -------------------------------------------------------------------------------------------------
+
+
+def server_reachable(settings: Settings, timeout: float = 2) -> bool:
+    try:
+        return httpx.get(settings.mlflow_tracking_uri + "/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def client(settings: Settings, *, check: bool = True):  # type: ignore[no-untyped-def]
+    """An MlflowClient on the lab's tracking server (also sets mlflow's global tracking/registry URI)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if check and not server_reachable(settings):
+        raise ServerUnavailable(
+            f"the mlflow tracking server does not answer at {settings.mlflow_tracking_uri}: start it with `mlops-lab up`"
+        )
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+
+
+# -- train + log ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedVersion:
+    name: str
+    version: str
+    run_id: str
+    metrics: dict[str, float | int]
+    model_uri: str  # models:/<name>/<version>
+    onnx_path: Path  # the local copy (settings.model_path)
+
+
+def train_and_log(
+    settings: Settings, data_path: Path | None = None, *, rows: int = 20000, seed: int = 42, run_name: str | None = None
+) -> LoggedVersion:
+    """Train on ``data_path`` (or ``rows`` generated rows), export + verify ONNX, write it locally, log and register."""
+    from mlops_lab.data import generate, load_training_csv
+    from mlops_lab.train import check_agreement, data_fingerprint, to_onnx, train
+
+    if data_path is None:
+        df, source = generate(rows, seed=seed), f"generated(rows={rows}, seed={seed})"
+    else:
+        df, source = load_training_csv(data_path), Path(data_path).name
+    result = train(df, seed=seed)
+    data_sha256 = data_fingerprint(df)
+    onnx_bytes = to_onnx(result.pipeline, df, metadata={
+        "training_rows": str(result.metrics["rows_train"]), "metrics": result.metrics, "training_data": source,
+        "sha256_of_training_data": data_sha256, "seed": str(seed),
+    })  # fmt: skip
+    agreement = check_agreement(result.pipeline, onnx_bytes, result.holdout)  # raises AgreementError
+    settings.model_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(settings.model_path, onnx_bytes)
+    params = {"rows": len(df), "seed": seed, "training_data": source, "sha256_of_training_data": data_sha256,
+              "holdout_share": 0.2}  # fmt: skip
+    params |= {f"rf_{k}": v for k, v in result.pipeline.named_steps["classifier"].get_params().items()
+               if k in ("n_estimators", "max_depth", "min_samples_leaf", "random_state")}  # fmt: skip
+    return log_version(
+        settings, result.pipeline, onnx_bytes, result.holdout, metrics=dict(result.metrics), params=params,
+        extra_metrics={"onnx_max_probability_diff": agreement.max_probability_diff}, run_name=run_name,
+        onnx_path=settings.model_path,
+    )  # fmt: skip
+
+
+def log_version(
+    settings: Settings,
+    pipeline: Any,
+    onnx_bytes: bytes,
+    holdout: Any,  # pandas.DataFrame: features + label
+    *,
+    metrics: dict[str, float | int],
+    params: dict[str, Any] | None = None,
+    extra_metrics: dict[str, float] | None = None,
+    run_name: str | None = None,
+    onnx_path: Path | None = None,
+) -> LoggedVersion:
+    """Log one run (params, metrics, sklearn pipeline, holdout, ONNX pyfunc) and register a version of the model.
+
+    Does not check ONNX/sklearn agreement: ``train_and_log`` does before calling this, ``promote`` does again.
+    """
+    import mlflow
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from mlops_lab.data import FEATURES, NUMERIC
+    from mlops_lab.inference import TabularModel
+
+    mlflow_client = client(settings)
+    mlflow.set_experiment(settings.mlflow_experiment)
+    example = holdout[list(FEATURES)].dropna().head(5).copy()
+    example[list(NUMERIC)] = example[list(NUMERIC)].astype("float64")
+    scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in FEATURES})
+    output = {"prediction": scored.labels.astype(str)} | {
+        f"probability_{c}": scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
+    }
+    signature = infer_signature(example, pd.DataFrame(output))
+    with tempfile.TemporaryDirectory(prefix="mlops-lab-log-") as tmp, mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"lab.model_name": settings.model_name, "lab.onnx_opset": "18"})
+        if params:
+            mlflow.log_params(params)
+        mlflow.log_metrics({k: float(v) for k, v in {**metrics, **(extra_metrics or {})}.items()})
+        sklearn_info = mlflow.sklearn.log_model(
+            pipeline, name=SKLEARN_MODEL, signature=infer_signature(example, scored.labels.astype(str)),
+            input_example=example,
+        )  # fmt: skip
+        holdout_file = Path(tmp) / "holdout.parquet"
+        holdout.to_parquet(holdout_file, index=False)
+        mlflow.log_artifact(str(holdout_file), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file.write_bytes(onnx_bytes)
+        onnx_info = mlflow.pyfunc.log_model(
+            name=ONNX_MODEL,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"onnx": str(onnx_file)},
+            code_paths=[str(INFERENCE_CODE)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_serving_requirements(),
+            registered_model_name=settings.model_name,
+            metadata={"format": "onnx", "sklearn_model_uri": sklearn_info.model_uri},
+        )
+        mlflow.set_tag("lab.sklearn_model_uri", sklearn_info.model_uri)
+        mlflow.set_tag("lab.onnx_model_uri", onnx_info.model_uri)
+    version = str(onnx_info.registered_model_version)
+    mlflow_client.set_model_version_tag(settings.model_name, version, "sklearn_model_uri", sklearn_info.model_uri)
+    return LoggedVersion(settings.model_name, version, run.info.run_id, dict(metrics),
+                         f"models:/{settings.model_name}/{version}", onnx_path or Path())  # fmt: skip
+
+
+def _serving_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "onnxruntime", "pandas")]
+
+
+# -- promote ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    version: str
+    previous: str | None  # the version published before (from the model object's metadata), if any
+    change: Change  # the model bucket publish
+    agreement: Any  # train.AgreementReport
+
+
+def stamp(onnx_bytes: bytes, **properties: str) -> bytes:
+    """The ONNX model with ``properties`` merged into its metadata_props (others kept; deterministic bytes)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    props = {p.key: p.value for p in model.metadata_props} | {k: str(v) for k, v in properties.items()}
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()
+
+
+def version_onnx(settings: Settings, version: str | int) -> bytes:
+    """The ONNX file registered as ``version`` (downloaded through the tracking server)."""
+    import mlflow
+
+    client(settings)
+    with tempfile.TemporaryDirectory(prefix="mlops-lab-version-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}", dst_path=tmp))
+        found = sorted(local.rglob("*.onnx"))
+        if not found:
+            raise RegistryError(f"version {version} of {settings.model_name} holds no .onnx file")
+        return found[0].read_bytes()
+
+
+def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = True) -> Promotion:
+    """Verify, stamp and publish ``version`` and make it the ``champion``. Raises AgreementError on a mismatch."""
+    import mlflow.sklearn
+    import pandas as pd
+
+    from mlops_lab.train import check_agreement
+
+    mlflow_client = client(settings)
+    version = str(version)
+    model_version = mlflow_client.get_model_version(settings.model_name, version)
+    run_id = model_version.run_id
+    onnx_bytes = version_onnx(settings, version)
+    report = None
+    if check:
+        sklearn_uri = (model_version.tags or {}).get("sklearn_model_uri") or mlflow_client.get_run(run_id).data.tags.get(
+            "lab.sklearn_model_uri"
+        )
+        if not sklearn_uri:
+            raise RegistryError(f"version {version} has no sklearn model to check its ONNX export against")
+        pipeline = mlflow.sklearn.load_model(sklearn_uri)
+        with tempfile.TemporaryDirectory(prefix="mlops-lab-holdout-") as tmp:
+            holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp))  # fmt: skip
+        report = check_agreement(pipeline, onnx_bytes, holdout)  # raises AgreementError: nothing published
+    stamped = stamp(onnx_bytes, version=version, model_name=settings.model_name, run_id=run_id)
+    previous = live_version(settings, aws)
+    change = publish_model(settings, aws, stamped, metadata={
+        "model-version": version, "model-name": settings.model_name, "run-id": run_id})  # fmt: skip
+    mlflow_client.set_registered_model_alias(settings.model_name, ALIAS, version)
+    mlflow_client.set_model_version_tag(settings.model_name, version, "promoted_at",
+                                        datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+    return Promotion(settings.model_name, version, previous, change, report)
+
+
+def live_version(settings: Settings, aws: Aws) -> str | None:
+    """The registry version the model bucket serves now (its object metadata), or None (not published / unversioned)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head = aws.client("s3").head_object(Bucket=settings.model_bucket, Key=settings.model_key)
+    except ClientError as error:
+        if is_not_found(error):
+            return None
+        raise
+    return head.get("Metadata", {}).get("model-version")
+
+
+# -- list ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VersionRow:
+    version: str
+    run_id: str
+    created: str
+    aliases: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    live: bool = False
+
+
+def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow]:
+    mlflow_client = client(settings)
+    live = live_version(settings, aws) if aws is not None else None
+    rows = []
+    for mv in mlflow_client.search_model_versions(f"name = '{settings.model_name}'"):
+        run = mlflow_client.get_run(mv.run_id)
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
+        metrics = {k: v for k, v in run.data.metrics.items() if k in ("accuracy", "roc_auc", "f1")}
+        rows.append(VersionRow(str(mv.version), mv.run_id, created, list(mv.aliases or []), metrics,
+                               live == str(mv.version)))  # fmt: skip
+    return sorted(rows, key=lambda r: int(r.version), reverse=True)
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,67 @@
+"""The CLI as a user runs it, against the session's emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mlops_lab.cli import app
+from mlops_lab.settings import get_settings
+from tests.conftest import Lab
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Point the CLI's settings at the session's stack."""
+    settings = lab_stack.settings
+    monkeypatch.setenv("LAB_PREFIX", settings.prefix)
+    monkeypatch.setenv("LAB_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAB_EMULATOR_PORT", str(settings.emulator_port))
+    monkeypatch.setenv("LAB_MAX_INPUT_MB", str(settings.max_input_mb))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_help_lists_the_pipeline_steps() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("up", "down", "status", "train", "bootstrap", "predict", "demo", "teardown", "build-layer"):
+        assert command in result.output
+
+
+def test_bootstrap_again_says_nothing_to_change(cli_env: None) -> None:
+    result = runner.invoke(app, ["bootstrap"])
+    assert result.exit_code == 0, result.output
+    assert "Nothing to change" in result.output
+    assert "created" not in result.output
+
+
+def test_predict_summarises_the_output(cli_env: None, sample_csv: Path) -> None:
+    result = runner.invoke(app, ["predict", str(sample_csv), "--key", "cli/sample.csv", "--timeout", "120"])
+    assert result.exit_code == 0, result.output
+    assert "500 rows scored" in result.output
+    assert "predictions/cli/sample.csv" in result.output
+
+
+def test_predict_reports_rejected_input(cli_env: None, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,sex\n39,Male\n")
+    result = runner.invoke(app, ["predict", str(bad), "--key", "cli/bad.csv", "--timeout", "120"])
+    assert result.exit_code == 1
+    assert "Rejected" in result.output and "missing columns" in result.output
+
+
+def test_status_shows_the_emulator_healthy(cli_env: None) -> None:
+    result = runner.invoke(app, ["status"])
+    assert result.exit_code == 0
+    assert "emulator" in result.output and "healthy" in result.output
+
+
+def test_predict_missing_file_is_a_usage_error() -> None:
+    result = runner.invoke(app, ["predict", "/nonexistent.csv"])
+    assert result.exit_code == 2

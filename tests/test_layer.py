@@ -1,0 +1,45 @@
+"""The Lambda layer: what it holds, its size against AWS's limits, reproducibility."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from mlops_lab.layer import MAX_ZIPPED_BYTES, LayerTooLarge, build_layer, check_limits
+from mlops_lab.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def aws_layer():  # type: ignore[no-untyped-def]
+    return build_layer(get_settings().build_dir, python="3.12", platform="manylinux_2_28_x86_64")
+
+
+def test_aws_layer_holds_the_runtime_and_the_core_only(aws_layer) -> None:  # type: ignore[no-untyped-def]
+    names = zipfile.ZipFile(aws_layer.path).namelist()
+    assert "python/mlops_lab/inference.py" in names
+    assert "python/mlops_lab/__init__.py" in names
+    assert any(n.startswith("python/onnxruntime/capi/onnxruntime_pybind11_state") for n in names)
+    assert any(n.startswith("python/numpy/_core/_multiarray_umath.cpython-312") for n in names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.startswith(("python/pandas", "python/sklearn", "python/onnxruntime/transformers"))]
+
+
+def test_aws_layer_is_within_limits(aws_layer) -> None:  # type: ignore[no-untyped-def]
+    check_limits(aws_layer)
+    assert aws_layer.zipped_bytes <= 45 * 1000 * 1000  # headroom under the 50 MB direct-upload cap
+
+
+def test_oversized_layer_is_refused_with_figures(aws_layer) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LayerTooLarge, match=r"zipped 5\d\.\d MB > 50 MB"):
+        check_limits(replace(aws_layer, zipped_bytes=MAX_ZIPPED_BYTES + 5_000_000))
+    with pytest.raises(LayerTooLarge, match="unzipped 300.0 MB > 250 MB"):
+        check_limits(replace(aws_layer, unzipped_bytes=300_000_000))
+
+
+def test_build_is_reproducible(aws_layer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    again = build_layer(tmp_path, python="3.12", platform="manylinux_2_28_x86_64")
+    assert again.sha256 == aws_layer.sha256
+    assert again.path != aws_layer.path
