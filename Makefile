@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo up down status test bench clean
+.PHONY: help install demo up down status test test-compose bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ status: install ## Show the embedded services and their health
 
 test: install ## Run the test suite (unit + integration against a real emulator it starts itself)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-compose: install ## Run the docker-compose stack end to end on a real engine (root; see scripts/compose-ci.sh)
+	scripts/compose-ci.sh
 
 bench: install ## Run the benchmarks (tables, not assertions)
 	$(BIN)/python bench/batch.py

@@ -121,3 +121,34 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path
         lab.stop_services(settings)
         os.environ.clear()
         os.environ.update(saved)
+
+
+# == mlflow (issue 4: registry + promotion; owned by tests/test_registry.py and tests/test_sagemaker.py) ==========
+
+
+@pytest.fixture(scope="session")
+def mlflow_lab(lab_stack: Lab) -> Lab:
+    """A real mlflow tracking server (sqlite backend, artifacts in the emulator's model bucket) for the session.
+
+    Its settings are the session stack's plus a free mlflow port. Whatever model the session published is put back
+    afterwards, so promotions made by these tests do not leak into other modules' expectations.
+    """
+    from mlops_lab import lab
+    from mlops_lab.aws import lab_environment
+
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    settings = lab_stack.settings.model_copy(update={"mlflow_port": free_port()})
+    s3 = lab_stack.s3()
+    published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
+    original, original_metadata = published["Body"].read(), published.get("Metadata", {})
+    lab.start_mlflow(settings, lab_environment(settings.emulator_url))
+    try:
+        yield Lab(settings, lab_stack.aws)
+    finally:
+        from mlops_lab import stack
+
+        stack.stop(settings, "mlflow")
+        s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=original, Metadata=original_metadata)
+
+
+# == end of the mlflow section ===================================================================================

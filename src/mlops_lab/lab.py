@@ -7,7 +7,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +57,14 @@ def start_mlflow(settings: Settings, env: dict[str, str]) -> None:
     stack.start(settings, stack.mlflow_service(settings, env))
 
 
-def stop_services(settings: Settings) -> list[str]:
+SERVICES_STOP_ORDER = ("api", "mlflow", "sagemaker-emulator", "emulator")
+
+
+def stop_services(settings: Settings, names: Iterable[str] = SERVICES_STOP_ORDER) -> list[str]:
+    """Stop the named services (default: all), dependants first; returns those that were running."""
     stopped = []
-    for name in ("api", "mlflow", "sagemaker-emulator", "emulator"):
+    for name in sorted(names, key=SERVICES_STOP_ORDER.index):
+        # The emulator's Service carries its temp dir, which MiniStack's workers can leave behind.
         service = stack.emulator_service(settings) if name == "emulator" else name
         if stack.stop(settings, service):
             stopped.append(name)

@@ -32,6 +32,8 @@ ALIAS = "champion"
 ONNX_MODEL = "onnx-model"  # the registered pyfunc (ONNX + the inference core)
 SKLEARN_MODEL = "sklearn-model"  # the pipeline the ONNX was exported from (agreement checks)
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
+# The pipeline is saved with skops (mlflow's safe default); these two are what a random forest adds to its allow-list.
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.tree._tree.Tree"]
 PYFUNC_CODE = Path(__file__).with_name("onnx_pyfunc.py")
 INFERENCE_CODE = Path(__file__).with_name("inference.py")
 
@@ -155,7 +157,8 @@ def log_version(
         mlflow.log_metrics({k: float(v) for k, v in {**metrics, **(extra_metrics or {})}.items()})
         sklearn_info = mlflow.sklearn.log_model(
             pipeline, name=SKLEARN_MODEL, signature=infer_signature(example, scored.labels.astype(str)),
-            input_example=example,
+            input_example=example, skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pip_requirements=_requirements("mlflow", "scikit-learn", "skops", "numpy", "pandas"),
         )  # fmt: skip
         holdout_file = Path(tmp) / "holdout.parquet"
         holdout.to_parquet(holdout_file, index=False)
@@ -169,7 +172,7 @@ def log_version(
             code_paths=[str(INFERENCE_CODE)],
             signature=signature,
             input_example=example,
-            pip_requirements=_serving_requirements(),
+            pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
             registered_model_name=settings.model_name,
             metadata={"format": "onnx", "sklearn_model_uri": sklearn_info.model_uri},
         )
@@ -181,10 +184,11 @@ def log_version(
                          f"models:/{settings.model_name}/{version}", onnx_path or Path())  # fmt: skip
 
 
-def _serving_requirements() -> list[str]:
+def _requirements(*names: str) -> list[str]:
+    """Pinned to what is installed here (explicit: mlflow's own inference of them runs a slow subprocess)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("mlflow", "numpy", "onnxruntime", "pandas")]
+    return [f"{name}=={version(name)}" for name in names]
 
 
 # -- promote ------------------------------------------------------------------------------------------------------
@@ -231,7 +235,7 @@ def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = T
 
     mlflow_client = client(settings)
     version = str(version)
-    model_version = mlflow_client.get_model_version(settings.model_name, version)
+    model_version = get_version(mlflow_client, settings.model_name, version)
     run_id = model_version.run_id
     onnx_bytes = version_onnx(settings, version)
     report = None
@@ -254,6 +258,17 @@ def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = T
     mlflow_client.set_model_version_tag(settings.model_name, version, "promoted_at",
                                         datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
     return Promotion(settings.model_name, version, previous, change, report)
+
+
+def get_version(mlflow_client: Any, name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(f"{name} has no version {version!r} (`mlops-lab models` lists them)") from None
+        raise
 
 
 def live_version(settings: Settings, aws: Aws) -> str | None:
@@ -285,12 +300,23 @@ class VersionRow:
 def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow]:
     mlflow_client = client(settings)
     live = live_version(settings, aws) if aws is not None else None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = mlflow_client.get_registered_model(settings.model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []  # nothing trained (with mlflow) yet
+        raise
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (registered.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
     rows = []
     for mv in mlflow_client.search_model_versions(f"name = '{settings.model_name}'"):
         run = mlflow_client.get_run(mv.run_id)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
         metrics = {k: v for k, v in run.data.metrics.items() if k in ("accuracy", "roc_auc", "f1")}
-        rows.append(VersionRow(str(mv.version), mv.run_id, created, list(mv.aliases or []), metrics,
+        rows.append(VersionRow(str(mv.version), mv.run_id, created, sorted(aliases.get(str(mv.version), [])), metrics,
                                live == str(mv.version)))  # fmt: skip
     return sorted(rows, key=lambda r: int(r.version), reverse=True)
 

@@ -86,7 +86,9 @@ def mlflow_service(settings: Settings, aws_env: dict[str, str]) -> Service:
                  "--serve-artifacts", "--artifacts-destination", settings.mlflow_artifacts_destination],  # fmt: skip
         health_url=settings.mlflow_tracking_uri + "/health",
         # The server, not its clients, writes artifacts to S3: it gets the SDK variables (emulator or real AWS).
+        # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
         env={**os.environ, **aws_env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
              **({"MLFLOW_S3_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]} if aws_env.get("AWS_ENDPOINT_URL") else {})},
         description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
         url=settings.mlflow_tracking_uri,

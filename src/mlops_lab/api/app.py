@@ -28,7 +28,6 @@ from mlops_lab.api.access_log import AccessLogMiddleware, configure_logging
 from mlops_lab.api.deps import ApiKeyDep, BodyDep, SnapshotDep, StoreDep
 from mlops_lab.api.model_store import ModelSource, ModelStore, Snapshot, resolve_source
 from mlops_lab.api.schemas import (
-    DataframeSplitBody,
     ErrorResponse,
     Health,
     Metadata,
@@ -82,6 +81,8 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
     )
     app.state.settings = settings
     app.state.store = store
+    # The key check exists only when a key is configured: no cost (and no security scheme in the docs) otherwise.
+    auth = [ApiKeyDep] if settings.api_key else []
     if settings.api_access_log:
         configure_logging()
         app.add_middleware(AccessLogMiddleware)
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
 
     # -- model ------------------------------------------------------------------------------------------------------
 
-    @app.get("/metadata", response_model=Metadata, tags=["model"], dependencies=[ApiKeyDep],
+    @app.get("/metadata", response_model=Metadata, tags=["model"], dependencies=auth,
              summary="model name, version, source, input schema, classes",
              responses={k: ERRORS[k] for k in (401, 503)})
     async def metadata(snapshot: SnapshotDep) -> Response:
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         }
         return JSONResponse(body)
 
-    @app.post("/predict", response_model=PredictResponse, tags=["model"], dependencies=[ApiKeyDep],
+    @app.post("/predict", response_model=PredictResponse, tags=["model"], dependencies=auth,
               summary="score one record or a list of records",
               responses={k: ERRORS[k] for k in (401, 413, 422, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         request.state.model_version = snapshot.info.version
         return Response(_predictions_json(snapshot, prediction), media_type="application/json")
 
-    @app.post("/invocations", tags=["sagemaker"], dependencies=[ApiKeyDep],
+    @app.post("/invocations", tags=["sagemaker"], dependencies=auth,
               summary="SageMaker inference: text/csv (header optional) or application/json",
               responses={200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}},
                                            "text/csv": {"schema": {"type": "string"}}},
@@ -199,6 +200,29 @@ def _predictions_json(snapshot: Snapshot, prediction: Prediction) -> bytes:
     return json.dumps({"model": snapshot.ref, "predictions": prediction.records()}, separators=(",", ":")).encode()
 
 
+def _dataframe_split_schema(record: dict[str, Any], max_rows: int) -> dict[str, Any]:
+    """mlflow's split orientation. Documented with the columns in model order (any order is accepted)."""
+    properties = record.get("properties")
+    if not properties:
+        return {"title": "DataframeSplitBody", "type": "object", "required": ["columns", "data"]}
+    names = list(properties)
+    width = len(names)
+    return {
+        "title": "DataframeSplitBody",
+        "type": "object",
+        "required": ["columns", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "columns": {"type": "array", "prefixItems": [{"const": n} for n in names], "minItems": width,
+                        "maxItems": width},
+            "data": {"type": "array", "minItems": 1, "maxItems": max_rows,
+                     "items": {"type": "array", "prefixItems": [properties[n] for n in names], "minItems": width,
+                               "maxItems": width}},
+            "index": {"type": "array"},
+        },
+    }
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the request schema of the model being served right now (cached per model)."""
     snapshot: Snapshot | None = app.state.store.current
@@ -230,7 +254,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
              "properties": {"instances": records}},
         ],
     }
-    components["DataframeSplitBody"] = DataframeSplitBody.model_json_schema()
+    components["DataframeSplitBody"] = _dataframe_split_schema(record, app.state.settings.api_max_rows)
     app.state.openapi_cache = (snapshot, schema)
     return schema
 

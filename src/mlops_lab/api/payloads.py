@@ -139,7 +139,10 @@ def invocation_csv(snapshot: Snapshot, body: bytes) -> tuple[Columns, int, int]:
     except UnicodeDecodeError as exc:
         raise PayloadError(422, f"CSV body is not UTF-8: {exc}") from None
     names = snapshot.feature_names
-    first_line = next(csv.reader(io.StringIO(text[: text.find("\n") + 1 or None]), skipinitialspace=True), [])
+    try:
+        first_line = next(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True), [])
+    except csv.Error as exc:
+        raise PayloadError(422, f"unreadable CSV: {exc}") from None
     has_header = any(field.strip() in names for field in first_line)
     lines: Any = io.StringIO(text, newline="")
     offset = 0

@@ -34,7 +34,7 @@ def _integral(value: Any) -> Any:
     return value
 
 
-IntegerValue = Annotated[int, BeforeValidator(_integral), Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+IntegerValue = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER), BeforeValidator(_integral)]
 NumberValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # (Lone surrogates, which onnxruntime could not encode, never get this far: pydantic's JSON parser rejects them.)
 StringValue = Annotated[str, Field(strict=True, max_length=MAX_STRING_LENGTH)]
@@ -140,9 +140,3 @@ class PredictResponse(BaseModel):
 class ErrorResponse(BaseModel):
     model_config = ConfigDict(extra="allow")
     detail: Any = Field(description="a message, or a list of validation errors each naming the field (`loc`)")
-
-
-class DataframeSplitBody(BaseModel):
-    columns: list[str]
-    data: list[list[Any]]
-    index: list[Any] | None = None

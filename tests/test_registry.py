@@ -1,0 +1,246 @@
+"""mlflow tracking, registry and promotion against a real tracking server and the session's emulator.
+
+Train two versions, promote one, then the other while the API is being called, then roll back: the Lambda's output
+and the API's /metadata follow, with no failed request. A version whose ONNX does not score like its pipeline is
+refused. The API keeps serving when the tracking server is down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlops_lab import registry, stack
+from mlops_lab.aws import lab_environment
+from mlops_lab.settings import Settings
+from mlops_lab.train import AgreementError
+from tests.conftest import Lab, free_port
+
+pytestmark = pytest.mark.integration
+
+WAIT = {"Delay": 0.2, "MaxAttempts": 300}
+
+
+@dataclass
+class Versions:
+    first: registry.LoggedVersion
+    second: registry.LoggedVersion
+
+
+@pytest.fixture(scope="module")
+def versions(mlflow_lab: Lab) -> Versions:
+    """Two registered versions from different seeds (small data: the point is the registry, not the model)."""
+    first = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=1, run_name="seed-1")
+    second = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=2, run_name="seed-2")
+    return Versions(first, second)
+
+
+@pytest.fixture(scope="module")
+def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The API as `up` runs it (its own process), reading the model bucket, polling for a new model every 0.2 s."""
+    settings = mlflow_lab.settings.model_copy(
+        update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
+    )
+    env = lab_environment(settings.emulator_url) | {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2",
+                                                    "LAB_API_ACCESS_LOG": "false"}  # fmt: skip
+    service = stack.api_service(settings, env)
+    stack.start(settings, service)
+    try:
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            yield client
+    finally:
+        stack.stop(settings, service)
+
+
+def served_version(api: httpx.Client) -> str:
+    return api.get("/metadata").json()["version"]
+
+
+def wait_for_version(api: httpx.Client, version: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := served_version(api)) != version:
+        assert time.monotonic() < deadline, f"the API still serves version {current}, not {version}"
+        time.sleep(0.1)
+
+
+def lambda_output_version(lab: Lab, sample_csv: Path, key: str) -> str:
+    s3, settings = lab.s3(), lab.settings
+    s3.delete_object(Bucket=settings.output_bucket, Key=f"predictions/{key}")
+    s3.upload_file(str(sample_csv), settings.input_bucket, key)
+    s3.get_waiter("object_exists").wait(Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig=WAIT)
+    return s3.head_object(Bucket=settings.output_bucket, Key=f"predictions/{key}")["Metadata"].get("model-version", "")
+
+
+# -- tracking ---------------------------------------------------------------------------------------------------
+
+
+def test_run_has_metrics_params_and_artifacts_in_s3(mlflow_lab: Lab, versions: Versions) -> None:
+    import mlflow
+
+    settings = mlflow_lab.settings
+    client = registry.client(settings)
+    run = client.get_run(versions.first.run_id)
+    assert {"accuracy", "roc_auc", "f1"} <= set(run.data.metrics)
+    assert 0.6 < run.data.metrics["roc_auc"] <= 1 and 0.5 < run.data.metrics["accuracy"] <= 1
+    assert run.data.params["seed"] == "1" and run.data.params["rows"] == "3000"
+    # The registered version is the ONNX model, with a signature and an input example.
+    info = mlflow.models.get_model_info(versions.first.model_uri)
+    assert info.signature is not None and "age" in info.signature.inputs.input_names()
+    assert info.saved_input_example_info is not None
+    # Every artifact went through the server into the emulator's model bucket.
+    keys = [o["Key"] for o in mlflow_lab.s3().list_objects_v2(
+        Bucket=settings.model_bucket, Prefix=settings.mlflow_artifacts_prefix + "/")["Contents"]]  # fmt: skip
+    run_keys = [k for k in keys if versions.first.run_id in k]
+    assert any(k.endswith(registry.HOLDOUT_ARTIFACT) for k in run_keys)
+    assert sum(k.endswith("/model.onnx") for k in keys) >= 2  # one per version
+    assert sum(k.endswith("/model.skops") for k in keys) >= 2  # the sklearn pipelines
+
+
+def test_models_lists_versions(mlflow_lab: Lab, versions: Versions) -> None:
+    rows = {row.version: row for row in registry.list_versions(mlflow_lab.settings, mlflow_lab.aws)}
+    assert {versions.first.version, versions.second.version} <= set(rows)
+    assert rows[versions.first.version].metrics.keys() == {"accuracy", "roc_auc", "f1"}
+
+
+# -- promotion ----------------------------------------------------------------------------------------------------
+
+
+def test_promote_switches_lambda_and_api_then_rolls_back(
+    mlflow_lab: Lab, versions: Versions, api: httpx.Client, sample_csv: Path
+) -> None:
+    settings, aws = mlflow_lab.settings, mlflow_lab.aws
+    first, second = versions.first.version, versions.second.version
+
+    registry.promote(settings, aws, first)
+    wait_for_version(api, first)
+    assert lambda_output_version(mlflow_lab, sample_csv, "registry/a.csv") == first
+
+    # Promote the second version while clients keep calling the API: no request may fail.
+    failures: list[str] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+    record = {"age": 39, "work_class": "Private", "education": "Bachelors", "marital_status": "Married",
+              "occupation": "Professional", "relationship": "Husband", "race": "White", "sex": "Male",
+              "capital_gain": 0, "capital_loss": 0, "hours_per_week": 40, "native_country": "United-States"}  # fmt: skip
+
+    def hammer() -> None:
+        with httpx.Client(base_url=str(api.base_url), timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post("/predict", json=record)
+                    if answer.status_code != 200:
+                        failures.append(f"{answer.status_code} {answer.text[:200]}")
+                    else:
+                        seen.add(answer.json()["model"]["version"])
+                except httpx.HTTPError as error:
+                    failures.append(repr(error))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        promotion = registry.promote(settings, aws, second)
+        wait_for_version(api, second)
+        deadline = time.monotonic() + 10
+        while second not in seen and time.monotonic() < deadline:  # the callers got answers from the new model too
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:5]
+    assert seen == {first, second}
+    assert promotion.previous == first and promotion.change.action == "published"
+    assert lambda_output_version(mlflow_lab, sample_csv, "registry/b.csv") == second
+    metadata = api.get("/metadata").json()
+    assert metadata["onnx_metadata"]["version"] == second
+    assert metadata["onnx_metadata"]["run_id"] == versions.second.run_id
+
+    # Roll back: promote the older version.
+    registry.promote(settings, aws, first)
+    wait_for_version(api, first)
+    assert lambda_output_version(mlflow_lab, sample_csv, "registry/c.csv") == first
+    rows = {row.version: row for row in registry.list_versions(settings, aws)}
+    assert rows[first].live and rows[first].aliases == ["champion"]
+    assert not rows[second].live and rows[second].aliases == []
+
+
+def test_promoting_the_live_version_again_changes_nothing(mlflow_lab: Lab, versions: Versions) -> None:
+    registry.promote(mlflow_lab.settings, mlflow_lab.aws, versions.first.version)
+    again = registry.promote(mlflow_lab.settings, mlflow_lab.aws, versions.first.version)
+    assert again.change.action == "unchanged"
+
+
+def test_mismatching_onnx_export_is_refused(mlflow_lab: Lab, versions: Versions) -> None:
+    """A version whose ONNX came from another pipeline: promote refuses, nothing changes."""
+    from mlops_lab.data import generate
+    from mlops_lab.train import to_onnx, train
+
+    settings, aws = mlflow_lab.settings, mlflow_lab.aws
+    df = generate(2000, seed=9)
+    logged_pipeline, other_pipeline = train(df, seed=9), train(df, seed=10)
+    onnx_of_other = to_onnx(other_pipeline.pipeline, df)
+    bad = registry.log_version(settings, logged_pipeline.pipeline, onnx_of_other, logged_pipeline.holdout,
+                               metrics=logged_pipeline.metrics, run_name="mismatch")  # fmt: skip
+    live_before = registry.live_version(settings, aws)
+    etag_before = mlflow_lab.s3().head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
+    with pytest.raises(AgreementError, match="disagrees"):
+        registry.promote(settings, aws, bad.version)
+    assert registry.live_version(settings, aws) == live_before
+    assert mlflow_lab.s3().head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"] == etag_before
+    aliases = registry.client(settings).get_registered_model(settings.model_name).aliases
+    assert aliases.get(registry.ALIAS) != bad.version
+
+
+def test_stamp_keeps_metadata_and_changes_bytes(versions: Versions) -> None:
+    from mlops_lab.inference import TabularModel
+
+    original = versions.first.onnx_path.read_bytes()
+    stamped = registry.stamp(original, version="7", run_id="abc")
+    assert stamped != original and registry.stamp(original, version="7", run_id="abc") == stamped
+    metadata = TabularModel(stamped).metadata
+    assert metadata["version"] == "7" and metadata["run_id"] == "abc" and "classes" in metadata
+
+
+# -- the tracking server going away -------------------------------------------------------------------------------
+
+
+def test_api_keeps_serving_when_mlflow_is_down(mlflow_lab: Lab, versions: Versions, api: httpx.Client) -> None:
+    """The tracking server hangs (SIGSTOP: connections open, nothing answers): the API never notices, promote says why.
+
+    Frozen rather than stopped so the session's server is back at once for the tests after this one.
+    """
+    settings = mlflow_lab.settings
+    pid = stack.pid_of(settings, "mlflow")
+    assert pid is not None
+    serving = served_version(api)
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        assert not registry.server_reachable(settings, timeout=1)
+        with pytest.raises(registry.ServerUnavailable):
+            registry.promote(settings, mlflow_lab.aws, versions.second.version)
+        for _ in range(5):
+            assert api.get("/ready").status_code == 200
+            assert api.post("/invocations", content=b"age,work_class,education,marital_status,occupation,relationship,"
+                            b"race,sex,capital_gain,capital_loss,hours_per_week,native_country\n"
+                            b"39,Private,Bachelors,Married,Professional,Husband,White,Male,0,0,40,United-States\n",
+                            headers={"Content-Type": "text/csv"}).status_code == 200  # fmt: skip
+        assert served_version(api) == serving
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    assert registry.server_reachable(settings, timeout=10)
+
+
+def test_train_without_a_server_still_works(tmp_path: Path) -> None:
+    """`train --no-mlflow`'s path: nothing here needs the tracking server."""
+    settings = Settings(state_dir=tmp_path, mlflow_port=free_port())
+    assert not registry.server_reachable(settings)
+    with pytest.raises(registry.ServerUnavailable):
+        registry.client(settings)
