@@ -65,3 +65,19 @@ def test_status_shows_the_emulator_healthy(cli_env: None) -> None:
 def test_predict_missing_file_is_a_usage_error() -> None:
     result = runner.invoke(app, ["predict", "/nonexistent.csv"])
     assert result.exit_code == 2
+
+
+def test_image_push_without_an_engine_says_what_is_missing(
+    cli_env: None, lab_stack: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_lab import image
+
+    def no_engine() -> str:
+        raise image.EngineMissing("no Docker engine answers (`docker info` failed): install and start one")
+
+    monkeypatch.setattr(image, "docker_cli", no_engine)
+    result = runner.invoke(app, ["image", "push"])
+    assert result.exit_code == 1
+    assert "Not built or pushed" in result.output and "docker info" in result.output
+    repositories = lab_stack.aws.client("ecr").describe_repositories()["repositories"]  # type: ignore[attr-defined]
+    assert f"{lab_stack.settings.prefix}-api" in {r["repositoryName"] for r in repositories}
