@@ -17,6 +17,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,11 +28,11 @@ from mlops_lab import lab
 from mlops_lab.aws import Aws
 from mlops_lab.bootstrap import publish_model
 from mlops_lab.data import generate, write_csv
-from mlops_lab.inference import TabularModel, score_csv
+from mlops_lab.inference import TabularModel, read_csv_chunks, score_csv
 from mlops_lab.layer import build_layer
 from mlops_lab.settings import Settings
 
-console = Console()
+console = Console() if Console().is_terminal else Console(width=160)
 
 
 def free_port() -> int:
@@ -41,8 +42,8 @@ def free_port() -> int:
 
 
 def in_process(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
-    """Seconds to parse, cast, score and write predictions for a file, in this process (one ORT thread, like the
-    Lambda's share of this 2-core machine)."""
+    """Seconds to parse, cast, score and write predictions for a file, in this process (one ORT thread; score_csv
+    overlaps parsing with scoring on a second thread, as in the Lambda)."""
     model = TabularModel(model_path, threads=1)
     started = time.perf_counter()
     with csv_path.open(newline="") as source, open(os.devnull, "w") as sink:
@@ -50,15 +51,57 @@ def in_process(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
     return time.perf_counter() - started
 
 
-def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> float:
-    """Seconds from the start of the upload until the predictions object exists."""
-    s3 = aws.client("s3")
+def onnxruntime_only(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
+    """Seconds ONNX Runtime alone spends on the file's rows (inputs cast beforehand, not timed): the ceiling."""
+    model = TabularModel(model_path, threads=1)
+    with csv_path.open(newline="") as source:
+        batches = [model.prepare(dict(zip(header, zip(*rows), strict=True)))
+                   for _, header, rows in read_csv_chunks(source, model.feature_names, chunk_rows)]  # fmt: skip
     started = time.perf_counter()
-    s3.upload_file(str(csv_path), settings.input_bucket, key)
-    s3.get_waiter("object_exists").wait(
-        Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
-    )
+    for feeds in batches:
+        model.session.run(None, feeds)
     return time.perf_counter() - started
+
+
+class WorkerMemory:
+    """Samples the RSS of the emulator's Lambda workers (processes running MiniStack's _worker.py)."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(0.05):
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    if b"_worker.py" in (proc / "cmdline").read_bytes():
+                        rss = int((proc / "statm").read_text().split()[1]) * page
+                        self.peak_bytes = max(self.peak_bytes, rss)
+                except (OSError, IndexError, ValueError):
+                    continue
+
+
+def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> tuple[float, int]:
+    """Seconds from the start of the upload until the predictions object exists, and the workers' peak RSS."""
+    s3 = aws.client("s3")
+    with WorkerMemory() as memory:
+        started = time.perf_counter()
+        s3.upload_file(str(csv_path), settings.input_bucket, key)
+        s3.get_waiter("object_exists").wait(
+            Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
+        )
+        elapsed = time.perf_counter() - started
+    return elapsed, memory.peak_bytes
 
 
 def invoke_seconds(aws: Aws, settings: Settings, key: str) -> float:
@@ -126,9 +169,10 @@ def main() -> None:
         for size in sizes:
             path = work / f"rows-{size}.csv"
             write_csv(generate(size, seed=size, with_label=False), path)
+            ceiling = onnxruntime_only(model_path, path, settings.chunk_rows)
             local = in_process(model_path, path, settings.chunk_rows)
-            remote = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
-            rows_table.append((size, path.stat().st_size, local, remote))
+            remote, worker_peak = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
+            rows_table.append((size, path.stat().st_size, ceiling, local, remote, worker_peak))
             path.unlink()
 
         aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
@@ -137,12 +181,14 @@ def main() -> None:
         os.environ.clear()
         os.environ.update(saved_env)
 
-    throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process")
-    for column in ("rows", "file", "in-process rows/s", "end-to-end rows/s", "end-to-end / in-process"):
+    throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process vs ORT alone")
+    for column in ("rows", "file", "ORT alone rows/s", "in-process rows/s", "end-to-end rows/s", "e2e / in-process",
+                   "e2e / ORT alone", "worker peak RSS"):  # fmt: skip
         throughput.add_column(column, justify="right")
-    for size, file_bytes, local, remote in rows_table:
-        throughput.add_row(f"{size:,}", f"{file_bytes / 1e6:.1f} MB", f"{size / local:,.0f}", f"{size / remote:,.0f}",
-                           f"{local / remote:.0%}")  # fmt: skip
+    for size, file_bytes, ceiling, local, remote, worker_peak in rows_table:
+        throughput.add_row(f"{size:,}", f"{file_bytes / 1e6:.1f} MB", f"{size / ceiling:,.0f}", f"{size / local:,.0f}",
+                           f"{size / remote:,.0f}", f"{local / remote:.0%}", f"{ceiling / remote:.0%}",
+                           f"{worker_peak / 2**20:,.0f} MiB")  # fmt: skip
     latency = Table(title="Invocation latency (1-row file, synchronous invoke)")
     for column in ("", "median", "min", "max", "n"):
         latency.add_column(column, justify="right")

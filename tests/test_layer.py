@@ -43,3 +43,13 @@ def test_build_is_reproducible(aws_layer, tmp_path: Path) -> None:  # type: igno
     again = build_layer(tmp_path, python="3.12", platform="manylinux_2_28_x86_64")
     assert again.sha256 == aws_layer.sha256
     assert again.path != aws_layer.path
+
+
+def test_stored_layer_for_the_emulator_has_the_same_files(aws_layer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stored = build_layer(tmp_path, python="3.12", platform="manylinux_2_28_x86_64", compress=False)
+    deflated_entries = {(i.filename, i.CRC, i.file_size) for i in zipfile.ZipFile(aws_layer.path).infolist()}
+    stored_infos = zipfile.ZipFile(stored.path).infolist()
+    assert {(i.filename, i.CRC, i.file_size) for i in stored_infos} == deflated_entries
+    assert {i.compress_type for i in stored_infos} == {zipfile.ZIP_STORED}
+    assert stored.description != aws_layer.description  # bootstrap republishes when the packing changes
+    check_limits(stored)  # only the unzipped limit applies to a zip that never goes to AWS

@@ -162,7 +162,8 @@ def build_layer(
     with console.status("Building the layer..."):
         artifact = lab.build_lambda_layer(get_settings(), python, platform)
     console.print(
-        f"{artifact.path}\n  py{artifact.python} {artifact.platform}: {artifact.zipped_bytes / 1e6:.1f} MB zipped, "
+        f"{artifact.path}\n  py{artifact.python} {artifact.platform}: {artifact.zipped_bytes / 1e6:.1f} MB "
+        f"{'zipped' if artifact.compressed else 'stored (emulator only: extracts faster)'}, "
         f"{artifact.unzipped_bytes / 1e6:.1f} MB unzipped, sha256 {artifact.sha256[:16]}"
     )
 
