@@ -90,23 +90,13 @@ def train_and_log(
     settings: Settings, data_path: Path | None = None, *, rows: int = 20000, seed: int = 42, run_name: str | None = None
 ) -> LoggedVersion:
     """Train on ``data_path`` (or ``rows`` generated rows), export + verify ONNX, write it locally, log and register."""
-    from mlops_lab.data import generate, load_training_csv
-    from mlops_lab.train import check_agreement, data_fingerprint, to_onnx, train
+    from mlops_lab.train import train_verified, write_atomically
 
-    if data_path is None:
-        df, source = generate(rows, seed=seed), f"generated(rows={rows}, seed={seed})"
-    else:
-        df, source = load_training_csv(data_path), Path(data_path).name
-    result = train(df, seed=seed)
-    data_sha256 = data_fingerprint(df)
-    onnx_bytes = to_onnx(result.pipeline, df, metadata={
-        "training_rows": str(result.metrics["rows_train"]), "metrics": result.metrics, "training_data": source,
-        "sha256_of_training_data": data_sha256, "seed": str(seed),
-    })  # fmt: skip
-    agreement = check_agreement(result.pipeline, onnx_bytes, result.holdout)  # raises AgreementError
-    settings.model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(settings.model_path, onnx_bytes)
-    params = {"rows": len(df), "seed": seed, "training_data": source, "sha256_of_training_data": data_sha256,
+    verified = train_verified(data_path, rows=rows, seed=seed)  # raises AgreementError
+    result, onnx_bytes, agreement = verified.result, verified.onnx_bytes, verified.agreement
+    write_atomically(settings.model_path, onnx_bytes)
+    params = {"rows": verified.rows, "seed": seed, "training_data": verified.source,
+              "sha256_of_training_data": verified.data_sha256,
               "holdout_share": 0.2}  # fmt: skip
     params |= {f"rf_{k}": v for k, v in result.pipeline.named_steps["classifier"].get_params().items()
                if k in ("n_estimators", "max_depth", "min_samples_leaf", "random_state")}  # fmt: skip
@@ -319,14 +309,3 @@ def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow
         rows.append(VersionRow(str(mv.version), mv.run_id, created, sorted(aliases.get(str(mv.version), [])), metrics,
                                live == str(mv.version)))  # fmt: skip
     return sorted(rows, key=lambda r: int(r.version), reverse=True)
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

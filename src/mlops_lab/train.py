@@ -232,12 +232,21 @@ def check_agreement(
 # -- the whole job ----------------------------------------------------------------------------------------------
 
 
-def train_and_export(data_path: Path | None, out_path: Path, rows: int = 20000, seed: int = 42) -> ExportResult:
-    """Load ``data_path`` (or generate ``rows`` rows with ``seed``), train, export, verify, and write ``out_path``.
+@dataclass(frozen=True)
+class VerifiedModel:
+    """One training job's outcome: the fitted pipeline and its ONNX export, checked to agree on the holdout."""
 
-    Nothing is written unless the ONNX model agrees with the pipeline on the holdout (AgreementError otherwise);
-    the file is replaced atomically, so a reader never sees half a model.
-    """
+    result: TrainResult
+    onnx_bytes: bytes
+    agreement: AgreementReport
+    source: str  # the data file's name, or how the rows were generated
+    data_sha256: str
+    rows: int
+
+
+def train_verified(data_path: Path | None, rows: int = 20000, seed: int = 42) -> VerifiedModel:
+    """Load ``data_path`` (or generate ``rows`` rows with ``seed``), train, export to ONNX, and check agreement
+    (AgreementError on a mismatch)."""
     if data_path is None:
         df = generate(rows, seed=seed)
         source = f"generated(rows={rows}, seed={seed})"
@@ -258,14 +267,24 @@ def train_and_export(data_path: Path | None, out_path: Path, rows: int = 20000, 
         },
     )
     agreement = check_agreement(result.pipeline, onnx_bytes, result.holdout)
-    _write_atomically(out_path, onnx_bytes)
+    return VerifiedModel(result, onnx_bytes, agreement, source, data_sha256, len(df))
+
+
+def train_and_export(data_path: Path | None, out_path: Path, rows: int = 20000, seed: int = 42) -> ExportResult:
+    """``train_verified``, then write ``out_path``.
+
+    Nothing is written unless the ONNX model agrees with the pipeline on the holdout (AgreementError otherwise);
+    the file is replaced atomically, so a reader never sees half a model.
+    """
+    verified = train_verified(data_path, rows=rows, seed=seed)
+    write_atomically(out_path, verified.onnx_bytes)
     return ExportResult(
         path=out_path,
-        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        size_bytes=len(onnx_bytes),
-        metrics=result.metrics,
-        agreement=agreement,
-        data_sha256=data_sha256,
+        sha256=hashlib.sha256(verified.onnx_bytes).hexdigest(),
+        size_bytes=len(verified.onnx_bytes),
+        metrics=verified.result.metrics,
+        agreement=verified.agreement,
+        data_sha256=verified.data_sha256,
     )
 
 
@@ -275,7 +294,7 @@ def data_fingerprint(df: pd.DataFrame) -> str:
     return hashlib.sha256(hashes.tobytes()).hexdigest()
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+def write_atomically(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
