@@ -43,8 +43,12 @@ test: install ## Run the test suite (unit + integration against a real emulator 
 test-compose: install ## Run the docker-compose stack end to end on a real engine (root; see scripts/compose-ci.sh)
 	scripts/compose-ci.sh
 
-bench: install ## Run the benchmarks (tables, not assertions)
+bench: install ## Run the benchmarks: batch path, then the API against its baselines (tables, not assertions)
 	$(BIN)/python bench/batch.py
+	@# The API bench drives its servers with wrk (Debian package); root installs it, anyone else is told how.
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y --no-install-recommends wrk >/dev/null; } || true
+	$(BIN)/python bench/api.py
 
 clean: down ## Remove the venvs, state, builds and caches
 	rm -rf $(VENV) .lab .pytest_cache build *.egg-info src/*.egg-info

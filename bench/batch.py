@@ -3,7 +3,11 @@
 Starts its own embedded stack on a free loopback port (state in a temp dir), so it never touches `make up`'s.
 Prints tables; asserts nothing. Ratios are from one run, side by side, because these machines are noisy.
 
-    .venv/bin/python bench/batch.py [--sizes 10000,100000,1000000] [--warm-invokes 20]
+    .venv/bin/python bench/batch.py [--model lab|course] [--sizes 10000,100000,1000000] [--warm-invokes 20]
+
+--model lab (default) trains the lab's own model here (random forest, 100 trees) and scores generated rows;
+--model course scores the course's own model.onnx (../shared/data/course) on its input_batch.csv rows, repeated
+to each size: a much cheaper model per row, so parsing and I/O weigh more against ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from mlops_lab.inference import TabularModel, read_csv_chunks, score_csv
 from mlops_lab.layer import build_layer
 from mlops_lab.settings import Settings
 
+COURSE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "course"
+
 console = Console() if Console().is_terminal else Console(width=160)
 
 
@@ -39,6 +45,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def course_rows(size: int, target: Path) -> None:
+    """The course's input_batch.csv rows, repeated (and cut) to ``size`` rows."""
+    header, *lines = (COURSE_DIR / "input_batch.csv").read_text().splitlines(keepends=True)
+    with target.open("w") as out:
+        out.write(header)
+        for start in range(0, size, len(lines)):
+            out.writelines(lines[: min(len(lines), size - start)])
 
 
 def in_process(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
@@ -126,11 +141,14 @@ def force_cold(aws: Aws, settings: Settings, nonce: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["lab", "course"], default="lab")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--warm-invokes", type=int, default=20)
     parser.add_argument("--cold-invokes", type=int, default=3)
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
+    if args.model == "course" and not (COURSE_DIR / "model.onnx").exists():
+        raise SystemExit(f"--model course: no model.onnx in {COURSE_DIR}")
 
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     settings = Settings(state_dir=work / "lab", emulator_port=free_port(), prefix="bench", max_input_mb=1024)
@@ -142,13 +160,20 @@ def main() -> None:
         model_path = work / "model.onnx"
         from mlops_lab.train import train_and_export
 
-        train_and_export(None, model_path, rows=20000, seed=1)
+        if args.model == "course":
+            model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
+            write_rows = course_rows
+        else:
+            train_and_export(None, model_path, rows=20000, seed=1)
+
+            def write_rows(size: int, target: Path) -> None:
+                write_csv(generate(size, seed=size, with_label=False), target)
         lab.run_bootstrap(settings, aws)
         publish_model(settings, aws, model_path.read_bytes())
 
         # Latency of one tiny file: cold (fresh worker) and warm, beside scoring it in-process.
         tiny = work / "tiny.csv"
-        write_csv(generate(1, seed=2, with_label=False), tiny)
+        write_rows(1, tiny)
         aws.client("s3").upload_file(str(tiny), settings.input_bucket, "bench/tiny.txt")  # .txt: no notification
         tiny_key = "bench/tiny.txt"
         cold = []
@@ -168,7 +193,7 @@ def main() -> None:
         rows_table = []
         for size in sizes:
             path = work / f"rows-{size}.csv"
-            write_csv(generate(size, seed=size, with_label=False), path)
+            write_rows(size, path)
             ceiling = onnxruntime_only(model_path, path, settings.chunk_rows)
             local = in_process(model_path, path, settings.chunk_rows)
             remote, worker_peak = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
@@ -181,6 +206,8 @@ def main() -> None:
         os.environ.clear()
         os.environ.update(saved_env)
 
+    model_name = "the course's model.onnx" if args.model == "course" else "the lab's model (random forest, 100 trees)"
+    console.print(f"model: {model_name}")
     throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process vs ORT alone")
     for column in ("rows", "file", "ORT alone rows/s", "in-process rows/s", "end-to-end rows/s", "e2e / in-process",
                    "e2e / ORT alone", "worker peak RSS"):  # fmt: skip

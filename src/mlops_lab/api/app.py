@@ -5,27 +5,29 @@ contract ``/ping`` + ``/invocations`` (CSV or JSON), so the same image serves on
 
 Scoring one request is CPU-light (validation + one ORT call), so the endpoints are ``async`` and run on the event
 loop; requests with many rows are scored in the threadpool so they do not stall the loop for everyone else.
+Successful ``POST /predict`` requests are answered by an ASGI fast path in front of the router, running the same
+validation and scoring as the route (``mlops_lab.api.predict``); the route answers every error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 
 from mlops_lab import __version__
 from mlops_lab.api import payloads
 from mlops_lab.api.access_log import AccessLogMiddleware, configure_logging
-from mlops_lab.api.deps import ApiKeyDep, BodyDep, SnapshotDep, StoreDep
+from mlops_lab.api.deps import ApiKeyDep, BodyDep, SnapshotDep, StoreDep, current_snapshot, read_body_limited
+from mlops_lab.api.predict import PredictFastPath, predict_json, score
 from mlops_lab.api.model_store import ModelSource, ModelStore, Snapshot, resolve_source
 from mlops_lab.api.schemas import (
     ErrorResponse,
@@ -37,8 +39,6 @@ from mlops_lab.api.schemas import (
 from mlops_lab.inference import InputError, Prediction
 from mlops_lab.settings import Settings, get_settings
 
-# Above this many rows, scoring moves off the event loop.
-INLINE_ROWS = 64
 # How long startup waits for the first load attempt before serving anyway (/ready says 503 until loaded).
 STARTUP_WAIT_S = 10.0
 
@@ -49,6 +49,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "no model loaded yet"},
 }
 JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class JSONBytes(Response):
+    """A response whose body is already JSON bytes (no re-encoding, no per-request media type argument)."""
+
+    media_type = "application/json"
 
 
 def create_app(settings: Settings | None = None, model_source: str | Path | ModelSource | None = None) -> FastAPI:
@@ -83,6 +89,10 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
     app.state.store = store
     # The key check exists only when a key is configured: no cost (and no security scheme in the docs) otherwise.
     auth = [ApiKeyDep] if settings.api_key else []
+    max_body_bytes = settings.api_max_body_bytes
+    # POST /predict's fast path (src/mlops_lab/api/predict.py): inside the access log, in front of the router; it
+    # answers only successful predictions and hands everything else to the route below.
+    app.add_middleware(PredictFastPath, store=store, max_body_bytes=max_body_bytes, api_key=settings.api_key)
     if settings.api_access_log:
         configure_logging()
         app.add_middleware(AccessLogMiddleware)
@@ -149,12 +159,17 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
               responses={k: ERRORS[k] for k in (401, 413, 422, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
-    async def predict(request: Request, snapshot: SnapshotDep, body: BodyDep) -> Response:
-        records = payloads.records_from_json(snapshot, body)
-        prediction = await _score(snapshot, payloads.columns_from_records(snapshot, records), len(records))
-        request.state.rows = len(records)
-        request.state.model_version = snapshot.info.version
-        return Response(_predictions_json(snapshot, prediction), media_type="application/json")
+    async def predict(request: Request) -> Response:
+        # Successful predictions are mostly answered by PredictFastPath before they get here; this route answers the
+        # rest (every error) and defines the documentation. The snapshot and body checks are the functions SnapshotDep
+        # and BodyDep run, in the same order (after the API key, when one is set), called directly.
+        snapshot = current_snapshot(store)
+        body = await read_body_limited(request, max_body_bytes)
+        content, rows = await predict_json(snapshot, body)
+        state = request.state
+        state.rows = rows
+        state.model_version = snapshot.info.version
+        return JSONBytes(content)
 
     @app.post("/invocations", tags=["sagemaker"], dependencies=auth,
               summary="SageMaker inference: text/csv (header optional) or application/json",
@@ -171,11 +186,11 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         content_type = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
         if content_type == "text/csv":
             columns, rows, first_row = payloads.invocation_csv(snapshot, body)
-            prediction = await _score(snapshot, columns, rows, first_row)
+            prediction = await score(snapshot, columns, rows, first_row)
         elif content_type in ("application/json", "", "*/*"):
             records = payloads.invocation_json(snapshot, body)
             rows = len(records)
-            prediction = await _score(snapshot, payloads.columns_from_records(snapshot, records), rows)
+            prediction = await score(snapshot, payloads.columns_from_records(snapshot, records), rows)
         else:
             raise HTTPException(415, f"unsupported Content-Type {content_type!r}: send text/csv or application/json")
         request.state.rows = rows
@@ -184,20 +199,14 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
             probabilities = np.char.mod("%.6f", prediction.probabilities).tolist()
             text = payloads.predictions_csv(prediction.classes, prediction.labels.tolist(), probabilities)
             return Response(text, media_type="text/csv")
-        return Response(_predictions_json(snapshot, prediction), media_type="application/json")
+        return JSONBytes(_predictions_json(snapshot, prediction))
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-async def _score(snapshot: Snapshot, columns: dict[str, list[Any]], rows: int, first_row: int = 1) -> Prediction:
-    if rows > INLINE_ROWS:
-        return await run_in_threadpool(snapshot.model.predict, columns, first_row=first_row)
-    return snapshot.model.predict(columns, first_row=first_row)
-
-
 def _predictions_json(snapshot: Snapshot, prediction: Prediction) -> bytes:
-    return json.dumps({"model": snapshot.ref, "predictions": prediction.records()}, separators=(",", ":")).encode()
+    return to_json({"model": snapshot.ref, "predictions": prediction.records()}, inf_nan_mode="null")
 
 
 def _dataframe_split_schema(record: dict[str, Any], max_rows: int) -> dict[str, Any]:

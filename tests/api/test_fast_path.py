@@ -1,0 +1,257 @@
+"""The /predict fast paths give exactly what the general paths give: the core's ``predict_small`` against
+``predict_records``, and the ASGI ``PredictFastPath`` against the FastAPI route (which answers whatever it declines)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.linear_model import LogisticRegression
+
+from mlops_lab.api import access_log
+from mlops_lab.api.predict import PredictFastPath
+from mlops_lab.inference import SMALL_BATCH, InputError, TabularModel
+
+from .conftest import make_rows
+
+
+def rows_as_records(n: int, seed: int) -> list[dict]:
+    columns = make_rows(n, seed)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def tensor_model(tmp_path: Path, *, zipmap: bool) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = to_onnx(LogisticRegression().fit(x, y), initial_types=[("input", FloatTensorType([None, 3]))],
+                    options={"zipmap": zipmap}, target_opset=15)
+    path = tmp_path / f"tensor-{zipmap}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def outcome(model: TabularModel, method: str, records: list[dict]):
+    try:
+        result = getattr(model, method)(records)
+        return result.records() if method == "predict_records" else result
+    except InputError as exc:
+        return ("InputError", exc.to_dict())
+
+
+def same(a, b) -> bool:
+    """Equal outcomes; json.dumps so that NaN probabilities (a null for a model with no imputer) compare equal."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+# -- the core: predict_small ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, SMALL_BATCH, SMALL_BATCH + 1])
+def test_predict_small_equals_predict_records(small_model, n):
+    model = TabularModel(small_model)
+    model.classes  # noqa: B018 - learned before the fast path is used, as the API's warm-up does
+    for seed in range(3):
+        records = rows_as_records(n, seed)
+        assert model.predict_small(records) == model.predict_records(records).records()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"age": "45"},  # a numeric string: the casters refuse it, the general path takes it
+        {"age": 45.0},
+        {"age": True},
+        {"age": 45.5},
+        {"age": None},
+        {"age": 2**70},
+        {"score": None},  # NaN for the imputer, in the general path
+        {"score": "0.5"},
+        {"score": 10},
+        {"score": float("inf")},
+        {"sex": "Other"},
+        {"sex": 1},
+        {"unexpected": 1},
+    ],
+)
+def test_predict_small_odd_values_match_the_general_path(small_model, record, change):
+    model = TabularModel(small_model)
+    model.classes  # noqa: B018
+    for records in ([record | change], [record, record | change]):
+        assert same(outcome(model, "predict_small", records), outcome(model, "predict_records", records))
+
+
+def test_predict_small_missing_column_and_no_records(small_model, record):
+    model = TabularModel(small_model)
+    del record["age"]
+    assert outcome(model, "predict_small", [record]) == outcome(model, "predict_records", [record])
+    assert outcome(model, "predict_small", []) == outcome(model, "predict_records", [])
+
+
+@pytest.mark.parametrize("zipmap", [False, True])
+def test_predict_small_single_tensor_models(tmp_path, zipmap):
+    model = TabularModel(tensor_model(tmp_path, zipmap=zipmap))
+    records = [{"f0": 0.5, "f1": -1, "f2": 2.0}, {"f0": -0.5, "f1": 1.5, "f2": 0}]
+    # the first call learns the class names (general path), the next ones use the fast path
+    for _ in range(2):
+        assert model.predict_small(records[:1]) == model.predict_records(records[:1]).records()
+        assert model.predict_small(records) == model.predict_records(records).records()
+    assert same(outcome(model, "predict_small", [{"f0": "x", "f1": 0, "f2": 0}]),
+                outcome(model, "predict_records", [{"f0": "x", "f1": 0, "f2": 0}]))
+
+
+def test_predict_small_from_many_threads(small_model):
+    """The one-row tensors are reused under a lock; concurrent callers must still each get their own row's answer."""
+    model = TabularModel(small_model)
+    records = rows_as_records(64, 7)
+    expected = [model.predict_records([r]).records()[0] for r in records]
+    failures: list[str] = []
+
+    def work(offset: int) -> None:
+        for i in range(300):
+            k = (i + offset) % len(records)
+            if model.predict_small([records[k]])[0] != expected[k]:
+                failures.append(f"row {k}")
+
+    threads = [threading.Thread(target=work, args=(t * 13,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+# -- the API: PredictFastPath against the route -----------------------------------------------------------------------
+
+
+def both_ways(client, body: bytes, headers: dict | None = None):
+    """The same request answered by the fast path (Content-Length) and by the route (chunked: the fast path declines)."""
+    headers = {"content-type": "application/json"} | (headers or {})
+    fast = client.post("/predict", content=body, headers=headers)
+    routed = client.post("/predict", content=iter([body]), headers=headers)
+    return fast, routed
+
+
+BODIES = [
+    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}',
+    b'[{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"},'
+    b' {"age": 20.0, "hours_per_week": 10, "score": -1, "work_class": "Gov", "sex": "Female"}]',
+    b'{"age": "45", "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}',
+    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Other"}',
+    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private"}',
+    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male", "x": 1}',
+    b"", b"{", b"[]", b"null", b"[1]",
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_fast_path_answers_like_the_route(make_client, body):
+    fast, routed = both_ways(make_client(), body)
+    assert fast.status_code == routed.status_code
+    assert fast.json() == routed.json()
+    assert fast.headers["content-type"] == routed.headers["content-type"]
+
+
+def test_fast_path_many_rows_and_limits(make_client, record):
+    client = make_client(api_max_rows=40, api_max_body_bytes=4000)
+    for rows in (SMALL_BATCH + 1, 30, 41):
+        fast, routed = both_ways(client, json.dumps([record] * rows).encode())
+        assert (fast.status_code, fast.json()) == (routed.status_code, routed.json())
+    too_big = json.dumps([record] * 60).encode()
+    fast, routed = both_ways(client, too_big)
+    assert fast.status_code == routed.status_code == 413
+
+
+def test_fast_path_checks_the_api_key_like_the_route(make_client, record):
+    client = make_client(api_key="sekrit")
+    body = json.dumps(record).encode()
+    for headers, status in [
+        ({}, 401),
+        ({"x-api-key": "wrong"}, 401),
+        ({"x-api-key": ""}, 401),
+        ({"x-api-key": "sekrit"}, 200),
+        ({"authorization": "Bearer sekrit"}, 200),
+        ({"authorization": "bearer sekrit"}, 200),
+        ({"authorization": "Basic sekrit"}, 401),
+        ({"authorization": "Bearer wrong"}, 401),
+        ({"x-api-key": "wrong", "authorization": "Bearer sekrit"}, 401),  # X-API-Key wins, as in the route
+    ]:
+        fast, routed = both_ways(client, body, headers)
+        assert fast.status_code == routed.status_code == status, headers
+        assert fast.json() == routed.json()
+
+
+def test_fast_path_steps_aside_for_other_requests_and_for_telemetry():
+    seen: list[str] = []
+
+    async def route(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    class NoStore:
+        current = None
+
+    fast = PredictFastPath(route, store=NoStore(), max_body_bytes=100, api_key=None)  # type: ignore[arg-type]
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    base = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [(b"content-length", b"2")]}
+    for scope in (
+        base | {"path": "/invocations"},
+        base | {"method": "GET"},
+        base | {"fastapi.telemetry": object()},
+        base,  # no model loaded: the route answers 503
+    ):
+        asyncio.run(fast(scope, receive, send))
+    assert seen == ["/invocations", "/predict", "/predict", "/predict"]
+
+
+def test_fast_path_requests_are_access_logged(settings_factory, small_model, record, monkeypatch):
+    """One JSON line per request, rows and model version included, through the direct write and through logging."""
+    from fastapi.testclient import TestClient
+
+    from mlops_lab.api.app import create_app
+
+    logger = logging.getLogger("mlops_lab.api.access")
+    stream = io.StringIO()
+    monkeypatch.setattr(logger, "handlers", [access_log.JsonLinesHandler(stream)])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    app = create_app(settings_factory(api_access_log=True), model_source=small_model)
+    with TestClient(app) as client:
+        assert client.post("/predict", json=record).status_code == 200
+        assert client.post("/predict", json=record | {"sex": "Other"}).status_code == 422
+        # another handler as well: the middleware goes through logger.info, and the lines are the same
+        captured: list[str] = []
+        extra = logging.Handler()
+        extra.emit = lambda rec: captured.append(rec.getMessage())  # type: ignore[method-assign]
+        logger.handlers.append(extra)
+        assert client.post("/predict", json=[record, record]).status_code == 200
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["path"], e["status"], e.get("rows")) for e in lines] == [
+        ("/predict", 200, 1), ("/predict", 422, None), ("/predict", 200, 2)]
+    assert lines[0]["model_version"] == "1" and {"ts", "method", "ms", "bytes", "client"} <= set(lines[0])
+    assert [json.loads(line) for line in captured] == lines[2:]
+
+
+def test_a_null_is_refused_by_both_paths(make_client, record):
+    """The core would score a null as NaN (and a model with no imputer would answer NaN): the API refuses it first."""
+    fast, routed = both_ways(make_client(), json.dumps(record | {"score": None}).encode())
+    assert fast.status_code == routed.status_code == 422
+    assert fast.json() == routed.json()
+    assert "score" in json.dumps(fast.json())
