@@ -88,6 +88,7 @@ cleanup() {
         fi
         restore_firewall
         [[ -n ${RUN_DOCKER_CREATED:-} ]] && rm -rf /run/docker
+        [[ -n ${KEY_CREATED:-} ]] && rm -f /etc/docker/key.json
         if [[ -f $WORK/ip_forward.before ]]; then
             cat "$WORK/ip_forward.before" >/proc/sys/net/ipv4/ip_forward
         fi
@@ -122,6 +123,7 @@ save_firewall
 cat /proc/sys/net/ipv4/ip_forward >"$WORK/ip_forward.before"
 ip link show docker0 >/dev/null 2>&1 || BRIDGE_CREATED=1
 [[ -e /run/docker ]] || RUN_DOCKER_CREATED=1  # dockerd makes /run/docker/plugins whatever --exec-root says
+[[ -e /etc/docker/key.json ]] || KEY_CREATED=1  # and its trust key in /etc/docker
 
 log "starting dockerd (data root $WORK/data, --ip 127.0.0.1)"
 /usr/sbin/dockerd --data-root "$WORK/data" --exec-root "$WORK/exec" --pidfile "$WORK/dockerd.pid" \
