@@ -205,3 +205,34 @@ def test_chunks_give_the_same_output(course_model_path: Path) -> None:
         score_csv(model, io.StringIO(text), sink, chunk_rows=chunk_rows)
         outputs.add(sink.getvalue())
     assert len(outputs) == 1
+
+
+def test_output_echoes_input_lines_and_survives_quoting(trained_model_path: Path) -> None:
+    """Rows are echoed as they came with the new columns appended; quoted fields (one holding a newline, which
+    makes its chunk re-encoded field by field), CRLF endings, blank lines and any chunk size parse the same."""
+    model = TabularModel(trained_model_path)
+    plain = ",".join(ROW)
+    spaced = ", ".join(ROW)
+    quoted = ",".join(f'"{v}"' for v in ROW)
+    hours = COURSE_COLUMNS.index("hours_per_week")
+    multiline = ",".join(ROW[:hours] + ['"40\n"'] + ROW[hours + 1 :])  # a number with a newline after it
+    lines = [",".join(COURSE_COLUMNS), plain, spaced, "", quoted, multiline, plain]
+    outputs = set()
+    for ending in ("\n", "\r\n"):
+        for chunk_rows in (1, 2, 100):
+            sink = io.StringIO()
+            summary = score_csv(model, io.StringIO(ending.join(lines) + ending, newline=""), sink, chunk_rows=chunk_rows)
+            assert summary.rows == 5
+            text = sink.getvalue()
+            parsed = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True))
+            assert parsed[0] == [*COURSE_COLUMNS, "prediction", *(f"probability_{c}" for c in model.classes)]
+            assert [row[:12] for row in parsed[1:]] == [ROW, ROW, ROW, ROW[:hours] + ["40\n"] + ROW[hours + 1 :], ROW]
+            expected = model.predict({name: [row[i] for row in parsed[1:]] for i, name in enumerate(COURSE_COLUMNS)})
+            assert [row[12] for row in parsed[1:]] == expected.labels.tolist()
+            assert [float(p) for row in parsed[1:] for p in row[13:]] == pytest.approx(
+                expected.probabilities.ravel().tolist(), abs=1e-6)
+            outputs.add(json.dumps(parsed))
+            if chunk_rows <= 2:  # (with 100, the multi-line row's chunk is the whole file: re-encoded)
+                assert text.splitlines()[1:3] == [f"{plain},{parsed[1][12]},{','.join(parsed[1][13:])}",
+                                                  f"{spaced},{parsed[2][12]},{','.join(parsed[2][13:])}"]
+    assert len(outputs) == 1
