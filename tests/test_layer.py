@@ -53,3 +53,30 @@ def test_stored_layer_for_the_emulator_has_the_same_files(aws_layer, tmp_path: P
     assert {i.compress_type for i in stored_infos} == {zipfile.ZIP_STORED}
     assert stored.description != aws_layer.description  # bootstrap republishes when the packing changes
     check_limits(stored)  # only the unzipped limit applies to a zip that never goes to AWS
+
+
+def test_emulator_layer_carries_bytecode_its_interpreter_uses(tmp_path: Path) -> None:
+    """The embedded layer ships pycs compiled by the emulator's interpreter, valid after extraction (new mtimes):
+    with every source of onnxruntime's package turned into a syntax error, the import still works from bytecode."""
+    import subprocess
+
+    from mlops_lab.emulator import EmulatorInstall
+    from mlops_lab.layer import interpreter_target
+
+    interpreter = EmulatorInstall(get_settings().emulator_venv).python
+    if not interpreter.exists():
+        pytest.skip("the emulator is not installed (make install)")
+    python, platform = interpreter_target(str(interpreter))
+    layer = build_layer(tmp_path / "build", python=python, platform=platform, compress=False,
+                        bytecode_for=str(interpreter))  # fmt: skip
+    assert layer.bytecode and " pyc " in layer.description
+    zipfile.ZipFile(layer.path).extractall(tmp_path / "opt")
+    for source in (tmp_path / "opt/python/onnxruntime").rglob("*.py"):
+        source.write_text("this is not python\n")
+    code = "import numpy, onnxruntime, mlops_lab.inference; print(onnxruntime.__version__)"
+    result = subprocess.run([str(interpreter), "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(tmp_path / "opt/python"), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "1.32.0"
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        build_layer(tmp_path / "other", python="3.9", platform=platform, compress=False, bytecode_for=str(interpreter))

@@ -25,23 +25,23 @@ def embedded_endpoint(settings: Settings) -> bool:
     return os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/") == settings.emulator_url
 
 
-def layer_target(settings: Settings) -> tuple[str, str, bool]:
-    """(python, platform, compress) of the layer bootstrap publishes: for the embedded emulator's own interpreter,
-    stored for fast extraction; otherwise AWS's runtime, deflated."""
+def layer_target(settings: Settings) -> tuple[str, str, bool, str | None]:
+    """(python, platform, compress, bytecode_for) of the layer bootstrap publishes: for the embedded emulator's own
+    interpreter, stored and with its bytecode (fast cold starts); otherwise AWS's runtime, deflated, source only."""
     install = emulator.EmulatorInstall(settings.emulator_venv)
     if embedded_endpoint(settings) and install.python.exists():
-        return (*interpreter_target(str(install.python)), False)
-    return settings.layer_python, settings.layer_platform, True
+        return (*interpreter_target(str(install.python)), False, str(install.python))
+    return settings.layer_python, settings.layer_platform, True, None
 
 
 def build_lambda_layer(settings: Settings, python: str | None = None, platform: str | None = None) -> LayerArtifact:
     """The layer for bootstrap's target; an explicit python/platform (`build-layer --python`) means a deflated zip
     for AWS or another emulator."""
-    default_python, default_platform, compress = layer_target(settings)
+    default_python, default_platform, compress, bytecode_for = layer_target(settings)
     if python or platform:
-        compress = True
+        compress, bytecode_for = True, None
     artifact = build_layer(settings.build_dir, python=python or default_python, platform=platform or default_platform,
-                           compress=compress)  # fmt: skip
+                           compress=compress, bytecode_for=bytecode_for)  # fmt: skip
     check_limits(artifact)
     return artifact
 
