@@ -106,17 +106,19 @@ class WorkerMemory:
                     continue
 
 
-def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> tuple[float, int]:
-    """Seconds from the start of the upload until the predictions object exists, and the workers' peak RSS."""
+def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> tuple[float, float, int]:
+    """Seconds from the start of the upload until the predictions object exists, seconds of that spent uploading,
+    and the workers' peak RSS."""
     s3 = aws.client("s3")
     with WorkerMemory() as memory:
         started = time.perf_counter()
         s3.upload_file(str(csv_path), settings.input_bucket, key)
+        uploaded = time.perf_counter() - started
         s3.get_waiter("object_exists").wait(
             Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
         )
         elapsed = time.perf_counter() - started
-    return elapsed, memory.peak_bytes
+    return elapsed, uploaded, memory.peak_bytes
 
 
 def invoke_seconds(aws: Aws, settings: Settings, key: str) -> float:
@@ -196,8 +198,8 @@ def main() -> None:
             write_rows(size, path)
             ceiling = onnxruntime_only(model_path, path, settings.chunk_rows)
             local = in_process(model_path, path, settings.chunk_rows)
-            remote, worker_peak = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
-            rows_table.append((size, path.stat().st_size, ceiling, local, remote, worker_peak))
+            remote, upload, worker_peak = end_to_end(settings, aws, path, f"bench/rows-{size}.csv")
+            rows_table.append((size, path.stat().st_size, ceiling, local, remote, upload, worker_peak))
             path.unlink()
 
         aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
@@ -210,12 +212,12 @@ def main() -> None:
     console.print(f"model: {model_name}")
     throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process vs ORT alone")
     for column in ("rows", "file", "ORT alone rows/s", "in-process rows/s", "end-to-end rows/s", "e2e / in-process",
-                   "e2e / ORT alone", "worker peak RSS"):  # fmt: skip
+                   "e2e / ORT alone", "of e2e: upload", "worker peak RSS"):  # fmt: skip
         throughput.add_column(column, justify="right")
-    for size, file_bytes, ceiling, local, remote, worker_peak in rows_table:
+    for size, file_bytes, ceiling, local, remote, upload, worker_peak in rows_table:
         throughput.add_row(f"{size:,}", f"{file_bytes / 1e6:.1f} MB", f"{size / ceiling:,.0f}", f"{size / local:,.0f}",
                            f"{size / remote:,.0f}", f"{local / remote:.0%}", f"{ceiling / remote:.0%}",
-                           f"{worker_peak / 2**20:,.0f} MiB")  # fmt: skip
+                           f"{upload:.1f} s of {remote:.1f} s", f"{worker_peak / 2**20:,.0f} MiB")  # fmt: skip
     latency = Table(title="Invocation latency (1-row file, synchronous invoke)")
     for column in ("", "median", "min", "max", "n"):
         latency.add_column(column, justify="right")
