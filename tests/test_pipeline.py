@@ -250,3 +250,28 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
         aws.client("iam").get_role(RoleName=settings.role_name)
     assert not aws.client("lambda").list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]
     assert {c.action for c in teardown(settings, aws)} == {"absent"}
+
+
+def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(
+    lab_stack: Lab, sample_csv: Path, trained_model_path: Path, tmp_path: Path
+) -> None:
+    """LAB_LAMBDA_BUNDLE_LAYER=true (LocalStack's free image accepts layers but never applies them): no layer, the
+    layer's files in the function's own code zip (through S3: it is large), and the same predictions."""
+    from mlops_lab.bootstrap import publish_model
+
+    settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-bundled", "lambda_bundle_layer": True})
+    aws = lab_stack.aws
+    try:
+        changes = bootstrap(settings, aws, lab.build_lambda_layer(settings))
+        assert "layer" not in {c.kind for c in changes}
+        publish_model(settings, aws, trained_model_path.read_bytes())
+        configuration = aws.client("lambda").get_function(FunctionName=settings.function_name)["Configuration"]
+        assert not configuration.get("Layers")
+        assert configuration["CodeSize"] > 10_000_000  # onnxruntime and numpy came with the code
+        result = lab.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
+        assert (result.status, result.rows) == ("ok", 500)
+        expected = lab.predict_file(lab_stack.settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path / "l")
+        assert result.local_path.read_bytes() == expected.local_path.read_bytes()
+        assert {c.action for c in bootstrap(settings, aws, lab.build_lambda_layer(settings))} == {"unchanged"}
+    finally:
+        teardown(settings, aws)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +66,21 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
     )
 
 
-def function_package() -> bytes:
-    """The function's code zip: only the thin handler (the layer brings the rest)."""
+def function_package(bundled_layer: LayerArtifact | None = None) -> bytes:
+    """The function's code zip: the thin handler (the layer brings the rest); with ``bundled_layer``, the layer's
+    ``python/`` tree as well, at the zip's root (which Lambda puts on sys.path, as it does a layer's ``python/``)."""
     entries = [(path.name, path.read_bytes(), 0o644) for path in sorted(HANDLER_DIR.glob("*.py"))]
+    compress = True
+    if bundled_layer is not None:
+        compress = bundled_layer.compressed
+        with zipfile.ZipFile(bundled_layer.path) as layer_zip:
+            entries += [
+                (info.filename.removeprefix("python/"), layer_zip.read(info), (info.external_attr >> 16) & 0o777)
+                for info in layer_zip.infolist()
+                if info.filename.startswith("python/") and not info.is_dir()
+            ]
     buffer = io.BytesIO()
-    write_deterministic_zip(buffer, entries)
+    write_deterministic_zip(buffer, entries, compress=compress)
     return buffer.getvalue()
 
 
@@ -118,9 +129,12 @@ def bootstrap(
     role_arn, role_change = ensure_role(settings, aws)
     record(role_change)
     record(ensure_role_policy(settings, aws))
-    layer_arn, layer_change = ensure_layer(settings, aws, layer)
-    record(layer_change)
-    function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn)
+    if settings.lambda_bundle_layer:
+        function_arn, function_change = ensure_function(settings, aws, role_arn, None, function_package(layer))
+    else:
+        layer_arn, layer_change = ensure_layer(settings, aws, layer)
+        record(layer_change)
+        function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn, function_package())
     record(function_change)
     record(ensure_invoke_permission(settings, aws, function_arn))
     record(ensure_notification(settings, aws, function_arn))
@@ -213,16 +227,26 @@ def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[st
     )  # fmt: skip
 
 
-def ensure_function(settings: Settings, aws: Aws, role_arn: str, layer_arn: str) -> tuple[str, Change]:
+# Larger code zips go through S3 (AWS caps a direct upload at 50 MB, and a request that size is slow anyway).
+INLINE_CODE_BYTES = 10 * 1000 * 1000
+
+
+def ensure_function(
+    settings: Settings, aws: Aws, role_arn: str, layer_arn: str | None, package: bytes
+) -> tuple[str, Change]:
     lam = aws.client("lambda")
-    package = function_package()
+    if len(package) <= INLINE_CODE_BYTES:
+        code: dict[str, Any] = {"ZipFile": package}
+    else:
+        key = f"functions/{settings.function_name}/{hashlib.sha256(package).hexdigest()}.zip"
+        code = {"S3Bucket": settings.model_bucket, "S3Key": key}
     wanted = {
         "Runtime": settings.lambda_runtime,
         "Handler": "handler.handler",
         "Role": role_arn,
         "MemorySize": settings.lambda_memory_mb,
         "Timeout": settings.lambda_timeout_s,
-        "Layers": [layer_arn],
+        "Layers": [layer_arn] if layer_arn else [],
         "Environment": {"Variables": function_environment(settings)},
     }
     try:
@@ -230,9 +254,10 @@ def ensure_function(settings: Settings, aws: Aws, role_arn: str, layer_arn: str)
     except ClientError as error:
         if not is_not_found(error):
             raise
+        _upload_code(aws, code, package)
         created = _retry_role_propagation(
             lambda: lam.create_function(
-                FunctionName=settings.function_name, Code={"ZipFile": package},
+                FunctionName=settings.function_name, Code=code,
                 Description="mlops-lab: CSV in the input bucket -> predictions in the output bucket", **wanted,
             )  # fmt: skip
         )
@@ -240,7 +265,8 @@ def ensure_function(settings: Settings, aws: Aws, role_arn: str, layer_arn: str)
         return created["FunctionArn"], Change("function", settings.function_name, "created")
     updated = []
     if current.get("CodeSha256") != code_sha256(package):
-        lam.update_function_code(FunctionName=settings.function_name, ZipFile=package)
+        _upload_code(aws, code, package)
+        lam.update_function_code(FunctionName=settings.function_name, **code)
         lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
         updated.append("code")
     differing = [key for key, value in wanted.items() if _current_setting(current, key) != value]
@@ -253,6 +279,11 @@ def ensure_function(settings: Settings, aws: Aws, role_arn: str, layer_arn: str)
     if updated:
         return current["FunctionArn"], Change("function", settings.function_name, "updated", ", ".join(updated))
     return current["FunctionArn"], Change("function", settings.function_name, "unchanged")
+
+
+def _upload_code(aws: Aws, code: dict[str, Any], package: bytes) -> None:
+    if "S3Key" in code:
+        aws.client("s3").upload_fileobj(io.BytesIO(package), code["S3Bucket"], code["S3Key"])
 
 
 def _current_setting(configuration: dict[str, Any], key: str) -> Any:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     lambda_runtime: str = "python3.12"
     lambda_memory_mb: int = Field(1024, ge=128, le=10240)
     lambda_timeout_s: int = Field(300, ge=1, le=900)
+    # Put the layer's files into the function's own code zip instead of attaching a layer: for emulators that accept
+    # layers but do not apply them at run time (LocalStack's free 4.14.0). Unzipped limits are the same (250 MB).
+    lambda_bundle_layer: bool = False
     max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
     chunk_rows: int = Field(8192, ge=1)
 
