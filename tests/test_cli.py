@@ -81,3 +81,34 @@ def test_image_push_without_an_engine_says_what_is_missing(
     assert "Not built or pushed" in result.output and "docker info" in result.output
     repositories = lab_stack.aws.client("ecr").describe_repositories()["repositories"]  # type: ignore[attr-defined]
     assert f"{lab_stack.settings.prefix}-api" in {r["repositoryName"] for r in repositories}
+
+
+def test_up_that_fails_stops_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bootstrap failure leaves no half stack: the emulator and the (already launched) mlflow server are stopped."""
+    import os
+
+    from mlops_lab import emulator, lab, stack
+    from tests.conftest import free_port
+
+    for name, value in {"LAB_STATE_DIR": str(tmp_path / "lab"), "LAB_PREFIX": "up-fails",
+                        "LAB_EMULATOR_PORT": str(free_port()), "LAB_MLFLOW_PORT": str(free_port()),
+                        "LAB_API_PORT": str(free_port())}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored afterwards: `up` points this process at its stack
+
+    def failing_bootstrap(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("bootstrap failed on purpose")
+
+    monkeypatch.setattr(lab, "run_bootstrap", failing_bootstrap)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["up"])
+        settings = get_settings()
+        assert result.exit_code != 0
+        assert "bootstrap failed on purpose" in str(result.exception)
+        assert [name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name)] == []
+        assert not stack.healthy(emulator.health_url(settings))
+    finally:
+        lab.stop_services(get_settings())
+        get_settings.cache_clear()

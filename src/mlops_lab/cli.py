@@ -60,25 +60,33 @@ def _bring_up(*, api: bool, mlflow: bool = False) -> list[str]:
     settings = get_settings()
     already = {name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name)}
     started = time.perf_counter()
-    with console.status("Starting the emulator (first run installs it into its own venv)..."):
-        env = lab.start_services(settings)
-    aws = Aws()
-    console.print(f"[bold]Bootstrap[/] against {_target()}")
-    changes = lab.run_bootstrap(settings, aws, on_change=_print_change)
-    with console.status("Training / publishing the model..."):
-        model_changes = lab.ensure_model(settings, aws)
-    for change in model_changes:
-        _print_change(change)
-    _summarise(changes + model_changes)
-    if mlflow:
-        with console.status("Starting the mlflow tracking server..."):
-            lab.start_mlflow(settings, env)
-    if api:
-        with console.status("Starting the API..."):
-            lab.start_api(settings, env)
-    env_file = lab.write_env_file(settings, env)
-    _status_table(settings)
-    console.print(f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]")
+    try:
+        with console.status("Starting the emulator (first run installs it into its own venv)..."):
+            env = lab.start_services(settings)
+        # mlflow's start-up is mostly imports: it runs while bootstrap does, and is waited for at the end.
+        wait_for_mlflow = lab.start_mlflow(settings, env, wait=False) if mlflow else None
+        aws = Aws()
+        console.print(f"[bold]Bootstrap[/] against {_target()}")
+        changes = lab.run_bootstrap(settings, aws, on_change=_print_change)
+        with console.status("Training / publishing the model..."):
+            model_changes = lab.ensure_model(settings, aws)
+        for change in model_changes:
+            _print_change(change)
+        _summarise(changes + model_changes)
+        if api:
+            with console.status("Starting the API..."):
+                lab.start_api(settings, env)
+        if wait_for_mlflow is not None:
+            with console.status("Waiting for the mlflow tracking server..."):
+                wait_for_mlflow()
+        env_file = lab.write_env_file(settings, env)
+        _status_table(settings)
+        console.print(f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]")
+    except BaseException:
+        # Half a stack is no use: stop what this call started (not what was already running), then report.
+        running = [name for name in ("api", "mlflow", "emulator") if stack.pid_of(settings, name)]
+        lab.stop_services(settings, [name for name in running if name not in already])
+        raise
     return [name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name) and name not in already]
 
 

@@ -59,10 +59,20 @@ def start_api(settings: Settings, env: dict[str, str]) -> None:
     stack.start(settings, stack.api_service(settings, env))
 
 
-def start_mlflow(settings: Settings, env: dict[str, str]) -> None:
-    """The mlflow tracking server (needs the model bucket: start it after bootstrap)."""
+def start_mlflow(settings: Settings, env: dict[str, str], *, wait: bool = True) -> Callable[[], None]:
+    """The mlflow tracking server. It touches the model bucket only when artifacts are logged, so it may start before
+    bootstrap. ``wait=False`` returns at once (its start-up is mostly ~8 s of imports) with the function that waits
+    for it to be healthy: ``up`` overlaps that with bootstrap."""
     (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
-    stack.start(settings, stack.mlflow_service(settings, env))
+    service = stack.mlflow_service(settings, env)
+    pid = stack.launch(settings, service)
+
+    def wait_until_healthy() -> None:
+        stack.wait_healthy(settings, service, pid, timeout=120)
+
+    if wait:
+        wait_until_healthy()
+    return wait_until_healthy
 
 
 SERVICES_STOP_ORDER = ("api", "mlflow", "sagemaker-emulator", "emulator")

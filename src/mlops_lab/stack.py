@@ -114,6 +114,11 @@ def healthy(url: str) -> bool:
 
 def start(settings: Settings, service: Service, *, timeout: float = 60) -> int:
     """Start a service unless it already runs; wait until its health URL answers 200."""
+    return wait_healthy(settings, service, launch(settings, service), timeout=timeout)
+
+
+def launch(settings: Settings, service: Service) -> int:
+    """Start a service unless it already runs, without waiting for it (``wait_healthy`` does); its pid."""
     pid = pid_of(settings, service.name)
     if pid is None:
         if healthy(service.health_url):
@@ -133,6 +138,11 @@ def start(settings: Settings, service: Service, *, timeout: float = 60) -> int:
             )  # fmt: skip
         pid = process.pid
         _pid_file(settings, service.name).write_text(str(pid))
+    return pid
+
+
+def wait_healthy(settings: Settings, service: Service, pid: int, *, timeout: float = 60) -> int:
+    """Wait until a launched service's health URL answers 200; stop it and raise StartError if it dies or times out."""
     deadline = time.monotonic() + timeout
     while not healthy(service.health_url):
         if pid_of(settings, service.name) is None or _exited(pid):
