@@ -226,15 +226,18 @@ class TabularModel:
 
     # -- inputs -------------------------------------------------------------------------------------------------
 
-    def prepare(self, columns: Mapping[str, Sequence[Any]], *, first_row: int = 1) -> dict[str, np.ndarray]:
+    def prepare(
+        self, columns: Mapping[str, Sequence[Any]], *, first_row: int = 1, text: bool = False
+    ) -> dict[str, np.ndarray]:
         """Cast named columns (CSV strings or JSON values) to the model's input tensors.
 
         ``first_row`` is the number reported for the first value, so errors point at the user's own row numbers.
+        ``text=True`` says every value is a str (parsed CSV), which spares checking the types of string columns.
         """
         missing = [name for name in self.feature_names if name not in columns]
         if missing:
             raise InputError(f"missing columns: {', '.join(missing)}", columns=missing)
-        cast = {f.name: _cast_column(f, columns[f.name], first_row) for f in self.features}
+        cast = {f.name: _cast_column(f, columns[f.name], first_row, text) for f in self.features}
         if self.per_column:
             return {name: values.reshape(-1, 1) for name, values in cast.items()}
         (tensor,) = self._inputs
@@ -446,7 +449,7 @@ def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows
     pending: tuple[list[list[str]], list[str] | None, Future[Prediction]] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime") as scorer:
         for first_row, header, rows, lines in _csv_chunks(source, model.feature_names, chunk_rows, keep_lines=True):
-            feeds = model.prepare(dict(zip(header, zip(*rows), strict=True)), first_row=first_row)
+            feeds = model.prepare(dict(zip(header, zip(*rows), strict=True)), first_row=first_row, text=True)
             scoring = scorer.submit(model.run, feeds)
             if pending is None:
                 writer.writerow([*header, "prediction", *(f"probability_{c}" for c in model.classes)])
@@ -502,9 +505,9 @@ def score_csv_text(model: TabularModel, text: str, *, chunk_rows: int = 8192) ->
 # -- casting ----------------------------------------------------------------------------------------------------
 
 
-def _cast_column(feature: Feature, values: Sequence[Any], first_row: int) -> np.ndarray:
+def _cast_column(feature: Feature, values: Sequence[Any], first_row: int, text: bool = False) -> np.ndarray:
     if feature.is_string:
-        return _cast_strings(feature, values, first_row)
+        return _cast_strings(feature, values, first_row, text)
     if feature.dtype is np.bool_:
         return _cast_bools(feature, values, first_row)
     numbers = _as_float_array(values)
@@ -515,15 +518,20 @@ def _cast_column(feature: Feature, values: Sequence[Any], first_row: int) -> np.
         bad = [(i, v) for i, v in enumerate(values) if _as_float(v) is None]
         raise _type_error(feature, bad, first_row)
     if feature.is_integer:
-        invalid = ~np.isfinite(numbers) | (numbers != np.round(numbers))
-        if invalid.any():
+        finite = np.isfinite(numbers)
+        integers = numbers.astype(feature.dtype) if finite.all() else None
+        if integers is None or (integers != numbers).any():  # (a fraction, NaN, inf; or beyond the integer type)
+            invalid = ~finite | (numbers != np.round(numbers))
+            if integers is not None:
+                invalid |= integers != numbers
             bad = [(int(i), values[int(i)]) for i in np.flatnonzero(invalid)]
             raise _type_error(feature, bad, first_row)
+        return integers
     return numbers.astype(feature.dtype)
 
 
-def _cast_strings(feature: Feature, values: Sequence[Any], first_row: int) -> np.ndarray:
-    if set(map(type, values)) != {str}:  # CSV text always passes; JSON may carry numbers or nulls
+def _cast_strings(feature: Feature, values: Sequence[Any], first_row: int, text: bool = False) -> np.ndarray:
+    if not text and set(map(type, values)) != {str}:  # JSON may carry numbers or nulls; CSV text never does
         bad = [(i, v) for i, v in enumerate(values) if not isinstance(v, str)]
         raise _type_error(feature, bad, first_row)
     array = np.asarray(values, dtype=object)
