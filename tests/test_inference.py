@@ -89,6 +89,18 @@ def test_course_model_rejects_fractional_integers(course_model_path: Path) -> No
     assert caught.value.rows == [{"row": 3, "column": "age", "value": "39.5"}]
 
 
+@pytest.mark.parametrize("value", ["1e30", "-9.3e18", "inf", "nan"])
+def test_course_model_rejects_integers_it_cannot_hold(course_model_path: Path, value: str) -> None:
+    """Whole numbers beyond int64 used to wrap around silently in the cast; now they are reported like fractions."""
+    model = TabularModel(course_model_path)
+    row = ROW.copy()
+    row[0] = value
+    with pytest.raises(InputError) as caught:
+        score_csv_text(model, csv_text([ROW, row, ROW]))
+    assert caught.value.columns == ["age"]
+    assert caught.value.rows == [{"row": 3, "column": "age", "value": value}]
+
+
 # -- the lab's own model: metadata with classes and categories -------------------------------------------------
 
 

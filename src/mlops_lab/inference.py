@@ -519,7 +519,8 @@ def _cast_column(feature: Feature, values: Sequence[Any], first_row: int, text: 
         raise _type_error(feature, bad, first_row)
     if feature.is_integer:
         finite = np.isfinite(numbers)
-        integers = numbers.astype(feature.dtype) if finite.all() else None
+        with np.errstate(invalid="ignore"):  # a value beyond the type casts to garbage, caught just below
+            integers = numbers.astype(feature.dtype) if finite.all() else None
         if integers is None or (integers != numbers).any():  # (a fraction, NaN, inf; or beyond the integer type)
             invalid = ~finite | (numbers != np.round(numbers))
             if integers is not None:
