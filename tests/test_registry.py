@@ -172,6 +172,38 @@ def test_promote_switches_lambda_and_api_then_rolls_back(
     assert not rows[second].live and rows[second].aliases == []
 
 
+def test_api_can_serve_a_registry_alias(mlflow_lab: Lab, versions: Versions) -> None:
+    """LAB_API_MODEL_SOURCE=models:/<name>@champion: the API follows the alias itself (no model bucket involved)."""
+    from fastapi.testclient import TestClient
+
+    from mlops_lab.api.app import create_app
+
+    settings, aws = mlflow_lab.settings, mlflow_lab.aws
+    first, second = versions.first.version, versions.second.version
+    registry.promote(settings, aws, first)
+    api_settings = settings.model_copy(update={"api_model_poll_s": 0.2, "api_access_log": False})
+    app = create_app(api_settings, model_source=f"models:/{settings.model_name}@champion")
+    with TestClient(app) as client:
+        metadata = client.get("/metadata").json()
+        assert (metadata["version"], metadata["source"]) == (first, f"models:/{settings.model_name}@champion")
+        try:
+            registry.promote(settings, aws, second)
+            deadline = time.monotonic() + 30
+            while client.get("/metadata").json()["version"] != second:
+                assert time.monotonic() < deadline, "the API did not follow the alias"
+                time.sleep(0.1)
+            answer = client.post("/predict", json={
+                "age": 39, "work_class": "Private", "education": "Bachelors", "marital_status": "Married",
+                "occupation": "Professional", "relationship": "Husband", "race": "White", "sex": "Male",
+                "capital_gain": 0, "capital_loss": 0, "hours_per_week": 40, "native_country": "United-States"})
+            assert answer.status_code == 200 and answer.json()["model"]["version"] == second
+        finally:
+            registry.promote(settings, aws, first)
+    app_by_version = create_app(api_settings, model_source=f"models:/{settings.model_name}/{second}")
+    with TestClient(app_by_version) as client:
+        assert client.get("/metadata").json()["version"] == second
+
+
 def test_promoting_the_live_version_again_changes_nothing(mlflow_lab: Lab, versions: Versions) -> None:
     registry.promote(mlflow_lab.settings, mlflow_lab.aws, versions.first.version)
     again = registry.promote(mlflow_lab.settings, mlflow_lab.aws, versions.first.version)

@@ -95,8 +95,62 @@ class S3Source:
         return Artifact(data, response["ETag"].strip('"'), version)
 
 
+class RegistrySource:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` on the lab's mlflow tracking server.
+
+    The fingerprint is the version the reference resolves to (one registry call), so moving the alias swaps the model;
+    the ONNX file is the one registered with that version, downloaded through the server (served artifacts: no S3
+    credentials needed). Needs mlflow in this environment (the embedded API has it; the API image does not).
+    """
+
+    def __init__(self, uri: str, tracking_uri: str) -> None:
+        reference = uri.removeprefix("models:/")
+        name, alias_sep, alias = reference.partition("@")
+        if not alias_sep:
+            name, _, alias = reference.partition("/")
+        if not name or not alias or "/" in alias:
+            raise ValueError(f"model source {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        self.uri, self.name, self.tracking_uri = uri, name, tracking_uri
+        self.alias = alias if alias_sep else None
+        self.version = None if alias_sep else alias
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                from mlflow import MlflowClient
+            except ImportError:
+                raise RuntimeError(f"model source {self.uri!r} needs mlflow (pip install mlflow==3.17.2)") from None
+            self._client = MlflowClient(self.tracking_uri, self.tracking_uri)
+        return self._client
+
+    def resolved_version(self) -> str:
+        if self.alias is None:
+            return str(self.client.get_model_version(self.name, self.version).version)
+        return str(self.client.get_model_version_by_alias(self.name, self.alias).version)
+
+    def fingerprint(self) -> str:
+        return f"{self.name}/{self.resolved_version()}"
+
+    def fetch(self) -> Artifact:
+        import tempfile
+
+        from mlflow.artifacts import download_artifacts
+
+        version = self.resolved_version()
+        with tempfile.TemporaryDirectory(prefix="mlops-lab-api-model-") as tmp:
+            local = Path(download_artifacts(f"models:/{self.name}/{version}", dst_path=tmp,
+                                            tracking_uri=self.tracking_uri))  # fmt: skip
+            found = sorted(local.rglob("*.onnx"))
+            if not found:
+                raise RuntimeError(f"version {version} of {self.name} holds no .onnx file")
+            return Artifact(found[0].read_bytes(), f"{self.name}/{version}", version)
+
+
 def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelSource:
-    """``"s3"`` → the model bucket/key bootstrap publishes; ``s3://bucket/key``; anything else is a file path."""
+    """``"s3"`` → the model bucket/key bootstrap publishes; ``s3://bucket/key``; ``models:/name@alias`` (or
+    ``models:/name/version``) → the mlflow registry; anything else is a file path."""
     if not isinstance(spec, str | Path):
         return spec
     text = str(spec)
@@ -108,7 +162,7 @@ def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelS
             raise ValueError(f"model source {text!r}: expected s3://bucket/key")
         return S3Source(bucket, key)
     if text.startswith("models:/"):
-        raise ValueError(f"model source {text!r}: mlflow registry aliases are not supported yet")
+        return RegistrySource(text, settings.mlflow_tracking_uri)
     return FileSource(text)
 
 
