@@ -291,6 +291,14 @@ ECR_IMAGE=127.0.0.1:$LAB_EMULATOR_PORT/$ECR_REPO:ci
 $DOCKER tag mlops-lab/api:local "$ECR_IMAGE"
 if timeout 300 $DOCKER push "$ECR_IMAGE" >"$WORK/push.log" 2>&1; then
     tail -1 "$WORK/push.log"; export COMPOSE_ECR_REPOSITORY=$ECR_REPO COMPOSE_ECR_TAG=ci
+    # Pull it back by the digest the registry answered, with the local tag gone: the bytes really are in the emulator.
+    DIGEST=$(grep -o 'digest: sha256:[0-9a-f]\{64\}' "$WORK/push.log" | tail -1 | cut -d' ' -f2 || true)
+    $DOCKER rmi "$ECR_IMAGE" >/dev/null || true
+    if [[ -n $DIGEST ]] && timeout 300 $DOCKER pull "127.0.0.1:$LAB_EMULATOR_PORT/$ECR_REPO@$DIGEST" >"$WORK/pull.log" 2>&1; then
+        echo "PASS: pulled back by digest $DIGEST"; export COMPOSE_ECR_DIGEST=$DIGEST
+    else
+        tail -10 "$WORK/pull.log" 2>/dev/null || true; echo "FAIL: pull by digest (${DIGEST:-no digest in the push output})"; STATUS=1
+    fi
 else
     tail -10 "$WORK/push.log"; echo "FAIL: docker push to the emulator's ECR"; STATUS=1
 fi

@@ -154,3 +154,5 @@ def test_api_image_in_the_emulators_ecr(aws):
     repository, tag = os.environ["COMPOSE_ECR_REPOSITORY"], os.environ["COMPOSE_ECR_TAG"]
     images = aws("ecr").describe_images(repositoryName=repository)["imageDetails"]
     assert any(tag in image.get("imageTags", []) for image in images), images
+    if os.environ.get("COMPOSE_ECR_DIGEST"):  # what the push answered and the script pulled back
+        assert os.environ["COMPOSE_ECR_DIGEST"] in {image["imageDigest"] for image in images}, images
