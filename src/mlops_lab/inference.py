@@ -381,20 +381,20 @@ def _csv_chunks(
     row_number = 2
     any_rows = False
     while True:
-        lines: list[str] | None = list(itertools.islice(lines_in, chunk_rows))
-        assert lines is not None
-        if not lines:
+        chunk = list(itertools.islice(lines_in, chunk_rows))
+        if not chunk:
             break
-        if '"' not in "".join(lines):
+        lines: list[str] | None = chunk
+        if '"' not in "".join(chunk):
             # Without quotes no field can hold a newline: one line is one row, parsed in one C call.
-            rows = list(csv.reader(lines, skipinitialspace=True))
+            rows = list(csv.reader(chunk, skipinitialspace=True))
         else:
             # A quoted field may hold a newline, even across the chunk's end: let the reader take more lines.
-            reader = csv.reader(itertools.chain(lines, lines_in), skipinitialspace=True)
+            reader = csv.reader(itertools.chain(chunk, lines_in), skipinitialspace=True)
             rows = []
             for row in reader:
                 rows.append(row)
-                if reader.line_num >= len(lines):
+                if reader.line_num >= len(chunk):
                     break
             if reader.line_num != len(rows):
                 lines = None  # some row spans lines: this chunk is re-encoded field by field
