@@ -13,7 +13,7 @@ export DO_NOT_TRACK := true
 .PHONY: help install demo up down status test test-compose bench clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python 3.11+ is needed, {sys.executable} is {sys.version.split()[0]}"'
@@ -45,6 +45,8 @@ test-compose: install ## Run the docker-compose stack end to end on a real engin
 
 bench: install ## Run the benchmarks: batch path, then the API against its baselines (tables, not assertions)
 	$(BIN)/python bench/batch.py
+	@if [ -e ../shared/data/course/model.onnx ]; then $(BIN)/python bench/batch.py --model course; \
+		else echo "(no ../shared/data/course: the course-model batch bench is skipped)"; fi
 	@# The API bench drives its servers with wrk (Debian package); root installs it, anyone else is told how.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get install -y --no-install-recommends wrk >/dev/null; } || true
