@@ -254,18 +254,22 @@ class TabularModel:
             labels, probabilities = self.session.run([self._label_output, self._probability_output], dict(feeds))
         except Exception as error:  # ORT's own exception types; a value the model's operators cannot take
             raise InputError(f"the model could not score this input: {error}") from None
-        if self._zipmap:
-            if self._classes is None and probabilities:
+        if self._classes is None:  # learned from the first output when the metadata did not say
+            if self._zipmap and probabilities:
                 self._classes = tuple(str(key) for key in probabilities[0])
-            keys = [_zipmap_key(probabilities[0], c) for c in self.classes] if probabilities else []
-            matrix = np.array([[row[k] for k in keys] for row in probabilities], dtype=np.float32).reshape(
-                -1, len(self.classes)
-            )
-        else:
-            matrix = np.asarray(probabilities, dtype=np.float32)
-            if self._classes is None:
-                self._classes = tuple(str(i) for i in range(matrix.shape[1]))
+            elif not self._zipmap:
+                self._classes = tuple(str(i) for i in range(np.asarray(probabilities).shape[1]))
+        matrix = self._probability_matrix(probabilities)
         return Prediction(np.asarray(labels).reshape(-1).astype(str).astype(object), matrix, self.classes)
+
+    def _probability_matrix(self, probabilities: Any) -> np.ndarray:
+        """ORT's probability output (ZipMap dicts or a tensor) as an (n, classes) float32 matrix in class order."""
+        if not self._zipmap:
+            return np.asarray(probabilities, dtype=np.float32)
+        keys = [_zipmap_key(probabilities[0], c) for c in self.classes] if probabilities else []
+        return np.array([[row[k] for k in keys] for row in probabilities], dtype=np.float32).reshape(
+            -1, len(self.classes)
+        )
 
     def predict_records(self, records: Sequence[Mapping[str, Any]]) -> Prediction:
         """Score JSON-style records (one dict per row). Extra keys are reported, not ignored."""
@@ -306,12 +310,7 @@ class TabularModel:
             return self.predict_records(records).records()
         labels, probabilities = outputs
         classes = self._classes
-        assert classes is not None
-        if self._zipmap:
-            keys = [_zipmap_key(probabilities[0], c) for c in classes]
-            rows = np.array([[row[k] for k in keys] for row in probabilities], dtype=np.float32).tolist()
-        else:
-            rows = np.asarray(probabilities, dtype=np.float32).tolist()
+        rows = self._probability_matrix(probabilities).tolist()
         return [
             {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
             for label, row in zip(np.asarray(labels).reshape(-1).tolist(), rows, strict=True)
