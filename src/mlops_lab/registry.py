@@ -205,14 +205,21 @@ def stamp(onnx_bytes: bytes, **properties: str) -> bytes:
 
 def version_onnx(settings: Settings, version: str | int) -> bytes:
     """The ONNX file registered as ``version`` (downloaded through the tracking server)."""
+    client(settings)
+    return registered_onnx(settings.model_name, version, settings.mlflow_tracking_uri)
+
+
+def registered_onnx(name: str, version: str | int, tracking_uri: str) -> bytes:
+    """The ONNX file of model version ``name``/``version``, through the server at ``tracking_uri`` (no reachability
+    check: the API's registry source calls this from its poll loop, which reports and retries failures itself)."""
     import mlflow
 
-    client(settings)
     with tempfile.TemporaryDirectory(prefix="mlops-lab-version-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{settings.model_name}/{version}", dst_path=tmp))
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp,
+                                                         tracking_uri=tracking_uri))  # fmt: skip
         found = sorted(local.rglob("*.onnx"))
         if not found:
-            raise RegistryError(f"version {version} of {settings.model_name} holds no .onnx file")
+            raise RegistryError(f"version {version} of {name} holds no .onnx file")
         return found[0].read_bytes()
 
 

@@ -134,18 +134,10 @@ class RegistrySource:
         return f"{self.name}/{self.resolved_version()}"
 
     def fetch(self) -> Artifact:
-        import tempfile
-
-        from mlflow.artifacts import download_artifacts
+        from mlops_lab.registry import registered_onnx  # (imports mlflow, which only this source needs)
 
         version = self.resolved_version()
-        with tempfile.TemporaryDirectory(prefix="mlops-lab-api-model-") as tmp:
-            local = Path(download_artifacts(f"models:/{self.name}/{version}", dst_path=tmp,
-                                            tracking_uri=self.tracking_uri))  # fmt: skip
-            found = sorted(local.rglob("*.onnx"))
-            if not found:
-                raise RuntimeError(f"version {version} of {self.name} holds no .onnx file")
-            return Artifact(found[0].read_bytes(), f"{self.name}/{version}", version)
+        return Artifact(registered_onnx(self.name, version, self.tracking_uri), f"{self.name}/{version}", version)
 
 
 def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelSource:
