@@ -59,6 +59,10 @@ def _bring_up(*, api: bool, mlflow: bool = False) -> list[str]:
     """`up`'s work; returns the services this call started (not those already running)."""
     settings = get_settings()
     already = {name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name)}
+
+    def started_here() -> list[str]:
+        return [name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name) and name not in already]
+
     started = time.perf_counter()
     try:
         with console.status("Starting the emulator (first run installs it into its own venv)..."):
@@ -84,10 +88,9 @@ def _bring_up(*, api: bool, mlflow: bool = False) -> list[str]:
         console.print(f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]")
     except BaseException:
         # Half a stack is no use: stop what this call started (not what was already running), then report.
-        running = [name for name in ("api", "mlflow", "emulator") if stack.pid_of(settings, name)]
-        lab.stop_services(settings, [name for name in running if name not in already])
+        lab.stop_services(settings, started_here())  # (stop_services orders them: dependants first)
         raise
-    return [name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name) and name not in already]
+    return started_here()
 
 
 @app.command()
