@@ -99,8 +99,6 @@ def build_layer(
     pycs stale. Only for the embedded emulator: with bytecode the AWS zip would be ~51 MB, over the 50 MB limit.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if bytecode_for:
-        _check_compiler(bytecode_for, python)
     bytecode = "bytecode" if bytecode_for else ""
     key = hashlib.sha256(
         "\n".join([*LAYER_REQUIREMENTS, python, platform, str(compress), bytecode, _core_fingerprint()]).encode()
@@ -108,6 +106,8 @@ def build_layer(
     packing = ("" if compress else "-stored") + ("-pyc" if bytecode_for else "")
     target = out_dir / f"layer-py{python}-{platform}{packing}-{key}.zip"
     if not target.exists():
+        if bytecode_for:  # before the download: a mismatch is known at once
+            _check_compiler(bytecode_for, python)
         with tempfile.TemporaryDirectory(prefix="layer-") as tmp:
             root = Path(tmp) / "python"  # Lambda puts <layer>/python on sys.path
             _pip_install(root, python=python, platform=platform)
