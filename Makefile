@@ -50,7 +50,7 @@ bench: install ## Run the benchmarks: batch path, then the API against its basel
 	@# The API bench drives its servers with wrk (Debian package); root installs it, anyone else is told how.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get install -y --no-install-recommends wrk >/dev/null; } || true
-	$(BIN)/python bench/api.py
+	$(BIN)/python bench/api.py --rounds 3
 
 clean: down ## Remove the venvs, state, builds and caches
 	rm -rf $(VENV) .lab .pytest_cache build *.egg-info src/*.egg-info
