@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo up down status test test-compose bench clean
+.PHONY: help install demo up down status test test-unit lint format test-compose bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,17 @@ status: install ## Show the embedded services and their health
 
 test: install ## Run the test suite (unit + integration against a real emulator it starts itself)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run only the tests that start no server (well under a minute)
+	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: install ## Check style and common bugs (ruff lint + format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-compose: install ## Run the docker-compose stack end to end on a real engine (root; see scripts/compose-ci.sh)
 	scripts/compose-ci.sh

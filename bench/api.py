@@ -33,10 +33,10 @@ import os
 import pickle
 import platform
 import re
-import statistics
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,8 +49,16 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parents[1]
 COURSE_CSV = ROOT.parent / "shared" / "data" / "course" / "input_batch.csv"
 INT_COLUMNS = ["age", "capital_gain", "capital_loss", "hours_per_week"]
-STR_COLUMNS = ["work_class", "education", "marital_status", "occupation", "relationship", "race", "sex",
-               "native_country"]
+STR_COLUMNS = [
+    "work_class",
+    "education",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "native_country",
+]
 
 
 # -- the model ---------------------------------------------------------------------------------------------------
@@ -64,11 +72,15 @@ def training_frame(rows: int = 5000):
         frame = pd.read_csv(COURSE_CSV, nrows=rows)
     else:
         rng = np.random.default_rng(0)
-        frame = pd.DataFrame({
-            "age": rng.integers(18, 90, rows), "capital_gain": rng.integers(0, 5000, rows),
-            "capital_loss": rng.integers(0, 500, rows), "hours_per_week": rng.integers(1, 99, rows),
-            **{c: rng.choice([f"{c}-{i}" for i in range(6)], rows) for c in STR_COLUMNS},
-        })
+        frame = pd.DataFrame(
+            {
+                "age": rng.integers(18, 90, rows),
+                "capital_gain": rng.integers(0, 5000, rows),
+                "capital_loss": rng.integers(0, 500, rows),
+                "hours_per_week": rng.integers(1, 99, rows),
+                **{c: rng.choice([f"{c}-{i}" for i in range(6)], rows) for c in STR_COLUMNS},
+            }
+        )
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("int64")
     for column in STR_COLUMNS:
@@ -87,14 +99,23 @@ def build_models(workdir: Path) -> dict:
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     frame, target = training_frame()
-    pipeline = Pipeline([
-        ("columns", ColumnTransformer([
-            ("num", StandardScaler(), INT_COLUMNS),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), STR_COLUMNS),
-        ])),
-        ("clf", RandomForestClassifier(n_estimators=50, max_depth=10, random_state=0, n_jobs=1)),
-    ]).fit(frame, target)
-    initial = [(c, Int64TensorType([None, 1])) for c in INT_COLUMNS] + [(c, StringTensorType([None, 1])) for c in STR_COLUMNS]
+    pipeline = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), INT_COLUMNS),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), STR_COLUMNS),
+                    ]
+                ),
+            ),
+            ("clf", RandomForestClassifier(n_estimators=50, max_depth=10, random_state=0, n_jobs=1)),
+        ]
+    ).fit(frame, target)
+    initial = [(c, Int64TensorType([None, 1])) for c in INT_COLUMNS] + [
+        (c, StringTensorType([None, 1])) for c in STR_COLUMNS
+    ]
     onx = to_onnx(pipeline, initial_types=initial, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
     entry = onx.metadata_props.add()
     entry.key, entry.value = "classes", json.dumps([str(c) for c in pipeline.classes_])
@@ -108,9 +129,10 @@ def build_models(workdir: Path) -> dict:
         import mlflow.sklearn
 
         # our own model, just trained: trust the tree types skops would otherwise refuse to load
-        mlflow.sklearn.save_model(pipeline, str(mlflow_dir),
-                                  skops_trusted_types=["numpy.dtype", "sklearn.tree._tree.Tree"])
-    except Exception as exc:  # noqa: BLE001 - reported in the table
+        mlflow.sklearn.save_model(
+            pipeline, str(mlflow_dir), skops_trusted_types=["numpy.dtype", "sklearn.tree._tree.Tree"]
+        )
+    except Exception as exc:
         mlflow_error = f"{type(exc).__name__}: {exc}"
     return {"record": record, "mlflow_dir": mlflow_dir, "mlflow_error": mlflow_error}
 
@@ -133,7 +155,6 @@ class CourseRecord(BaseModel):
     native_country: str
 
 
-
 def serve(kind: str, port: int, workdir: Path) -> None:
     import uvicorn
     from fastapi import FastAPI
@@ -147,16 +168,19 @@ def serve(kind: str, port: int, workdir: Path) -> None:
 
     elif kind == "course":
         import pandas as pd
+
         with (workdir / "pipeline.pkl").open("rb") as handle:
-            pipeline = pickle.load(handle)  # noqa: S301 - our own file, written a moment ago
+            pipeline = pickle.load(handle)
 
         @app.post("/predict")
         def predict(record: CourseRecord) -> dict:  # as in the course: a sync endpoint, a DataFrame per request
             frame = pd.DataFrame([record.model_dump()])
             probabilities = pipeline.predict_proba(frame)[0]
             classes = [str(c) for c in pipeline.classes_]
-            return {"label": classes[int(probabilities.argmax())],
-                    "probabilities": dict(zip(classes, map(float, probabilities), strict=True))}
+            return {
+                "label": classes[int(probabilities.argmax())],
+                "probabilities": dict(zip(classes, map(float, probabilities), strict=True)),
+            }
 
     else:
         raise SystemExit(f"unknown kind {kind}")
@@ -172,33 +196,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(kind: str, workdir: Path, core: int, log: Path,
-          baseline_src: Path | None = None) -> tuple[subprocess.Popen, str, str, dict]:
+def start(
+    kind: str, workdir: Path, core: int, log: Path, baseline_src: Path | None = None
+) -> tuple[subprocess.Popen, str, str, dict]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
-    env |= {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"file://{workdir}/mlruns",
-            # mlflow's serve execs `uvicorn` by name: the one beside this interpreter
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
+    env |= {
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_TRACKING_URI": f"file://{workdir}/mlruns",
+        # mlflow's serve execs `uvicorn` by name: the one beside this interpreter
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    }
     body: dict = {}
     if kind in ("api", "api-nolog", "api-base"):
-        env |= {"LAB_API_MODEL_SOURCE": str(workdir / "model.onnx"), "LAB_API_MODEL_POLL_S": "0",
-                "LAB_API_ACCESS_LOG": "false" if kind == "api-nolog" else "true"}
+        env |= {
+            "LAB_API_MODEL_SOURCE": str(workdir / "model.onnx"),
+            "LAB_API_MODEL_POLL_S": "0",
+            "LAB_API_ACCESS_LOG": "false" if kind == "api-nolog" else "true",
+        }
         if kind == "api-base":  # the other tree's mlops_lab shadows the installed one
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(baseline_src), env.get("PYTHONPATH")]))
         argv = [sys.executable, "-m", "mlops_lab.api", "--port", str(port)]
         path = "/predict"
     elif kind == "mlflow":
         mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-        argv = [mlflow, "models", "serve", "-m", str(workdir / "mlflow-model"), "--env-manager", "local",
-                "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+        argv = [
+            mlflow,
+            "models",
+            "serve",
+            "-m",
+            str(workdir / "mlflow-model"),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ]
         path = "/invocations"
         body = {"split": True}
     else:
         argv = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--workdir", str(workdir)]
         path = "/predict"
     with log.open("ab") as sink:
-        process = subprocess.Popen(["taskset", "-c", str(core), *argv], stdout=sink, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
+        process = subprocess.Popen(
+            ["taskset", "-c", str(core), *argv], stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     return process, f"http://127.0.0.1:{port}", path, body
 
 
@@ -240,8 +285,9 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, payload: bytes, connections: int, duration: int, core: int, workdir: Path,
-        server_pgid: int | None = None) -> dict:
+def wrk(
+    url: str, payload: bytes, connections: int, duration: int, core: int, workdir: Path, server_pgid: int | None = None
+) -> dict:
     script = workdir / "post.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -249,9 +295,24 @@ def wrk(url: str, payload: bytes, connections: int, duration: int, core: int, wo
     )
     cpu_before = group_cpu_seconds(server_pgid) if server_pgid else None
     out = subprocess.run(
-        ["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-         "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            str(core),
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     cpu = group_cpu_seconds(server_pgid) - cpu_before if server_pgid else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -259,9 +320,14 @@ def wrk(url: str, payload: bytes, connections: int, duration: int, core: int, wo
     percentiles = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": percentiles.get("50"), "p99": percentiles.get("99"),
-            "cpu_us": cpu / requests * 1e6 if cpu is not None and requests else None,
-            "bad": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50": percentiles.get("50"),
+        "p99": percentiles.get("99"),
+        "cpu_us": cpu / requests * 1e6 if cpu is not None and requests else None,
+        "bad": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def _ms(value: str, unit: str) -> float:
@@ -271,8 +337,11 @@ def _ms(value: str, unit: str) -> float:
 def machine_note() -> str:
     """What the figures were measured on, and how busy the machine was (other jobs share it)."""
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     extras = []
@@ -297,8 +366,11 @@ def main() -> None:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     parser.add_argument("--only", help="comma-separated rows to run (bare,api,api-nolog,mlflow,course,api-base)")
-    parser.add_argument("--baseline-src", type=Path,
-                        help="a source tree (holding mlops_lab/) to run as row api-base, e.g. an older commit's src")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="a source tree (holding mlops_lab/) to run as row api-base, e.g. an older commit's src",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -347,7 +419,8 @@ def main() -> None:
                 for kind, (process, url, path, payload) in servers.items():
                     print(f"round {round_}/{args.rounds}: {kind}, {n} connections ...", file=sys.stderr)
                     samples[kind][n].append(
-                        wrk(url + path, payload, n, args.duration, args.client_core, workdir, process.pid))
+                        wrk(url + path, payload, n, args.duration, args.client_core, workdir, process.pid)
+                    )
         rows = []
         for kind in kinds:
             if kind in problems:
@@ -374,8 +447,10 @@ def median_cell(cells: list[dict]) -> dict:
 
 def print_table(rows, connections, args) -> None:
     rounds = f", median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""
-    print(f"\nsingle-row POST, servers pinned to core {args.server_core}, wrk on core {args.client_core}, "
-          f"{args.duration} s per cell{rounds}; req/s, p50/p99 ms\n")
+    print(
+        f"\nsingle-row POST, servers pinned to core {args.server_core}, wrk on core {args.client_core}, "
+        f"{args.duration} s per cell{rounds}; req/s, p50/p99 ms\n"
+    )
     header = "| server | " + " | ".join(f"c={n} req/s | c={n} p50/p99" for n in connections) + " | non-2xx |"
     print(header)
     print("|" + "---|" * (2 * len(connections) + 2))
@@ -394,10 +469,15 @@ def print_table(rows, connections, args) -> None:
     references = [ref for ref in ("bare", "mlflow") if ref in measured]
     cpu = [(kind, cells) for kind, cells in measured.items() if all(cells[n]["cpu_us"] for n in connections)]
     if cpu:
-        print("\nserver CPU time per request (µs, user + system, all the server's processes): less sensitive than req/s"
-              " to other jobs taking the server's core\n")
-        print("| server | " + " | ".join(f"c={n}" for n in connections)
-              + (" | c=64 bare ÷ this |" if "bare" in measured and 64 in connections else " |"))
+        print(
+            "\nserver CPU time per request (µs, user + system, all the server's processes): less sensitive than req/s"
+            " to other jobs taking the server's core\n"
+        )
+        print(
+            "| server | "
+            + " | ".join(f"c={n}" for n in connections)
+            + (" | c=64 bare ÷ this |" if "bare" in measured and 64 in connections else " |")
+        )
         print("|" + "---|" * (1 + len(connections) + ("bare" in measured and 64 in connections)))
         for kind, cells in cpu:
             ratio = ""

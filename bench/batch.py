@@ -70,8 +70,10 @@ def onnxruntime_only(model_path: Path, csv_path: Path, chunk_rows: int) -> float
     """Seconds ONNX Runtime alone spends on the file's rows (inputs cast beforehand, not timed): the ceiling."""
     model = TabularModel(model_path, threads=1)
     with csv_path.open(newline="") as source:
-        batches = [model.prepare(dict(zip(header, zip(*rows), strict=True)))
-                   for _, header, rows in read_csv_chunks(source, model.feature_names, chunk_rows)]  # fmt: skip
+        batches = [
+            model.prepare(dict(zip(header, zip(*rows, strict=False), strict=True)))
+            for _, header, rows in read_csv_chunks(source, model.feature_names, chunk_rows)
+        ]
     started = time.perf_counter()
     for feeds in batches:
         model.session.run(None, feeds)
@@ -122,8 +124,14 @@ def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> tuple[
 
 
 def invoke_seconds(aws: Aws, settings: Settings, key: str) -> float:
-    event = {"Records": [{"eventName": "ObjectCreated:Put",
-                          "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}}}]}  # fmt: skip
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}},
+            }
+        ]
+    }
     started = time.perf_counter()
     response = aws.client("lambda").invoke(FunctionName=settings.function_name, Payload=json.dumps(event))
     elapsed = time.perf_counter() - started
@@ -136,8 +144,9 @@ def force_cold(aws: Aws, settings: Settings, nonce: int) -> None:
     """A configuration change replaces the function's workers, so the next invoke starts cold."""
     lam = aws.client("lambda")
     current = lam.get_function_configuration(FunctionName=settings.function_name)["Environment"]["Variables"]
-    lam.update_function_configuration(FunctionName=settings.function_name,
-                                      Environment={"Variables": {**current, "BENCH_NONCE": str(nonce)}})  # fmt: skip
+    lam.update_function_configuration(
+        FunctionName=settings.function_name, Environment={"Variables": {**current, "BENCH_NONCE": str(nonce)}}
+    )
     lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
 
 
@@ -170,6 +179,7 @@ def main() -> None:
 
             def write_rows(size: int, target: Path) -> None:
                 write_csv(generate(size, seed=size, with_label=False), target)
+
         lab.run_bootstrap(settings, aws)
         publish_model(settings, aws, model_path.read_bytes())
 
@@ -211,31 +221,58 @@ def main() -> None:
     model_name = "the course's model.onnx" if args.model == "course" else "the lab's model (random forest, 100 trees)"
     console.print(f"model: {model_name}")
     throughput = Table(title="Batch scoring: end to end (upload -> predictions object) vs in-process vs ORT alone")
-    for column in ("rows", "file", "ORT alone rows/s", "in-process rows/s", "end-to-end rows/s", "e2e / in-process",
-                   "e2e / ORT alone", "of e2e: upload", "worker peak RSS"):  # fmt: skip
+    for column in (
+        "rows",
+        "file",
+        "ORT alone rows/s",
+        "in-process rows/s",
+        "end-to-end rows/s",
+        "e2e / in-process",
+        "e2e / ORT alone",
+        "of e2e: upload",
+        "worker peak RSS",
+    ):
         throughput.add_column(column, justify="right")
     for size, file_bytes, ceiling, local, remote, upload, worker_peak in rows_table:
-        throughput.add_row(f"{size:,}", f"{file_bytes / 1e6:.1f} MB", f"{size / ceiling:,.0f}", f"{size / local:,.0f}",
-                           f"{size / remote:,.0f}", f"{local / remote:.0%}", f"{ceiling / remote:.0%}",
-                           f"{upload:.1f} s of {remote:.1f} s", f"{worker_peak / 2**20:,.0f} MiB")  # fmt: skip
+        throughput.add_row(
+            f"{size:,}",
+            f"{file_bytes / 1e6:.1f} MB",
+            f"{size / ceiling:,.0f}",
+            f"{size / local:,.0f}",
+            f"{size / remote:,.0f}",
+            f"{local / remote:.0%}",
+            f"{ceiling / remote:.0%}",
+            f"{upload:.1f} s of {remote:.1f} s",
+            f"{worker_peak / 2**20:,.0f} MiB",
+        )
     latency = Table(title="Invocation latency (1-row file, synchronous invoke)")
     for column in ("", "median", "min", "max", "n"):
         latency.add_column(column, justify="right")
     for name, values in (("cold start", cold), ("warm", warm), ("in-process scoring", tiny_in_process)):
-        latency.add_row(name, f"{statistics.median(values) * 1000:.1f} ms", f"{min(values) * 1000:.1f} ms",
-                        f"{max(values) * 1000:.1f} ms", str(len(values)))  # fmt: skip
+        latency.add_row(
+            name,
+            f"{statistics.median(values) * 1000:.1f} ms",
+            f"{min(values) * 1000:.1f} ms",
+            f"{max(values) * 1000:.1f} ms",
+            str(len(values)),
+        )
     overhead = statistics.median(warm) - statistics.median(tiny_in_process)
     sizes_table = Table(title="Layer (AWS target: py3.12 manylinux_2_28_x86_64)")
     for column in ("zipped", "unzipped", "AWS limits"):
         sizes_table.add_column(column, justify="right")
-    sizes_table.add_row(f"{aws_layer.zipped_bytes / 1e6:.1f} MB", f"{aws_layer.unzipped_bytes / 1e6:.1f} MB",
-                        "50 MB zipped (direct upload) / 250 MB unzipped")  # fmt: skip
+    sizes_table.add_row(
+        f"{aws_layer.zipped_bytes / 1e6:.1f} MB",
+        f"{aws_layer.unzipped_bytes / 1e6:.1f} MB",
+        "50 MB zipped (direct upload) / 250 MB unzipped",
+    )
     for table in (throughput, latency, sizes_table):
         console.print(table)
     console.print(f"warm overhead (warm invoke - in-process scoring of the same file): {overhead * 1000:.1f} ms")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(f"[dim]machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; bench process peak RSS "
-                  f"{peak:.0f} MiB[/]")  # fmt: skip
+    console.print(
+        f"[dim]machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; bench process peak RSS "
+        f"{peak:.0f} MiB[/]"
+    )
 
 
 if __name__ == "__main__":

@@ -90,9 +90,13 @@ def test_up_that_fails_stops_what_it_started(tmp_path: Path, monkeypatch: pytest
     from mlops_lab import emulator, lab, stack
     from tests.conftest import free_port
 
-    for name, value in {"LAB_STATE_DIR": str(tmp_path / "lab"), "LAB_PREFIX": "up-fails",
-                        "LAB_EMULATOR_PORT": str(free_port()), "LAB_MLFLOW_PORT": str(free_port()),
-                        "LAB_API_PORT": str(free_port())}.items():  # fmt: skip
+    for name, value in {
+        "LAB_STATE_DIR": str(tmp_path / "lab"),
+        "LAB_PREFIX": "up-fails",
+        "LAB_EMULATOR_PORT": str(free_port()),
+        "LAB_MLFLOW_PORT": str(free_port()),
+        "LAB_API_PORT": str(free_port()),
+    }.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, os.environ.get(name, ""))  # restored afterwards: `up` points this process at its stack

@@ -86,7 +86,7 @@ def test_write_then_load_round_trips(frame: pd.DataFrame, tmp_path: Path) -> Non
 
 def test_load_accepts_course_style_floats_and_any_column_order(tmp_path: Path) -> None:
     rows = generate(50, seed=3)
-    shuffled = rows[[LABEL, *reversed(FEATURES)]].astype({column: float for column in NUMERIC})
+    shuffled = rows[[LABEL, *reversed(FEATURES)]].astype(dict.fromkeys(NUMERIC, float))
     path = tmp_path / "course_style.csv"
     shuffled.to_csv(path, index=False)  # numerics written as 39.0, like the course batch
     loaded = load_training_csv(path)
@@ -152,7 +152,7 @@ def test_load_rejects_values_outside_the_schema(tmp_path: Path) -> None:
 def test_load_rejects_unmapped_raw_uci_values(tmp_path: Path) -> None:
     path = tmp_path / "adult.data"
     path.write_text(UCI_ROWS[0].replace("United-States", "Atlantis") + "\n")
-    with pytest.raises(ValueError, match="native_country.*'Atlantis'"):
+    with pytest.raises(ValueError, match=r"native_country.*'Atlantis'"):
         load_training_csv(path)
 
 

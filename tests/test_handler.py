@@ -30,7 +30,9 @@ def test_output_keys_are_derived_from_the_input_key(handler_module: ModuleType) 
 
 def test_every_created_record_is_read_and_keys_are_url_decoded(handler_module: ModuleType) -> None:
     event = s3_event("in", "a.csv", "dir/my+file%281%29.csv")
-    event["Records"].append({"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "in"}, "object": {"key": "x.csv"}}})
+    event["Records"].append(
+        {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "in"}, "object": {"key": "x.csv"}}}
+    )
     objects = handler_module.objects_created(event)
     assert [o.key for o in objects] == ["a.csv", "dir/my file(1).csv"]
 
@@ -52,7 +54,9 @@ def handler(handler_module: ModuleType, lab_stack: Lab, monkeypatch: pytest.Monk
     return handler_module
 
 
-def test_handler_scores_every_record(handler: ModuleType, lab_stack: Lab, sample_csv: Path, lambda_context: Any) -> None:
+def test_handler_scores_every_record(
+    handler: ModuleType, lab_stack: Lab, sample_csv: Path, lambda_context: Any
+) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     # Inputs go to a bucket no notification watches, so the deployed function does not race this direct call.
     bucket = settings.model_bucket
@@ -67,7 +71,9 @@ def test_handler_scores_every_record(handler: ModuleType, lab_stack: Lab, sample
         assert body.splitlines()[0].endswith(",prediction,probability_<=50K,probability_>50K")
 
 
-def test_bad_file_does_not_stop_the_good_one(handler: ModuleType, lab_stack: Lab, sample_csv: Path, lambda_context: Any) -> None:
+def test_bad_file_does_not_stop_the_good_one(
+    handler: ModuleType, lab_stack: Lab, sample_csv: Path, lambda_context: Any
+) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     bucket = settings.model_bucket
     s3.put_object(Bucket=bucket, Key="direct/bad.csv", Body=b"age\n1\n")
@@ -80,9 +86,13 @@ def test_bad_file_does_not_stop_the_good_one(handler: ModuleType, lab_stack: Lab
 
 
 def test_model_is_cached_until_its_etag_changes(
-    handler: ModuleType, lab_stack: Lab, sample_csv: Path, lambda_context: Any, trained_model_path: Path,
+    handler: ModuleType,
+    lab_stack: Lab,
+    sample_csv: Path,
+    lambda_context: Any,
+    trained_model_path: Path,
     course_model_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     bucket = settings.model_bucket
     s3.upload_file(str(sample_csv), bucket, "direct/cache.csv")

@@ -17,10 +17,33 @@ from sklearn.linear_model import LogisticRegression
 from mlops_lab.inference import InputError, TabularModel, read_csv_chunks, score_csv, score_csv_text
 
 COURSE_COLUMNS = [
-    "age", "work_class", "education", "marital_status", "occupation", "relationship", "race", "sex",
-    "capital_gain", "capital_loss", "hours_per_week", "native_country",
-]  # fmt: skip
-ROW = ["39", "Private", "Bachelors", "Married", "Professional", "Husband", "White", "Male", "0", "0", "40", "United-States"]
+    "age",
+    "work_class",
+    "education",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+]
+ROW = [
+    "39",
+    "Private",
+    "Bachelors",
+    "Married",
+    "Professional",
+    "Husband",
+    "White",
+    "Male",
+    "0",
+    "0",
+    "40",
+    "United-States",
+]
 
 
 def csv_text(rows: list[list[str]], header: list[str] = COURSE_COLUMNS) -> str:
@@ -36,9 +59,11 @@ def tensor_model(tmp_path: Path, *, zipmap: bool, metadata: dict[str, str] | Non
     x = rng.normal(size=(200, 3)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     model = to_onnx(
-        LogisticRegression().fit(x, y), initial_types=[("input", FloatTensorType([None, 3]))],
-        options={"zipmap": zipmap}, target_opset=15,
-    )  # fmt: skip
+        LogisticRegression().fit(x, y),
+        initial_types=[("input", FloatTensorType([None, 3]))],
+        options={"zipmap": zipmap},
+        target_opset=15,
+    )
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -127,7 +152,12 @@ def test_own_model_accepts_missing_numbers(trained_model_path: Path) -> None:
 
 def test_records_and_columns_agree(trained_model_path: Path) -> None:
     model = TabularModel(trained_model_path)
-    record = dict(zip(COURSE_COLUMNS, ROW, strict=True)) | {"age": 39, "capital_gain": 0, "capital_loss": 0, "hours_per_week": 40}
+    record = dict(zip(COURSE_COLUMNS, ROW, strict=True)) | {
+        "age": 39,
+        "capital_gain": 0,
+        "capital_loss": 0,
+        "hours_per_week": 40,
+    }
     from_records = model.predict_records([record, record])
     from_csv = model.predict({name: [value] for name, value in zip(COURSE_COLUMNS, ROW, strict=True)})
     assert from_records.labels[0] == from_csv.labels[0]
@@ -182,8 +212,8 @@ def test_tensor_model_with_named_features(tmp_path: Path) -> None:
         ("", "empty file"),
         (",".join(COURSE_COLUMNS) + "\n", "header only"),
         ("age,sex\n1,Male\n", "missing columns: work_class"),
-        (",".join(COURSE_COLUMNS + ["income"]) + "\n" + ",".join(ROW + [">50K"]) + "\n", "unexpected columns: income"),
-        (",".join(COURSE_COLUMNS + ["age"]) + "\n", "duplicate columns: age"),
+        (",".join([*COURSE_COLUMNS, "income"]) + "\n" + ",".join([*ROW, ">50K"]) + "\n", "unexpected columns: income"),
+        (",".join([*COURSE_COLUMNS, "age"]) + "\n", "duplicate columns: age"),
         (",".join(COURSE_COLUMNS) + "\n" + ",".join(ROW) + "\n" + ",".join(ROW[:5]) + "\n", "ragged rows"),
     ],
 )
@@ -227,24 +257,29 @@ def test_output_echoes_input_lines_and_survives_quoting(trained_model_path: Path
     spaced = ", ".join(ROW)
     quoted = ",".join(f'"{v}"' for v in ROW)
     hours = COURSE_COLUMNS.index("hours_per_week")
-    multiline = ",".join(ROW[:hours] + ['"40\n"'] + ROW[hours + 1 :])  # a number with a newline after it
+    multiline = ",".join([*ROW[:hours], '"40\n"', *ROW[hours + 1 :]])  # a number with a newline after it
     lines = [",".join(COURSE_COLUMNS), plain, spaced, "", quoted, multiline, plain]
     outputs = set()
     for ending in ("\n", "\r\n"):
         for chunk_rows in (1, 2, 100):
             sink = io.StringIO()
-            summary = score_csv(model, io.StringIO(ending.join(lines) + ending, newline=""), sink, chunk_rows=chunk_rows)
+            summary = score_csv(
+                model, io.StringIO(ending.join(lines) + ending, newline=""), sink, chunk_rows=chunk_rows
+            )
             assert summary.rows == 5
             text = sink.getvalue()
             parsed = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True))
             assert parsed[0] == [*COURSE_COLUMNS, "prediction", *(f"probability_{c}" for c in model.classes)]
-            assert [row[:12] for row in parsed[1:]] == [ROW, ROW, ROW, ROW[:hours] + ["40\n"] + ROW[hours + 1 :], ROW]
+            assert [row[:12] for row in parsed[1:]] == [ROW, ROW, ROW, [*ROW[:hours], "40\n", *ROW[hours + 1 :]], ROW]
             expected = model.predict({name: [row[i] for row in parsed[1:]] for i, name in enumerate(COURSE_COLUMNS)})
             assert [row[12] for row in parsed[1:]] == expected.labels.tolist()
             assert [float(p) for row in parsed[1:] for p in row[13:]] == pytest.approx(
-                expected.probabilities.ravel().tolist(), abs=1e-6)
+                expected.probabilities.ravel().tolist(), abs=1e-6
+            )
             outputs.add(json.dumps(parsed))
             if chunk_rows <= 2:  # (with 100, the multi-line row's chunk is the whole file: re-encoded)
-                assert text.splitlines()[1:3] == [f"{plain},{parsed[1][12]},{','.join(parsed[1][13:])}",
-                                                  f"{spaced},{parsed[2][12]},{','.join(parsed[2][13:])}"]
+                assert text.splitlines()[1:3] == [
+                    f"{plain},{parsed[1][12]},{','.join(parsed[1][13:])}",
+                    f"{spaced},{parsed[2][12]},{','.join(parsed[2][13:])}",
+                ]
     assert len(outputs) == 1

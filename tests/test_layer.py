@@ -24,7 +24,9 @@ def test_aws_layer_holds_the_runtime_and_the_core_only(aws_layer) -> None:  # ty
     assert any(n.startswith("python/onnxruntime/capi/onnxruntime_pybind11_state") for n in names)
     assert any(n.startswith("python/numpy/_core/_multiarray_umath.cpython-312") for n in names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert not [n for n in names if n.startswith(("python/pandas", "python/sklearn", "python/onnxruntime/transformers"))]
+    assert not [
+        n for n in names if n.startswith(("python/pandas", "python/sklearn", "python/onnxruntime/transformers"))
+    ]
 
 
 def test_aws_layer_is_within_limits(aws_layer) -> None:  # type: ignore[no-untyped-def]
@@ -35,7 +37,7 @@ def test_aws_layer_is_within_limits(aws_layer) -> None:  # type: ignore[no-untyp
 def test_oversized_layer_is_refused_with_figures(aws_layer) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(LayerTooLarge, match=r"zipped 5\d\.\d MB > 50 MB"):
         check_limits(replace(aws_layer, zipped_bytes=MAX_ZIPPED_BYTES + 5_000_000))
-    with pytest.raises(LayerTooLarge, match="unzipped 300.0 MB > 250 MB"):
+    with pytest.raises(LayerTooLarge, match=r"unzipped 300\.0 MB > 250 MB"):
         check_limits(replace(aws_layer, unzipped_bytes=300_000_000))
 
 
@@ -67,15 +69,21 @@ def test_emulator_layer_carries_bytecode_its_interpreter_uses(tmp_path: Path) ->
     if not interpreter.exists():
         pytest.skip("the emulator is not installed (make install)")
     python, platform = interpreter_target(str(interpreter))
-    layer = build_layer(tmp_path / "build", python=python, platform=platform, compress=False,
-                        bytecode_for=str(interpreter))  # fmt: skip
+    layer = build_layer(
+        tmp_path / "build", python=python, platform=platform, compress=False, bytecode_for=str(interpreter)
+    )
     assert layer.bytecode and " pyc " in layer.description
     zipfile.ZipFile(layer.path).extractall(tmp_path / "opt")
     for source in (tmp_path / "opt/python/onnxruntime").rglob("*.py"):
         source.write_text("this is not python\n")
     code = "import numpy, onnxruntime, mlops_lab.inference; print(onnxruntime.__version__)"
-    result = subprocess.run([str(interpreter), "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(tmp_path / "opt/python"), "PATH": "/usr/bin:/bin"})  # fmt: skip
+    result = subprocess.run(
+        [str(interpreter), "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path / "opt/python"), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "1.32.0"
     with pytest.raises(ValueError, match="cannot be compiled"):

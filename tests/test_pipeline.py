@@ -33,7 +33,9 @@ def read_output(lab_stack: Lab, key: str) -> bytes:
 
 
 def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path: Path) -> None:
-    result = lab.predict_file(lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path)
+    result = lab.predict_file(
+        lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path
+    )
     assert result.status == "ok"
     assert result.rows == 500
     rows = list(csv.DictReader(result.local_path.open()))
@@ -44,8 +46,9 @@ def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path:
 
 def test_course_batch_through_the_lambda(lab_stack: Lab, course_batch_path: Path, tmp_path: Path) -> None:
     """The course's 10,090 real rows, scored by the deployed function with the lab's own model."""
-    result = lab.predict_file(lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv",
-                              out_dir=tmp_path)  # fmt: skip
+    result = lab.predict_file(
+        lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv", out_dir=tmp_path
+    )
     assert result.status == "ok", result.error
     assert result.rows == 10090
     assert sum(result.label_counts.values()) == 10090
@@ -93,11 +96,14 @@ def bad_uploads(lab_stack: Lab) -> dict[str, str]:
     s3 = lab_stack.s3()
     etags = {}
     for name, (body, _) in BAD_INPUTS.items():
-        etags[f"bad/{name}"] = s3.put_object(Bucket=lab_stack.settings.input_bucket, Key=f"bad/{name}", Body=body)["ETag"]
+        etags[f"bad/{name}"] = s3.put_object(Bucket=lab_stack.settings.input_bucket, Key=f"bad/{name}", Body=body)[
+            "ETag"
+        ]
     oversized = generate(30000, seed=5, with_label=False).to_csv(index=False).encode()
     assert len(oversized) > lab_stack.settings.max_input_mb * 1024 * 1024
-    etags["bad/oversized.csv"] = s3.put_object(Bucket=lab_stack.settings.input_bucket, Key="bad/oversized.csv",
-                                               Body=oversized)["ETag"]  # fmt: skip
+    etags["bad/oversized.csv"] = s3.put_object(
+        Bucket=lab_stack.settings.input_bucket, Key="bad/oversized.csv", Body=oversized
+    )["ETag"]
     return etags
 
 
@@ -133,8 +139,14 @@ def test_redelivered_event_overwrites_instead_of_duplicating(lab_stack: Lab, sam
     wait_for(lab_stack, f"predictions/{key}")
     first = read_output(lab_stack, f"predictions/{key}")
     # Deliver the same event again, as S3 may: invoke the function directly with an identical record.
-    event = {"Records": [{"eventName": "ObjectCreated:Put",
-                          "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}}}]}  # fmt: skip
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": settings.input_bucket}, "object": {"key": key}},
+            }
+        ]
+    }
     response = lab_stack.aws.client("lambda").invoke(FunctionName=settings.function_name, Payload=json.dumps(event))
     assert "FunctionError" not in response, response["Payload"].read()
     listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix="predictions/redelivery/")
@@ -168,10 +180,13 @@ def role_s3(lab_stack: Lab):  # type: ignore[no-untyped-def]
     role_arn = aws.client("iam").get_role(RoleName=settings.role_name)["Role"]["Arn"]
     credentials = aws.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="least-privilege-test")["Credentials"]
     return boto3.client(
-        "s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=aws.region,
-        aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"],
+        "s3",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        region_name=aws.region,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
         aws_session_token=credentials["SessionToken"],
-    )  # fmt: skip
+    )
 
 
 def _denied(call) -> bool:  # type: ignore[no-untyped-def]
@@ -209,7 +224,13 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
     assert attached["PolicyDocument"] == execution_policy(settings, aws)
     statements = attached["PolicyDocument"]["Statement"]
     actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions == {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "s3:GetObject", "s3:PutObject"}
+    assert actions == {
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "s3:GetObject",
+        "s3:PutObject",
+    }
 
 
 # -- bootstrap is idempotent; teardown leaves nothing ------------------------------------------------------------
@@ -270,7 +291,9 @@ def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(
         assert configuration["CodeSize"] > 10_000_000  # onnxruntime and numpy came with the code
         result = lab.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
         assert (result.status, result.rows) == ("ok", 500)
-        expected = lab.predict_file(lab_stack.settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path / "l")
+        expected = lab.predict_file(
+            lab_stack.settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path / "l"
+        )
         assert result.local_path.read_bytes() == expected.local_path.read_bytes()
         assert {c.action for c in bootstrap(settings, aws, lab.build_lambda_layer(settings))} == {"unchanged"}
     finally:

@@ -48,8 +48,11 @@ def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ign
     settings = mlflow_lab.settings.model_copy(
         update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
     )
-    env = lab_environment(settings.emulator_url) | {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2",
-                                                    "LAB_API_ACCESS_LOG": "false"}  # fmt: skip
+    env = lab_environment(settings.emulator_url) | {
+        "LAB_PREFIX": settings.prefix,
+        "LAB_API_MODEL_POLL_S": "0.2",
+        "LAB_API_ACCESS_LOG": "false",
+    }
     service = stack.api_service(settings, env)
     stack.start(settings, service)
     try:
@@ -95,8 +98,12 @@ def test_run_has_metrics_params_and_artifacts_in_s3(mlflow_lab: Lab, versions: V
     assert info.signature is not None and "age" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
     # Every artifact went through the server into the emulator's model bucket.
-    keys = [o["Key"] for o in mlflow_lab.s3().list_objects_v2(
-        Bucket=settings.model_bucket, Prefix=settings.mlflow_artifacts_prefix + "/")["Contents"]]  # fmt: skip
+    keys = [
+        o["Key"]
+        for o in mlflow_lab.s3().list_objects_v2(
+            Bucket=settings.model_bucket, Prefix=settings.mlflow_artifacts_prefix + "/"
+        )["Contents"]
+    ]
     run_keys = [k for k in keys if versions.first.run_id in k]
     assert any(k.endswith(registry.HOLDOUT_ARTIFACT) for k in run_keys)
     assert sum(k.endswith("/model.onnx") for k in keys) >= 2  # one per version
@@ -126,9 +133,20 @@ def test_promote_switches_lambda_and_api_then_rolls_back(
     failures: list[str] = []
     seen: set[str] = set()
     stop = threading.Event()
-    record = {"age": 39, "work_class": "Private", "education": "Bachelors", "marital_status": "Married",
-              "occupation": "Professional", "relationship": "Husband", "race": "White", "sex": "Male",
-              "capital_gain": 0, "capital_loss": 0, "hours_per_week": 40, "native_country": "United-States"}  # fmt: skip
+    record = {
+        "age": 39,
+        "work_class": "Private",
+        "education": "Bachelors",
+        "marital_status": "Married",
+        "occupation": "Professional",
+        "relationship": "Husband",
+        "race": "White",
+        "sex": "Male",
+        "capital_gain": 0,
+        "capital_loss": 0,
+        "hours_per_week": 40,
+        "native_country": "United-States",
+    }
 
     def hammer() -> None:
         with httpx.Client(base_url=str(api.base_url), timeout=10) as client:
@@ -192,10 +210,23 @@ def test_api_can_serve_a_registry_alias(mlflow_lab: Lab, versions: Versions) -> 
             while client.get("/metadata").json()["version"] != second:
                 assert time.monotonic() < deadline, "the API did not follow the alias"
                 time.sleep(0.1)
-            answer = client.post("/predict", json={
-                "age": 39, "work_class": "Private", "education": "Bachelors", "marital_status": "Married",
-                "occupation": "Professional", "relationship": "Husband", "race": "White", "sex": "Male",
-                "capital_gain": 0, "capital_loss": 0, "hours_per_week": 40, "native_country": "United-States"})
+            answer = client.post(
+                "/predict",
+                json={
+                    "age": 39,
+                    "work_class": "Private",
+                    "education": "Bachelors",
+                    "marital_status": "Married",
+                    "occupation": "Professional",
+                    "relationship": "Husband",
+                    "race": "White",
+                    "sex": "Male",
+                    "capital_gain": 0,
+                    "capital_loss": 0,
+                    "hours_per_week": 40,
+                    "native_country": "United-States",
+                },
+            )
             assert answer.status_code == 200 and answer.json()["model"]["version"] == second
         finally:
             registry.promote(settings, aws, first)
@@ -219,8 +250,14 @@ def test_mismatching_onnx_export_is_refused(mlflow_lab: Lab, versions: Versions)
     df = generate(2000, seed=9)
     logged_pipeline, other_pipeline = train(df, seed=9), train(df, seed=10)
     onnx_of_other = to_onnx(other_pipeline.pipeline, df)
-    bad = registry.log_version(settings, logged_pipeline.pipeline, onnx_of_other, logged_pipeline.holdout,
-                               metrics=logged_pipeline.metrics, run_name="mismatch")  # fmt: skip
+    bad = registry.log_version(
+        settings,
+        logged_pipeline.pipeline,
+        onnx_of_other,
+        logged_pipeline.holdout,
+        metrics=logged_pipeline.metrics,
+        run_name="mismatch",
+    )
     live_before = registry.live_version(settings, aws)
     etag_before = mlflow_lab.s3().head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
     with pytest.raises(AgreementError, match="disagrees"):
@@ -260,10 +297,16 @@ def test_api_keeps_serving_when_mlflow_is_down(mlflow_lab: Lab, versions: Versio
             registry.promote(settings, mlflow_lab.aws, versions.second.version)
         for _ in range(5):
             assert api.get("/ready").status_code == 200
-            assert api.post("/invocations", content=b"age,work_class,education,marital_status,occupation,relationship,"
-                            b"race,sex,capital_gain,capital_loss,hours_per_week,native_country\n"
-                            b"39,Private,Bachelors,Married,Professional,Husband,White,Male,0,0,40,United-States\n",
-                            headers={"Content-Type": "text/csv"}).status_code == 200  # fmt: skip
+            assert (
+                api.post(
+                    "/invocations",
+                    content=b"age,work_class,education,marital_status,occupation,relationship,"
+                    b"race,sex,capital_gain,capital_loss,hours_per_week,native_country\n"
+                    b"39,Private,Bachelors,Married,Professional,Husband,White,Male,0,0,40,United-States\n",
+                    headers={"Content-Type": "text/csv"},
+                ).status_code
+                == 200
+            )
         assert served_version(api) == serving
     finally:
         os.killpg(pid, signal.SIGCONT)

@@ -122,9 +122,10 @@ def containers(mlflow_lab: Lab, champion: registry.LoggedVersion, tmp_path_facto
     onnx_file = tmp_path_factory.mktemp("champion") / "model.onnx"
     onnx_file.write_bytes(registry.version_onnx(mlflow_lab.settings, champion.version))
     settings = Settings(api_access_log=False, api_model_poll_s=0)
-    with TestClient(create_app(settings, onnx_file)) as api, TestClient(
-        scoring_server.init(mlflow.pyfunc.load_model(champion.model_uri))
-    ) as mlflow_server:
+    with (
+        TestClient(create_app(settings, onnx_file)) as api,
+        TestClient(scoring_server.init(mlflow.pyfunc.load_model(champion.model_uri))) as mlflow_server,
+    ):
         yield {"lab-api": api, "mlflow-pyfunc": mlflow_server}
 
 
@@ -141,7 +142,9 @@ def labels_from(container: str, body: bytes) -> list[str]:
 
 REQUESTS = {
     "text/csv": SAMPLE.to_csv(index=False).encode(),
-    "application/json": json.dumps({"dataframe_split": json.loads(SAMPLE.to_json(orient="split", index=False))}).encode(),
+    "application/json": json.dumps(
+        {"dataframe_split": json.loads(SAMPLE.to_json(orient="split", index=False))}
+    ).encode(),
     "application/json; instances": json.dumps({"instances": SAMPLE.to_dict("records")}).encode(),
 }
 
@@ -149,15 +152,23 @@ REQUESTS = {
 @pytest.mark.parametrize("container", ["lab-api", "mlflow-pyfunc"])
 @pytest.mark.parametrize("request_format", list(REQUESTS))
 def test_invoke_endpoint_formats_round_trip(
-    containers, champion: registry.LoggedVersion, deployment: sagemaker.Deployment, container: str,  # type: ignore[no-untyped-def]
-    request_format: str, moto_url: str,
-) -> None:  # fmt: skip
+    containers,
+    champion: registry.LoggedVersion,
+    deployment: sagemaker.Deployment,
+    container: str,  # type: ignore[no-untyped-def]
+    request_format: str,
+    moto_url: str,
+) -> None:
     session = boto3.session.Session(region_name="us-east-1")
     undo = sagemaker.forward_invocations(session, containers[container])
     try:
         runtime = session.client("sagemaker-runtime", endpoint_url=moto_url)
-        answer = runtime.invoke_endpoint(EndpointName=deployment.endpoint, Body=REQUESTS[request_format],
-                                         ContentType=request_format.split(";")[0], Accept="application/json")  # fmt: skip
+        answer = runtime.invoke_endpoint(
+            EndpointName=deployment.endpoint,
+            Body=REQUESTS[request_format],
+            ContentType=request_format.split(";")[0],
+            Accept="application/json",
+        )
     finally:
         undo()
     assert answer["ContentType"].startswith("application/json")
@@ -170,7 +181,9 @@ def test_bad_input_comes_back_as_a_model_error(containers, deployment: sagemaker
     try:
         runtime = session.client("sagemaker-runtime", endpoint_url=moto_url)
         with pytest.raises(runtime.exceptions.ModelError, match="missing columns"):
-            runtime.invoke_endpoint(EndpointName=deployment.endpoint, Body=b"age,sex\n39,Male\n", ContentType="text/csv")
+            runtime.invoke_endpoint(
+                EndpointName=deployment.endpoint, Body=b"age,sex\n39,Male\n", ContentType="text/csv"
+            )
     finally:
         undo()
 
@@ -192,16 +205,21 @@ def test_mlflow_deploy_client_predict(containers, champion, deployment: sagemake
 # -- the CLI ------------------------------------------------------------------------------------------------------
 
 
-def test_cli_models_promote_and_deploy(mlflow_lab: Lab, champion: registry.LoggedVersion,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_cli_models_promote_and_deploy(
+    mlflow_lab: Lab, champion: registry.LoggedVersion, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlops_lab import stack
     from mlops_lab.cli import app
 
     settings = mlflow_lab.settings
-    for key, value in {"LAB_PREFIX": settings.prefix, "LAB_STATE_DIR": str(settings.state_dir),
-                       "LAB_EMULATOR_PORT": str(settings.emulator_port), "LAB_MLFLOW_PORT": str(settings.mlflow_port),
-                       "LAB_SAGEMAKER_EMULATOR_PORT": str(free_port()),
-                       "LAB_SAGEMAKER_ENDPOINT_NAME": "cli-endpoint"}.items():  # fmt: skip
+    for key, value in {
+        "LAB_PREFIX": settings.prefix,
+        "LAB_STATE_DIR": str(settings.state_dir),
+        "LAB_EMULATOR_PORT": str(settings.emulator_port),
+        "LAB_MLFLOW_PORT": str(settings.mlflow_port),
+        "LAB_SAGEMAKER_EMULATOR_PORT": str(free_port()),
+        "LAB_SAGEMAKER_ENDPOINT_NAME": "cli-endpoint",
+    }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     runner = CliRunner()

@@ -102,8 +102,14 @@ class ModelCache:
             started = time.perf_counter()
             body = s3.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
             self.model, self.etag = TabularModel(body), etag
-            log(logging.INFO, "model loaded", model=f"s3://{bucket}/{key}", etag=etag,
-                seconds=round(time.perf_counter() - started, 3), metadata_version=self.model.metadata.get("version"))  # fmt: skip
+            log(
+                logging.INFO,
+                "model loaded",
+                model=f"s3://{bucket}/{key}",
+                etag=etag,
+                seconds=round(time.perf_counter() - started, 3),
+                metadata_version=self.model.metadata.get("version"),
+            )
         assert self.model is not None
         return self.model, etag
 
@@ -130,13 +136,24 @@ def process(s3: Any, obj: S3Object) -> dict[str, Any]:
     except InputError as problem:
         report = {"input": source, **problem.to_dict()}
         s3.put_object(
-            Bucket=OUTPUT_BUCKET, Key=error_key(obj.key), Body=json.dumps(report, indent=2).encode(),
+            Bucket=OUTPUT_BUCKET,
+            Key=error_key(obj.key),
+            Body=json.dumps(report, indent=2).encode(),
             ContentType="application/json",
-        )  # fmt: skip
-        log(logging.WARNING, "input rejected", input=source, reason=problem.reason,
-            error=f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}")  # fmt: skip
-        return {"input": source, "status": "rejected", "reason": problem.reason,
-                "error": f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}"}  # fmt: skip
+        )
+        log(
+            logging.WARNING,
+            "input rejected",
+            input=source,
+            reason=problem.reason,
+            error=f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}",
+        )
+        return {
+            "input": source,
+            "status": "rejected",
+            "reason": problem.reason,
+            "error": f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}",
+        }
     result["seconds"] = round(time.perf_counter() - started, 3)
     log(logging.INFO, "predictions written", **result)
     return result
@@ -159,12 +176,15 @@ def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
             raise
         try:
             # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-            with open(source_path, encoding="utf-8-sig", newline="") as source, open(
-                output_path, "w", encoding="utf-8", newline=""
-            ) as sink:
+            with (
+                open(source_path, encoding="utf-8-sig", newline="") as source,
+                open(output_path, "w", encoding="utf-8", newline="") as sink,
+            ):
                 summary = score_csv(model, source, sink, chunk_rows=CHUNK_ROWS)
         except UnicodeDecodeError as error:
-            raise InputError(f"not UTF-8 text ({error.reason} at byte {error.start} of a block): is this a CSV file?") from None
+            raise InputError(
+                f"not UTF-8 text ({error.reason} at byte {error.start} of a block): is this a CSV file?"
+            ) from None
         except Exception as error:  # csv.Error (NUL bytes, bad quoting), or the model refusing a value
             if isinstance(error, InputError):
                 raise
@@ -172,8 +192,9 @@ def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
         metadata = {"model-etag": etag.strip('"'), "rows": str(summary.rows)}
         if model.metadata.get("version"):
             metadata["model-version"] = model.metadata["version"]
-        s3.upload_file(output_path, OUTPUT_BUCKET, output_key(obj.key),
-                       ExtraArgs={"ContentType": "text/csv", "Metadata": metadata})  # fmt: skip
+        s3.upload_file(
+            output_path, OUTPUT_BUCKET, output_key(obj.key), ExtraArgs={"ContentType": "text/csv", "Metadata": metadata}
+        )
     return {
         "input": f"s3://{obj.bucket}/{obj.key}",
         "status": "ok",

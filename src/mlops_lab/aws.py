@@ -66,5 +66,11 @@ def error_code(error: ClientError) -> str:
 
 
 def is_not_found(error: ClientError) -> bool:
-    return error_code(error) in {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "NoSuchEntity",
-                                 "ResourceNotFoundException"}  # fmt: skip
+    return error_code(error) in {
+        "404",
+        "NoSuchKey",
+        "NotFound",
+        "NoSuchBucket",
+        "NoSuchEntity",
+        "ResourceNotFoundException",
+    }

@@ -191,9 +191,7 @@ def ensure_role_policy(settings: Settings, aws: Aws) -> Change:
         if not is_not_found(error):
             raise
         action = "created"
-    iam.put_role_policy(
-        RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(wanted)
-    )
+    iam.put_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(wanted))
     return Change("role policy", name, action, "logs; s3:GetObject input + model; s3:PutObject output")
 
 
@@ -222,9 +220,11 @@ def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[st
     if not published["Content"].get("CodeSize"):
         raise BootstrapError(f"layer publish from s3://{settings.model_bucket}/{key} produced an empty layer")
     return published["LayerVersionArn"], Change(
-        "layer", settings.layer_name, "published",
+        "layer",
+        settings.layer_name,
+        "published",
         f"version {published['Version']}, {layer.zipped_bytes / 1e6:.1f} MB zipped",
-    )  # fmt: skip
+    )
 
 
 # Larger code zips go through S3 (AWS caps a direct upload at 50 MB, and a request that size is slow anyway).
@@ -257,9 +257,11 @@ def ensure_function(
         _upload_code(aws, code, package)
         created = _retry_role_propagation(
             lambda: lam.create_function(
-                FunctionName=settings.function_name, Code=code,
-                Description="mlops-lab: CSV in the input bucket -> predictions in the output bucket", **wanted,
-            )  # fmt: skip
+                FunctionName=settings.function_name,
+                Code=code,
+                Description="mlops-lab: CSV in the input bucket -> predictions in the output bucket",
+                **wanted,
+            )
         )
         lam.get_waiter("function_active_v2").wait(FunctionName=settings.function_name)
         return created["FunctionArn"], Change("function", settings.function_name, "created")
@@ -334,7 +336,9 @@ def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) ->
         SourceArn=source_arn,
         SourceAccount=aws.account_id,
     )
-    return Change("invoke permission", statement_id, "updated" if existing else "created", f"s3.amazonaws.com from {source_arn}")
+    return Change(
+        "invoke permission", statement_id, "updated" if existing else "created", f"s3.amazonaws.com from {source_arn}"
+    )
 
 
 def ensure_notification(settings: Settings, aws: Aws, function_arn: str) -> Change:
@@ -367,9 +371,12 @@ def publish_model(settings: Settings, aws: Aws, model: bytes, metadata: dict[str
         if not is_not_found(error):
             raise
     s3.put_object(
-        Bucket=settings.model_bucket, Key=settings.model_key, Body=model,
-        ContentType="application/octet-stream", Metadata=metadata or {},
-    )  # fmt: skip
+        Bucket=settings.model_bucket,
+        Key=settings.model_key,
+        Body=model,
+        ContentType="application/octet-stream",
+        Metadata=metadata or {},
+    )
     return Change("model", target, "published", f"{len(model) / 1e6:.1f} MB")
 
 
@@ -405,9 +412,10 @@ def teardown(settings: Settings, aws: Aws, *, on_change: Callable[[Change], None
     record("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
     record("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
     record(
-        "role policy", f"{settings.role_name}/{INLINE_POLICY_NAME}",
+        "role policy",
+        f"{settings.role_name}/{INLINE_POLICY_NAME}",
         lambda: iam.delete_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME),
-    )  # fmt: skip
+    )
     record("role", settings.role_name, lambda: iam.delete_role(RoleName=settings.role_name))
     for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
         record("bucket", bucket, lambda bucket=bucket: _delete_bucket(s3, bucket))

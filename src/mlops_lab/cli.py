@@ -15,16 +15,27 @@ from rich.table import Table
 
 from mlops_lab import lab, stack
 from mlops_lab.aws import Aws
-from mlops_lab.bootstrap import Change, teardown as teardown_resources
+from mlops_lab.bootstrap import Change
+from mlops_lab.bootstrap import teardown as teardown_resources
 from mlops_lab.settings import get_settings
 
-app = typer.Typer(help="An offline AWS MLOps lab: S3 -> Lambda batch predictions on an emulator or real AWS.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)  # fmt: skip
+app = typer.Typer(
+    help="An offline AWS MLOps lab: S3 -> Lambda batch predictions on an emulator or real AWS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
 # Without a terminal (make, CI logs) rich would wrap at 80 columns and cut the endpoints table.
 console = Console() if Console().is_terminal else Console(width=120)
 
-_STYLE = {"created": "green", "published": "green", "updated": "yellow", "deleted": "red", "unchanged": "dim",
-          "absent": "dim"}  # fmt: skip
+_STYLE = {
+    "created": "green",
+    "published": "green",
+    "updated": "yellow",
+    "deleted": "red",
+    "unchanged": "dim",
+    "absent": "dim",
+}
 
 
 def _print_change(change: Change) -> None:
@@ -85,7 +96,9 @@ def _bring_up(*, api: bool, mlflow: bool = False) -> list[str]:
                 wait_for_mlflow()
         env_file = lab.write_env_file(settings, env)
         _status_table(settings)
-        console.print(f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]")
+        console.print(
+            f"Ready in {time.perf_counter() - started:.1f} s. Point your shell at the lab: [bold]source {env_file}[/]"
+        )
     except BaseException:
         # Half a stack is no use: stop what this call started (not what was already running), then report.
         lab.stop_services(settings, started_here())  # (stop_services orders them: dependants first)
@@ -184,12 +197,20 @@ def train(
     data: Annotated[Path | None, typer.Option(help="Training CSV (lab format or the raw UCI Adult file).")] = None,
     rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 20000,
     seed: Annotated[int, typer.Option()] = 42,
-    publish: Annotated[bool | None, typer.Option(
-        help="Publish to the model bucket afterwards (default: yes without mlflow; with mlflow `promote` publishes).",
-        show_default=False)] = None,
-    mlflow: Annotated[bool | None, typer.Option(
-        help="Log the run and register a version (default: when the tracking server answers).", show_default=False,
-    )] = None,
+    publish: Annotated[
+        bool | None,
+        typer.Option(
+            help="Publish to the model bucket afterwards (default: yes without mlflow; with mlflow `promote` publishes).",
+            show_default=False,
+        ),
+    ] = None,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            help="Log the run and register a version (default: when the tracking server answers).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train the census-income classifier, export it to ONNX, check agreement; log + register it, or publish it."""
     from mlops_lab import registry
@@ -208,8 +229,10 @@ def train(
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in result_metrics.items() if isinstance(v, float))
     console.print(f"Trained and exported {settings.model_path} ({metrics})")
     if mlflow:
-        console.print(f"Registered [bold]{logged.name} version {logged.version}[/] (run {logged.run_id}): "
-                      f"{settings.mlflow_tracking_uri}/#/models/{logged.name}/versions/{logged.version}")  # fmt: skip
+        console.print(
+            f"Registered [bold]{logged.name} version {logged.version}[/] (run {logged.run_id}): "
+            f"{settings.mlflow_tracking_uri}/#/models/{logged.name}/versions/{logged.version}"
+        )
         if publish:
             _print_promotion(registry.promote(settings, Aws(), logged.version))
         else:
@@ -221,14 +244,21 @@ def train(
 def _print_promotion(promotion) -> None:  # type: ignore[no-untyped-def]
     _print_change(promotion.change)
     agreement = promotion.agreement
-    checked = (f"ONNX agrees with sklearn on {agreement.rows:,} holdout rows (max |dp| {agreement.max_probability_diff:.1e}); "
-               if agreement else "")  # fmt: skip
-    console.print(f"{checked}[bold]{promotion.name} version {promotion.version}[/] is now @champion and live "
-                  f"(was {promotion.previous or 'unversioned/none'}). The Lambda and the API pick it up without a redeploy.")  # fmt: skip
+    checked = (
+        f"ONNX agrees with sklearn on {agreement.rows:,} holdout rows (max |dp| {agreement.max_probability_diff:.1e}); "
+        if agreement
+        else ""
+    )
+    console.print(
+        f"{checked}[bold]{promotion.name} version {promotion.version}[/] is now @champion and live "
+        f"(was {promotion.previous or 'unversioned/none'}). The Lambda and the API pick it up without a redeploy."
+    )
 
 
 @app.command()
-def promote(version: Annotated[str, typer.Argument(help="Registry version to serve (an older one rolls back).")]) -> None:
+def promote(
+    version: Annotated[str, typer.Argument(help="Registry version to serve (an older one rolls back).")],
+) -> None:
     """Check a version's ONNX against its sklearn pipeline, publish it to the model bucket, set @champion."""
     from mlops_lab import registry
     from mlops_lab.train import AgreementError
@@ -256,9 +286,14 @@ def models() -> None:
     for column in ("version", "aliases", "live", "accuracy", "roc_auc", "f1", "created", "run"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.version, ", ".join(row.aliases), "[green]live[/]" if row.live else "",
-                      *(f"{row.metrics[m]:.3f}" if m in row.metrics else "" for m in ("accuracy", "roc_auc", "f1")),
-                      row.created, row.run_id[:12])  # fmt: skip
+        table.add_row(
+            row.version,
+            ", ".join(row.aliases),
+            "[green]live[/]" if row.live else "",
+            *(f"{row.metrics[m]:.3f}" if m in row.metrics else "" for m in ("accuracy", "roc_auc", "f1")),
+            row.created,
+            row.run_id[:12],
+        )
     console.print(table if rows else "No versions yet: `mlops-lab train` logs and registers one.")
 
 
@@ -269,7 +304,9 @@ app.add_typer(image_app, name="image")
 @image_app.command("push")
 def image_push(
     tag: Annotated[str, typer.Option(help="Image tag.")] = "latest",
-    base_image: Annotated[str | None, typer.Option(help="Build argument BASE_IMAGE (default python:3.12-slim).")] = None,
+    base_image: Annotated[
+        str | None, typer.Option(help="Build argument BASE_IMAGE (default python:3.12-slim).")
+    ] = None,
 ) -> None:
     """Create the ECR repository (idempotent, scan on push, lifecycle policy), build api/Dockerfile, tag, push."""
     from mlops_lab import image
@@ -291,10 +328,16 @@ app.add_typer(deploy_app, name="deploy")
 @deploy_app.command("sagemaker")
 def deploy_sagemaker(
     model_uri: Annotated[str | None, typer.Option(help="Default: models:/<model>@champion.")] = None,
-    emulate: Annotated[bool | None, typer.Option(
-        help="Run SageMaker's control plane on moto (default: when AWS_ENDPOINT_URL points at an emulator).",
-        show_default=False)] = None,
-    invoke: Annotated[bool, typer.Option(help="Then send a CSV and a JSON invocation to the lab API's /invocations.")] = True,
+    emulate: Annotated[
+        bool | None,
+        typer.Option(
+            help="Run SageMaker's control plane on moto (default: when AWS_ENDPOINT_URL points at an emulator).",
+            show_default=False,
+        ),
+    ] = None,
+    invoke: Annotated[
+        bool, typer.Option(help="Then send a CSV and a JSON invocation to the lab API's /invocations.")
+    ] = True,
 ) -> None:
     """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace)."""
     from mlops_lab import sagemaker
@@ -336,12 +379,15 @@ def _invoke_through_api(settings, endpoint: str, url: str) -> None:  # type: ign
         sagemaker.forward_invocations(session, container)
         runtime = session.client("sagemaker-runtime")
         sample = generate(3, seed=5, with_label=False)
-        for content_type, body in (("text/csv", sample.to_csv(index=False)),
-                                   ("application/json", sample.to_json(orient="split", index=False))):  # fmt: skip
+        for content_type, body in (
+            ("text/csv", sample.to_csv(index=False)),
+            ("application/json", sample.to_json(orient="split", index=False)),
+        ):
             if content_type == "application/json":
                 body = '{"dataframe_split": ' + body + "}"
-            answer = runtime.invoke_endpoint(EndpointName=endpoint, ContentType=content_type, Accept="application/json",
-                                             Body=body.encode())  # fmt: skip
+            answer = runtime.invoke_endpoint(
+                EndpointName=endpoint, ContentType=content_type, Accept="application/json", Body=body.encode()
+            )
             console.print(f"  invoke_endpoint {content_type} -> {answer['Body'].read().decode()[:200]}")
 
 
@@ -359,8 +405,7 @@ def _predict(file: Path, key: str | None, timeout: float) -> lab.BatchResult:
     settings = get_settings()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"Uploaded {file.name}; waiting for the Lambda's output...", total=None)
-        result = lab.predict_file(settings, Aws(), file, key=key, timeout=timeout,
-                                  on_wait=lambda _: bar.update(task))  # fmt: skip
+        result = lab.predict_file(settings, Aws(), file, key=key, timeout=timeout, on_wait=lambda _: bar.update(task))
     if result.status == "rejected":
         console.print(f"[red]Rejected[/]: {result.error['reason'] if result.error else ''} -> {result.output_uri}")
         raise typer.Exit(1)
@@ -396,8 +441,10 @@ def _demo_pipeline(rows: int) -> None:
     settings = get_settings()
     console.rule("Registry: train -> mlflow run + version -> promote")
     logged = registry.train_and_log(settings, rows=20000, seed=int(time.time()) % 1000, run_name="demo")
-    console.print(f"Logged run {logged.run_id[:12]} (ROC AUC {logged.metrics['roc_auc']:.3f}) and registered "
-                  f"{logged.name} version {logged.version}")  # fmt: skip
+    console.print(
+        f"Logged run {logged.run_id[:12]} (ROC AUC {logged.metrics['roc_auc']:.3f}) and registered "
+        f"{logged.name} version {logged.version}"
+    )
     _print_promotion(registry.promote(settings, Aws(), logged.version))
 
     console.rule("Batch: S3 upload -> Lambda -> S3")

@@ -22,40 +22,98 @@ NUMERIC: tuple[str, ...] = ("age", "capital_gain", "capital_loss", "hours_per_we
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "work_class": (
-        "Federal-gov", "Local-gov", "Private", "Self-emp-inc", "Self-emp-not-inc", "State-gov", "Without-pay",
+        "Federal-gov",
+        "Local-gov",
+        "Private",
+        "Self-emp-inc",
+        "Self-emp-not-inc",
+        "State-gov",
+        "Without-pay",
     ),
     "education": (
-        "Associates", "Bachelors", "Doctorate", "Dropout", "High School grad", "Masters", "Prof-School",
+        "Associates",
+        "Bachelors",
+        "Doctorate",
+        "Dropout",
+        "High School grad",
+        "Masters",
+        "Prof-School",
     ),
     "marital_status": ("Married", "Never-Married", "Separated", "Widowed"),
     "occupation": (
-        "Admin", "Blue-Collar", "Military", "Other", "Professional", "Sales", "Service", "White-Collar",
+        "Admin",
+        "Blue-Collar",
+        "Military",
+        "Other",
+        "Professional",
+        "Sales",
+        "Service",
+        "White-Collar",
     ),
     "relationship": ("Husband", "Not-in-family", "Other-relative", "Own-child", "Unmarried", "Wife"),
     "race": ("Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"),
     "sex": ("Female", "Male"),
     "native_country": (
-        "British-Commonwealth", "China", "France", "Germany", "Greece", "Holand-Netherlands", "Hungary", "Iran",
-        "Italy", "Japan", "Latin-America", "Other", "Poland", "Portugal", "SE-Asia", "South", "South-America",
-        "United-States", "Yugoslavia",
+        "British-Commonwealth",
+        "China",
+        "France",
+        "Germany",
+        "Greece",
+        "Holand-Netherlands",
+        "Hungary",
+        "Iran",
+        "Italy",
+        "Japan",
+        "Latin-America",
+        "Other",
+        "Poland",
+        "Portugal",
+        "SE-Asia",
+        "South",
+        "South-America",
+        "United-States",
+        "Yugoslavia",
     ),
-}  # fmt: skip
+}
 CATEGORICAL: tuple[str, ...] = tuple(CATEGORIES)
 
 # Column order of the course's CSVs.
 FEATURES: tuple[str, ...] = (
-    "age", "work_class", "education", "marital_status", "occupation", "relationship", "race", "sex",
-    "capital_gain", "capital_loss", "hours_per_week", "native_country",
-)  # fmt: skip
+    "age",
+    "work_class",
+    "education",
+    "marital_status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital_gain",
+    "capital_loss",
+    "hours_per_week",
+    "native_country",
+)
 LABEL = "income"
 CLASSES: tuple[str, ...] = ("<=50K", ">50K")
 
 # -- raw UCI Adult ----------------------------------------------------------------------------------------------
 
 UCI_COLUMNS: tuple[str, ...] = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation", "relationship",
-    "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income",
-)  # fmt: skip
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+)
 _UCI_RENAME = {
     "workclass": "work_class",
     "marital-status": "marital_status",
@@ -72,51 +130,93 @@ _UCI_RENAME = {
 _UCI_MAPS: dict[str, dict[str, str]] = {
     "work_class": {"Never-worked": "Without-pay"},
     "education": {
-        "HS-grad": "High School grad", "Some-college": "High School grad",
-        "Assoc-acdm": "Associates", "Assoc-voc": "Associates", "Prof-school": "Prof-School",
+        "HS-grad": "High School grad",
+        "Some-college": "High School grad",
+        "Assoc-acdm": "Associates",
+        "Assoc-voc": "Associates",
+        "Prof-school": "Prof-School",
         **dict.fromkeys(("Preschool", "1st-4th", "5th-6th", "7th-8th", "9th", "10th", "11th", "12th"), "Dropout"),
     },
     "marital_status": {
-        "Married-civ-spouse": "Married", "Married-AF-spouse": "Married", "Married-spouse-absent": "Separated",
-        "Divorced": "Separated", "Never-married": "Never-Married",
+        "Married-civ-spouse": "Married",
+        "Married-AF-spouse": "Married",
+        "Married-spouse-absent": "Separated",
+        "Divorced": "Separated",
+        "Never-married": "Never-Married",
     },
     "occupation": {
-        "Adm-clerical": "Admin", "Armed-Forces": "Military", "Exec-managerial": "White-Collar",
-        "Prof-specialty": "Professional", "Tech-support": "Other", "Protective-serv": "Other",
-        "Other-service": "Service", "Priv-house-serv": "Service",
+        "Adm-clerical": "Admin",
+        "Armed-Forces": "Military",
+        "Exec-managerial": "White-Collar",
+        "Prof-specialty": "Professional",
+        "Tech-support": "Other",
+        "Protective-serv": "Other",
+        "Other-service": "Service",
+        "Priv-house-serv": "Service",
         **dict.fromkeys(
             ("Craft-repair", "Farming-fishing", "Handlers-cleaners", "Machine-op-inspct", "Transport-moving"),
             "Blue-Collar",
         ),
     },
     "native_country": {
-        "Canada": "British-Commonwealth", "England": "British-Commonwealth", "India": "British-Commonwealth",
-        "Ireland": "British-Commonwealth", "Scotland": "British-Commonwealth",
-        "Hong": "China", "Taiwan": "China",
-        "Cambodia": "SE-Asia", "Laos": "SE-Asia", "Philippines": "SE-Asia", "Thailand": "SE-Asia",
+        "Canada": "British-Commonwealth",
+        "England": "British-Commonwealth",
+        "India": "British-Commonwealth",
+        "Ireland": "British-Commonwealth",
+        "Scotland": "British-Commonwealth",
+        "Hong": "China",
+        "Taiwan": "China",
+        "Cambodia": "SE-Asia",
+        "Laos": "SE-Asia",
+        "Philippines": "SE-Asia",
+        "Thailand": "SE-Asia",
         "Vietnam": "SE-Asia",
-        "Columbia": "South-America", "Ecuador": "South-America", "El-Salvador": "South-America",
+        "Columbia": "South-America",
+        "Ecuador": "South-America",
+        "El-Salvador": "South-America",
         "Peru": "South-America",
         "Cuba": "Other",
         **dict.fromkeys(
             (
-                "Dominican-Republic", "Guatemala", "Haiti", "Honduras", "Jamaica", "Mexico", "Nicaragua",
-                "Outlying-US(Guam-USVI-etc)", "Puerto-Rico", "Trinadad&Tobago",
+                "Dominican-Republic",
+                "Guatemala",
+                "Haiti",
+                "Honduras",
+                "Jamaica",
+                "Mexico",
+                "Nicaragua",
+                "Outlying-US(Guam-USVI-etc)",
+                "Puerto-Rico",
+                "Trinadad&Tobago",
             ),
             "Latin-America",
         ),
     },
-}  # fmt: skip
+}
 
 # -- generator tables -------------------------------------------------------------------------------------------
 # Measured on the course batch (rounded). Rows need not sum to exactly 1: every table is normalised when used.
 
 # Age: share of rows per band of ages [lo, hi].
 _AGE_BANDS = np.array(
-    [(17, 20), (21, 25), (26, 30), (31, 35), (36, 40), (41, 45), (46, 50), (51, 55), (56, 60), (61, 65), (66, 70),
-     (71, 75), (76, 80), (81, 90)]
-)  # fmt: skip
-_AGE_BAND_SHARE = [.061, .121, .129, .137, .132, .121, .101, .077, .055, .034, .016, .010, .005, .003]
+    [
+        (17, 20),
+        (21, 25),
+        (26, 30),
+        (31, 35),
+        (36, 40),
+        (41, 45),
+        (46, 50),
+        (51, 55),
+        (56, 60),
+        (61, 65),
+        (66, 70),
+        (71, 75),
+        (76, 80),
+        (81, 90),
+    ]
+)
+_AGE_BAND_SHARE = [0.061, 0.121, 0.129, 0.137, 0.132, 0.121, 0.101, 0.077, 0.055, 0.034, 0.016, 0.010, 0.005, 0.003]
 
 # Coarser age groups for the conditional tables: <=20, 21-25, 26-30, 31-40, 41-50, 51-60, 61-70, 71+.
 _AGE_GROUP_STARTS = [21, 26, 31, 41, 51, 61, 71]
@@ -125,61 +225,122 @@ _AGE_GROUPS = len(_AGE_GROUP_STARTS) + 1
 _P_MALE = 0.673
 
 # marital_status (Married, Never-Married, Separated, Widowed) by sex (Female, Male) and age group.
-_MARITAL = np.array([
-    [[.016, .974, .010, .000], [.073, .852, .075, .000], [.147, .588, .261, .005], [.218, .366, .403, .014],
-     [.195, .179, .553, .072], [.188, .109, .509, .193], [.132, .094, .365, .409], [.045, .045, .239, .672]],
-    [[.016, .968, .016, .000], [.222, .740, .036, .001], [.422, .482, .094, .002], [.684, .188, .126, .002],
-     [.760, .085, .152, .003], [.799, .044, .134, .023], [.853, .038, .070, .038], [.752, .044, .062, .142]],
-])  # fmt: skip
+_MARITAL = np.array(
+    [
+        [
+            [0.016, 0.974, 0.010, 0.000],
+            [0.073, 0.852, 0.075, 0.000],
+            [0.147, 0.588, 0.261, 0.005],
+            [0.218, 0.366, 0.403, 0.014],
+            [0.195, 0.179, 0.553, 0.072],
+            [0.188, 0.109, 0.509, 0.193],
+            [0.132, 0.094, 0.365, 0.409],
+            [0.045, 0.045, 0.239, 0.672],
+        ],
+        [
+            [0.016, 0.968, 0.016, 0.000],
+            [0.222, 0.740, 0.036, 0.001],
+            [0.422, 0.482, 0.094, 0.002],
+            [0.684, 0.188, 0.126, 0.002],
+            [0.760, 0.085, 0.152, 0.003],
+            [0.799, 0.044, 0.134, 0.023],
+            [0.853, 0.038, 0.070, 0.038],
+            [0.752, 0.044, 0.062, 0.142],
+        ],
+    ]
+)
 
 # relationship (Husband, Not-in-family, Other-relative, Own-child, Unmarried, Wife) by marital status and sex.
 # Husband/Wife only for the married, by sex; Own-child is then reweighted by age (_OWN_CHILD_BY_AGE).
-_RELATIONSHIP = np.array([
-    [[0, .004, .030, .030, 0, .936], [.993, .001, .004, .002, 0, 0]],
-    [[0, .413, .058, .399, .129, 0], [0, .485, .060, .396, .059, 0]],
-    [[0, .422, .043, .052, .483, 0], [0, .685, .040, .087, .188, 0]],
-    [[0, .539, .045, .004, .412, 0], [0, .661, .032, .065, .242, 0]],
-])  # fmt: skip
+_RELATIONSHIP = np.array(
+    [
+        [[0, 0.004, 0.030, 0.030, 0, 0.936], [0.993, 0.001, 0.004, 0.002, 0, 0]],
+        [[0, 0.413, 0.058, 0.399, 0.129, 0], [0, 0.485, 0.060, 0.396, 0.059, 0]],
+        [[0, 0.422, 0.043, 0.052, 0.483, 0], [0, 0.685, 0.040, 0.087, 0.188, 0]],
+        [[0, 0.539, 0.045, 0.004, 0.412, 0], [0, 0.661, 0.032, 0.065, 0.242, 0]],
+    ]
+)
 _OWN_CHILD_BY_AGE = np.array([4.0, 1.8, 0.7, 0.4, 0.15, 0.1, 0.1, 0.1])
 
 # education (vocabulary order) by age group.
-_EDUCATION = np.array([
-    [.006, .000, .000, .343, .651, .000, .000], [.071, .169, .000, .101, .647, .011, .001],
-    [.100, .211, .004, .103, .526, .045, .010], [.090, .187, .011, .100, .540, .055, .018],
-    [.086, .188, .021, .090, .489, .103, .023], [.057, .131, .022, .147, .549, .074, .020],
-    [.056, .138, .020, .218, .468, .074, .026], [.044, .089, .022, .289, .483, .033, .039],
-])  # fmt: skip
+_EDUCATION = np.array(
+    [
+        [0.006, 0.000, 0.000, 0.343, 0.651, 0.000, 0.000],
+        [0.071, 0.169, 0.000, 0.101, 0.647, 0.011, 0.001],
+        [0.100, 0.211, 0.004, 0.103, 0.526, 0.045, 0.010],
+        [0.090, 0.187, 0.011, 0.100, 0.540, 0.055, 0.018],
+        [0.086, 0.188, 0.021, 0.090, 0.489, 0.103, 0.023],
+        [0.057, 0.131, 0.022, 0.147, 0.549, 0.074, 0.020],
+        [0.056, 0.138, 0.020, 0.218, 0.468, 0.074, 0.026],
+        [0.044, 0.089, 0.022, 0.289, 0.483, 0.033, 0.039],
+    ]
+)
 
 # occupation (vocabulary order) by education, then reweighted by sex (_OCCUPATION_BY_SEX).
-_OCCUPATION = np.array([
-    [.162, .277, .0003, .114, .139, .095, .065, .148], [.101, .089, .0003, .060, .287, .185, .028, .250],
-    [.008, .024, .0003, .040, .694, .048, .008, .177], [.042, .568, .0003, .016, .014, .088, .236, .035],
-    [.157, .403, .0003, .062, .038, .119, .127, .095], [.040, .034, .0020, .025, .513, .074, .022, .290],
-    [.019, .012, .0060, .006, .862, .025, .012, .056],
-])  # fmt: skip
-_OCCUPATION_BY_SEX = np.array([
-    [2.05, 0.31, 0.2, 0.90, 1.14, 1.10, 1.80, 0.89],
-    [0.49, 1.33, 1.3, 1.05, 0.93, 0.95, 0.62, 1.06],
-])  # fmt: skip
+_OCCUPATION = np.array(
+    [
+        [0.162, 0.277, 0.0003, 0.114, 0.139, 0.095, 0.065, 0.148],
+        [0.101, 0.089, 0.0003, 0.060, 0.287, 0.185, 0.028, 0.250],
+        [0.008, 0.024, 0.0003, 0.040, 0.694, 0.048, 0.008, 0.177],
+        [0.042, 0.568, 0.0003, 0.016, 0.014, 0.088, 0.236, 0.035],
+        [0.157, 0.403, 0.0003, 0.062, 0.038, 0.119, 0.127, 0.095],
+        [0.040, 0.034, 0.0020, 0.025, 0.513, 0.074, 0.022, 0.290],
+        [0.019, 0.012, 0.0060, 0.006, 0.862, 0.025, 0.012, 0.056],
+    ]
+)
+_OCCUPATION_BY_SEX = np.array(
+    [
+        [2.05, 0.31, 0.2, 0.90, 1.14, 1.10, 1.80, 0.89],
+        [0.49, 1.33, 1.3, 1.05, 0.93, 0.95, 0.62, 1.06],
+    ]
+)
 
 # work_class (vocabulary order) by occupation.
-_WORK_CLASS = np.array([
-    [.096, .077, .739, .011, .008, .070, .0000], [.011, .029, .803, .021, .120, .017, .0004],
-    [1.00, .000, .000, .000, .000, .000, .0000], [.053, .200, .615, .005, .016, .111, .0000],
-    [.037, .190, .527, .043, .096, .108, .0000], [.002, .006, .807, .072, .109, .004, .0000],
-    [.013, .061, .822, .008, .057, .039, .0010], [.043, .058, .639, .116, .098, .045, .0010],
-])  # fmt: skip
+_WORK_CLASS = np.array(
+    [
+        [0.096, 0.077, 0.739, 0.011, 0.008, 0.070, 0.0000],
+        [0.011, 0.029, 0.803, 0.021, 0.120, 0.017, 0.0004],
+        [1.00, 0.000, 0.000, 0.000, 0.000, 0.000, 0.0000],
+        [0.053, 0.200, 0.615, 0.005, 0.016, 0.111, 0.0000],
+        [0.037, 0.190, 0.527, 0.043, 0.096, 0.108, 0.0000],
+        [0.002, 0.006, 0.807, 0.072, 0.109, 0.004, 0.0000],
+        [0.013, 0.061, 0.822, 0.008, 0.057, 0.039, 0.0010],
+        [0.043, 0.058, 0.639, 0.116, 0.098, 0.045, 0.0010],
+    ]
+)
 
-_RACE = [.010, .028, .093, .009, .860]
+_RACE = [0.010, 0.028, 0.093, 0.009, 0.860]
 
 # native_country (vocabulary order) by race.
-_COUNTRY = np.array([
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, .019, 0, 0, 0, 0, 0, 0, .981, 0],
-    [.086, .168, .004, .004, 0, 0, 0, .007, 0, .029, .022, 0, 0, 0, .294, .072, 0, .315, 0],
-    [.001, 0, 0, .002, 0, 0, 0, 0, 0, .001, .053, .001, 0, 0, .002, 0, .001, .939, 0],
-    [.054, 0, .011, 0, 0, 0, 0, .022, 0, .011, .366, .011, 0, .011, 0, 0, .075, .441, 0],
-    [.009, 0, .001, .005, .002, .0001, .0004, .001, .002, .001, .030, .003, .002, .002, .001, 0, .008, .933, .001],
-])  # fmt: skip
+_COUNTRY = np.array(
+    [
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.019, 0, 0, 0, 0, 0, 0, 0.981, 0],
+        [0.086, 0.168, 0.004, 0.004, 0, 0, 0, 0.007, 0, 0.029, 0.022, 0, 0, 0, 0.294, 0.072, 0, 0.315, 0],
+        [0.001, 0, 0, 0.002, 0, 0, 0, 0, 0, 0.001, 0.053, 0.001, 0, 0, 0.002, 0, 0.001, 0.939, 0],
+        [0.054, 0, 0.011, 0, 0, 0, 0, 0.022, 0, 0.011, 0.366, 0.011, 0, 0.011, 0, 0, 0.075, 0.441, 0],
+        [
+            0.009,
+            0,
+            0.001,
+            0.005,
+            0.002,
+            0.0001,
+            0.0004,
+            0.001,
+            0.002,
+            0.001,
+            0.030,
+            0.003,
+            0.002,
+            0.002,
+            0.001,
+            0,
+            0.008,
+            0.933,
+            0.001,
+        ],
+    ]
+)
 
 # hours_per_week: a spike at exactly 40 (share by age group), otherwise normal around a mean shifted by age group,
 # sex and occupation.
@@ -195,13 +356,15 @@ _GAIN_RATE = 0.068
 _GAIN_BY_EDUCATION = np.array([1.2, 1.5, 3.2, 0.7, 0.95, 1.9, 3.6])
 _GAIN_BY_AGE = np.array([0.25, 0.45, 0.65, 1.0, 1.4, 1.25, 1.8, 2.0])
 _GAIN_AMOUNTS = np.array([15024, 7688, 7298, 99999, 3103, 5013, 4386, 2174, 5178, 3325, 27828, 8614, 4650, 10520])
-_GAIN_AMOUNT_SHARE = np.array([.135, .096, .092, .062, .041, .037, .026, .025, .025, .023, .020, .018, .016, .016])
+_GAIN_AMOUNT_SHARE = np.array(
+    [0.135, 0.096, 0.092, 0.062, 0.041, 0.037, 0.026, 0.025, 0.025, 0.023, 0.020, 0.018, 0.016, 0.016]
+)
 _GAIN_SPREAD = (np.log(5000.0), 0.8, 114, 41310)  # log-median, log-sd, min, max of the non-clustered amounts
 
 # capital_loss: only for rows without a gain (as in the raw data); clustered around 1900.
 _LOSS_RATE = 0.051
 _LOSS_AMOUNTS = np.array([1902, 1977, 1887])
-_LOSS_AMOUNT_SHARE = np.array([.14, .11, .11])
+_LOSS_AMOUNT_SHARE = np.array([0.14, 0.11, 0.11])
 _LOSS_SPREAD = (1880.0, 350.0, 155, 3770)  # mean, sd, min, max of the rest
 
 # The label's latent log-odds; the intercept gives ~24% ">50K". A logistic draw from these log-odds is the noise.
@@ -236,9 +399,7 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
     marital = _draw_by_group(rng, _MARITAL.reshape(-1, 4), sex * _AGE_GROUPS + age_group)
     relationship_table = np.repeat(_RELATIONSHIP[:, :, None, :], _AGE_GROUPS, axis=2)
     relationship_table[..., 3] *= _OWN_CHILD_BY_AGE
-    relationship = _draw_by_group(
-        rng, relationship_table.reshape(-1, 6), (marital * 2 + sex) * _AGE_GROUPS + age_group
-    )
+    relationship = _draw_by_group(rng, relationship_table.reshape(-1, 6), (marital * 2 + sex) * _AGE_GROUPS + age_group)
     education = _draw_by_group(rng, _EDUCATION, age_group)
     occupation_table = _OCCUPATION[:, None, :] * _OCCUPATION_BY_SEX[None, :, :]
     occupation = _draw_by_group(rng, occupation_table.reshape(-1, 8), education * 2 + sex)
@@ -247,10 +408,7 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
     country = _draw_by_group(rng, _COUNTRY, race)
 
     hours_mean = (
-        _HOURS_MEAN
-        + _HOURS_SHIFT_BY_AGE[age_group]
-        + _HOURS_SHIFT_BY_SEX[sex]
-        + _HOURS_SHIFT_BY_OCCUPATION[occupation]
+        _HOURS_MEAN + _HOURS_SHIFT_BY_AGE[age_group] + _HOURS_SHIFT_BY_SEX[sex] + _HOURS_SHIFT_BY_OCCUPATION[occupation]
     )
     hours = np.where(rng.random(n_rows) < _HOURS_40_BY_AGE[age_group], 40.0, rng.normal(hours_mean, _HOURS_SD))
     hours = np.clip(np.rint(hours), 1, 99).astype(np.int64)
@@ -261,9 +419,15 @@ def generate(n_rows: int, seed: int = 42, with_label: bool = True) -> pd.DataFra
     loss = np.where(has_loss, _amounts(rng, n_rows, _LOSS_AMOUNTS, _LOSS_AMOUNT_SHARE, _normal_spread), 0)
 
     codes = {
-        "work_class": work_class, "education": education, "marital_status": marital, "occupation": occupation,
-        "relationship": relationship, "race": race, "sex": sex, "native_country": country,
-    }  # fmt: skip
+        "work_class": work_class,
+        "education": education,
+        "marital_status": marital,
+        "occupation": occupation,
+        "relationship": relationship,
+        "race": race,
+        "sex": sex,
+        "native_country": country,
+    }
     columns: dict[str, np.ndarray] = {
         "age": age.astype(np.int64),
         "capital_gain": gain.astype(np.int64),
@@ -361,7 +525,7 @@ def load_training_csv(path: str | Path) -> pd.DataFrame:
     header = _first_record(path)
     names = [name.strip() for name in header]
     if set(names) >= {*FEATURES, LABEL}:
-        frame = pd.read_csv(path, skipinitialspace=True, dtype={name: "str" for name in CATEGORICAL})
+        frame = pd.read_csv(path, skipinitialspace=True, dtype=dict.fromkeys(CATEGORICAL, "str"))
     elif names == list(UCI_COLUMNS):
         frame = _read_uci(path, has_header=True)
     elif len(names) == len(UCI_COLUMNS) and names[0].isdigit():

@@ -74,7 +74,16 @@ def ensure_installed(settings: Settings) -> EmulatorInstall:
         shutil.rmtree(install.venv)
     subprocess.run([python, "-m", "venv", str(install.venv)], check=True)
     result = subprocess.run(
-        [str(install.python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+        [
+            str(install.python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(REQUIREMENTS),
+        ],
         capture_output=True,
         text=True,
     )

@@ -26,7 +26,12 @@ LIFECYCLE_POLICY = {
         {
             "rulePriority": 1,
             "description": "expire untagged images after a day",
-            "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 1},
+            "selection": {
+                "tagStatus": "untagged",
+                "countType": "sinceImagePushed",
+                "countUnit": "days",
+                "countNumber": 1,
+            },
             "action": {"type": "expire"},
         },
         {
@@ -122,7 +127,12 @@ def build_and_push(
     if push:
         auth = ecr.get_authorization_token()["authorizationData"][0]
         user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)
-        subprocess.run([docker, "login", "--username", user, "--password-stdin", auth["proxyEndpoint"]],
-                       input=password, text=True, check=True, capture_output=True)
+        subprocess.run(
+            [docker, "login", "--username", user, "--password-stdin", auth["proxyEndpoint"]],
+            input=password,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
         subprocess.run([docker, "push", image], check=True)
     return PushResult(image=image, repository_uri=uri)

@@ -214,15 +214,12 @@ class TabularModel:
 
     def schema(self) -> list[dict[str, Any]]:
         return [
-            {"name": f.name, "type": f.json_type}
-            | ({"categories": sorted(f.categories)} if f.categories else {})
+            {"name": f.name, "type": f.json_type} | ({"categories": sorted(f.categories)} if f.categories else {})
             for f in self.features
         ]
 
     def _example_record(self) -> dict[str, Any]:
-        return {
-            f.name: (sorted(f.categories)[0] if f.categories else "") if f.is_string else 0 for f in self.features
-        }
+        return {f.name: (sorted(f.categories)[0] if f.categories else "") if f.is_string else 0 for f in self.features}
 
     # -- inputs -------------------------------------------------------------------------------------------------
 
@@ -354,7 +351,9 @@ class TabularModel:
 # -- CSV --------------------------------------------------------------------------------------------------------
 
 
-def read_csv_chunks(text: IO[str], feature_names: Sequence[str], chunk_rows: int) -> Iterator[tuple[int, list[str], list[list[str]]]]:
+def read_csv_chunks(
+    text: IO[str], feature_names: Sequence[str], chunk_rows: int
+) -> Iterator[tuple[int, list[str], list[list[str]]]]:
     """Yield ``(first_row_number, header, rows)`` chunks from a CSV stream, validating its shape as it goes.
 
     Row numbers are the file's own line numbers for data rows (the header is row 1), assuming no quoted newlines.
@@ -429,9 +428,7 @@ def _check_header(header: list[str], feature_names: Sequence[str]) -> None:
     if extra:
         problems.append(f"unexpected columns: {', '.join(extra)}")
     if problems:
-        raise InputError(
-            "; ".join(problems) + f" (expected: {', '.join(feature_names)})", columns=missing + extra
-        )
+        raise InputError("; ".join(problems) + f" (expected: {', '.join(feature_names)})", columns=missing + extra)
 
 
 def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows: int = 8192) -> ScoreSummary:
@@ -448,7 +445,9 @@ def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows
     pending: tuple[list[list[str]], list[str] | None, Future[Prediction]] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime") as scorer:
         for first_row, header, rows, lines in _csv_chunks(source, model.feature_names, chunk_rows, keep_lines=True):
-            feeds = model.prepare(dict(zip(header, zip(*rows), strict=True)), first_row=first_row, text=True)
+            feeds = model.prepare(
+                dict(zip(header, zip(*rows, strict=False), strict=True)), first_row=first_row, text=True
+            )
             scoring = scorer.submit(model.run, feeds)
             if pending is None:
                 writer.writerow([*header, "prediction", *(f"probability_{c}" for c in model.classes)])
@@ -478,10 +477,14 @@ def _write_scored(
     else:
         # Appending to each source line is ~2.5x faster than csv.writer re-encoding every input field.
         quoted = {label: _csv_field(label) for label in prediction.classes}
-        sink.write("".join([
-            f"{line.rstrip(_LINE_END)},{quoted.get(label) or _csv_field(label)},{','.join(probs)}\n"
-            for line, label, probs in zip(lines, labels, probabilities, strict=True)
-        ]))  # fmt: skip
+        sink.write(
+            "".join(
+                [
+                    f"{line.rstrip(_LINE_END)},{quoted.get(label) or _csv_field(label)},{','.join(probs)}\n"
+                    for line, label, probs in zip(lines, labels, probabilities, strict=True)
+                ]
+            )
+        )
     summary.add(prediction)
 
 
@@ -512,7 +515,9 @@ def _cast_column(feature: Feature, values: Sequence[Any], first_row: int, text: 
     numbers = _as_float_array(values)
     if numbers is None and not feature.is_integer:
         # A blank cell is a missing value; float inputs carry it as NaN for the model's imputer to fill.
-        numbers = _as_float_array([np.nan if v is None or (isinstance(v, str) and not v.strip()) else v for v in values])
+        numbers = _as_float_array(
+            [np.nan if v is None or (isinstance(v, str) and not v.strip()) else v for v in values]
+        )
     if numbers is None:
         bad = [(i, v) for i, v in enumerate(values) if _as_float(v) is None]
         raise _type_error(feature, bad, first_row)

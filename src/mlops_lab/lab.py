@@ -40,8 +40,13 @@ def build_lambda_layer(settings: Settings, python: str | None = None, platform: 
     default_python, default_platform, compress, bytecode_for = layer_target(settings)
     if python or platform:
         compress, bytecode_for = True, None
-    artifact = build_layer(settings.build_dir, python=python or default_python, platform=platform or default_platform,
-                           compress=compress, bytecode_for=bytecode_for)  # fmt: skip
+    artifact = build_layer(
+        settings.build_dir,
+        python=python or default_python,
+        platform=platform or default_platform,
+        compress=compress,
+        bytecode_for=bytecode_for,
+    )
     check_limits(artifact)
     return artifact
 

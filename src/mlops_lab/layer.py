@@ -65,13 +65,19 @@ class LayerArtifact:
     def description(self) -> str:
         """Stored as the layer version's description, so bootstrap can tell whether this build is published."""
         packing = ("" if self.compressed else " stored") + (" pyc" if self.bytecode else "")
-        return f"onnxruntime+numpy+mlops_lab.inference py{self.python} {self.platform}{packing} sha256:{self.sha256[:16]}"
+        return (
+            f"onnxruntime+numpy+mlops_lab.inference py{self.python} {self.platform}{packing} sha256:{self.sha256[:16]}"
+        )
 
 
 def interpreter_target(python: str) -> tuple[str, str]:
     """(X.Y, manylinux platform) of an interpreter, for building a layer it can import."""
     out = subprocess.run(
-        [python, "-c", "import platform, sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}', platform.machine())"],
+        [
+            python,
+            "-c",
+            "import platform, sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}', platform.machine())",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -132,13 +138,29 @@ def check_limits(artifact: LayerArtifact) -> None:
 
 def _pip_install(root: Path, *, python: str, platform: str) -> None:
     cmd = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-        "--only-binary=:all:", "--implementation", "cp", "--python-version", python, "--platform", platform,
-        "--target", str(root), *LAYER_REQUIREMENTS,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        "--platform",
+        platform,
+        "--target",
+        str(root),
+        *LAYER_REQUIREMENTS,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"pip could not fetch the layer's wheels for py{python} {platform}:\n{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"pip could not fetch the layer's wheels for py{python} {platform}:\n{result.stderr[-2000:]}"
+        )
 
 
 def _strip(root: Path) -> None:
@@ -152,8 +174,12 @@ def _strip(root: Path) -> None:
 
 
 def _check_compiler(interpreter: str, python: str) -> None:
-    version = subprocess.run([interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    version = subprocess.run(
+        [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     if version != python:
         raise ValueError(f"bytecode for py{python} cannot be compiled by {interpreter} (Python {version})")
 
@@ -161,8 +187,9 @@ def _check_compiler(interpreter: str, python: str) -> None:
 def _compile(root: Path, interpreter: str) -> None:
     subprocess.run(
         [interpreter, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", str(root)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
 
 
 def _core_files() -> list[Path]:
@@ -190,7 +217,9 @@ def _write_zip(base: Path, target: Path, *, compress: bool = True) -> None:
         write_deterministic_zip(sink, entries, compress=compress)
 
 
-def write_deterministic_zip(sink: IO[bytes], entries: Iterable[tuple[str, bytes, int]], *, compress: bool = True) -> None:
+def write_deterministic_zip(
+    sink: IO[bytes], entries: Iterable[tuple[str, bytes, int]], *, compress: bool = True
+) -> None:
     """Zip ``(name, content, mode)`` entries with fixed timestamps, in the given order, so equal inputs give equal
     bytes (and so an equal CodeSha256: bootstrap compares it to decide whether to update)."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED

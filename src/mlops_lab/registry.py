@@ -95,16 +95,29 @@ def train_and_log(
     verified = train_verified(data_path, rows=rows, seed=seed)  # raises AgreementError
     result, onnx_bytes, agreement = verified.result, verified.onnx_bytes, verified.agreement
     write_atomically(settings.model_path, onnx_bytes)
-    params = {"rows": verified.rows, "seed": seed, "training_data": verified.source,
-              "sha256_of_training_data": verified.data_sha256,
-              "holdout_share": 0.2}  # fmt: skip
-    params |= {f"rf_{k}": v for k, v in result.pipeline.named_steps["classifier"].get_params().items()
-               if k in ("n_estimators", "max_depth", "min_samples_leaf", "random_state")}  # fmt: skip
+    params = {
+        "rows": verified.rows,
+        "seed": seed,
+        "training_data": verified.source,
+        "sha256_of_training_data": verified.data_sha256,
+        "holdout_share": 0.2,
+    }
+    params |= {
+        f"rf_{k}": v
+        for k, v in result.pipeline.named_steps["classifier"].get_params().items()
+        if k in ("n_estimators", "max_depth", "min_samples_leaf", "random_state")
+    }
     return log_version(
-        settings, result.pipeline, onnx_bytes, result.holdout, metrics=dict(result.metrics), params=params,
-        extra_metrics={"onnx_max_probability_diff": agreement.max_probability_diff}, run_name=run_name,
+        settings,
+        result.pipeline,
+        onnx_bytes,
+        result.holdout,
+        metrics=dict(result.metrics),
+        params=params,
+        extra_metrics={"onnx_max_probability_diff": agreement.max_probability_diff},
+        run_name=run_name,
         onnx_path=settings.model_path,
-    )  # fmt: skip
+    )
 
 
 def log_version(
@@ -146,10 +159,13 @@ def log_version(
             mlflow.log_params(params)
         mlflow.log_metrics({k: float(v) for k, v in {**metrics, **(extra_metrics or {})}.items()})
         sklearn_info = mlflow.sklearn.log_model(
-            pipeline, name=SKLEARN_MODEL, signature=infer_signature(example, scored.labels.astype(str)),
-            input_example=example, skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pipeline,
+            name=SKLEARN_MODEL,
+            signature=infer_signature(example, scored.labels.astype(str)),
+            input_example=example,
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pip_requirements=_requirements("mlflow", "scikit-learn", "skops", "numpy", "pandas"),
-        )  # fmt: skip
+        )
         holdout_file = Path(tmp) / "holdout.parquet"
         holdout.to_parquet(holdout_file, index=False)
         mlflow.log_artifact(str(holdout_file), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
@@ -170,8 +186,14 @@ def log_version(
         mlflow.set_tag("lab.onnx_model_uri", onnx_info.model_uri)
     version = str(onnx_info.registered_model_version)
     mlflow_client.set_model_version_tag(settings.model_name, version, "sklearn_model_uri", sklearn_info.model_uri)
-    return LoggedVersion(settings.model_name, version, run.info.run_id, dict(metrics),
-                         f"models:/{settings.model_name}/{version}", onnx_path or Path())  # fmt: skip
+    return LoggedVersion(
+        settings.model_name,
+        version,
+        run.info.run_id,
+        dict(metrics),
+        f"models:/{settings.model_name}/{version}",
+        onnx_path or Path(),
+    )
 
 
 def _requirements(*names: str) -> list[str]:
@@ -215,8 +237,9 @@ def registered_onnx(name: str, version: str | int, tracking_uri: str) -> bytes:
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="mlops-lab-version-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp,
-                                                         tracking_uri=tracking_uri))  # fmt: skip
+        local = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri)
+        )
         found = sorted(local.rglob("*.onnx"))
         if not found:
             raise RegistryError(f"version {version} of {name} holds no .onnx file")
@@ -237,23 +260,26 @@ def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = T
     onnx_bytes = version_onnx(settings, version)
     report = None
     if check:
-        sklearn_uri = (model_version.tags or {}).get("sklearn_model_uri") or mlflow_client.get_run(run_id).data.tags.get(
-            "lab.sklearn_model_uri"
-        )
+        sklearn_uri = (model_version.tags or {}).get("sklearn_model_uri") or mlflow_client.get_run(
+            run_id
+        ).data.tags.get("lab.sklearn_model_uri")
         if not sklearn_uri:
             raise RegistryError(f"version {version} has no sklearn model to check its ONNX export against")
         pipeline = mlflow.sklearn.load_model(sklearn_uri)
         with tempfile.TemporaryDirectory(prefix="mlops-lab-holdout-") as tmp:
-            holdout = pd.read_parquet(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp))  # fmt: skip
+            holdout = pd.read_parquet(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
+            )
         report = check_agreement(pipeline, onnx_bytes, holdout)  # raises AgreementError: nothing published
     stamped = stamp(onnx_bytes, version=version, model_name=settings.model_name, run_id=run_id)
     previous = live_version(settings, aws)
-    change = publish_model(settings, aws, stamped, metadata={
-        "model-version": version, "model-name": settings.model_name, "run-id": run_id})  # fmt: skip
+    change = publish_model(
+        settings, aws, stamped, metadata={"model-version": version, "model-name": settings.model_name, "run-id": run_id}
+    )
     mlflow_client.set_registered_model_alias(settings.model_name, ALIAS, version)
-    mlflow_client.set_model_version_tag(settings.model_name, version, "promoted_at",
-                                        datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
+    mlflow_client.set_model_version_tag(
+        settings.model_name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+    )
     return Promotion(settings.model_name, version, previous, change, report)
 
 
@@ -313,6 +339,14 @@ def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow
         run = mlflow_client.get_run(mv.run_id)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
         metrics = {k: v for k, v in run.data.metrics.items() if k in ("accuracy", "roc_auc", "f1")}
-        rows.append(VersionRow(str(mv.version), mv.run_id, created, sorted(aliases.get(str(mv.version), [])), metrics,
-                               live == str(mv.version)))  # fmt: skip
+        rows.append(
+            VersionRow(
+                str(mv.version),
+                mv.run_id,
+                created,
+                sorted(aliases.get(str(mv.version), [])),
+                metrics,
+                live == str(mv.version),
+            )
+        )
     return sorted(rows, key=lambda r: int(r.version), reverse=True)

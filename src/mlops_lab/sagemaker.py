@@ -67,8 +67,13 @@ def emulator_service(settings: Settings) -> stack.Service:
     url = emulator_url(settings)
     return stack.Service(
         name=SERVICE_NAME,
-        command=[*([str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]),
-                 "-H", settings.emulator_host, "-p", str(settings.sagemaker_emulator_port)],  # fmt: skip
+        command=[
+            *([str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]),
+            "-H",
+            settings.emulator_host,
+            "-p",
+            str(settings.sagemaker_emulator_port),
+        ],
         health_url=url + "/moto-api/data.json",
         env={**os.environ},
         description="moto: SageMaker control plane only (MiniStack has no SageMaker); started by `deploy sagemaker`",
@@ -89,7 +94,7 @@ def sagemaker_endpoint(url: str | None) -> Iterator[None]:
         yield
         return
     saved = {name: os.environ.get(name) for name in ENDPOINT_VARIABLES}
-    os.environ.update({name: url for name in ENDPOINT_VARIABLES})
+    os.environ.update(dict.fromkeys(ENDPOINT_VARIABLES, url))
     try:
         yield
     finally:
@@ -104,8 +109,12 @@ def sagemaker_endpoint(url: str | None) -> Iterator[None]:
 
 
 def trust_policy() -> dict[str, Any]:
-    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"},
-                                                    "Action": "sts:AssumeRole"}]}  # fmt: skip
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
 
 
 def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
@@ -113,16 +122,27 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "ModelData", "Effect": "Allow", "Action": "s3:GetObject",
-             "Resource": f"{arn}:s3:::{settings.model_bucket}/{endpoint_name(settings)}-model-*"},
+            {
+                "Sid": "ModelData",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": f"{arn}:s3:::{settings.model_bucket}/{endpoint_name(settings)}-model-*",
+            },
             {"Sid": "PullAuth", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {"Sid": "PullImage", "Effect": "Allow", "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-             "Resource": f"{arn}:ecr:{aws.region}:{aws.account_id}:repository/{repository_name(settings)}"},
-            {"Sid": "Logs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream",
-                                                         "logs:PutLogEvents"],
-             "Resource": f"{arn}:logs:{aws.region}:{aws.account_id}:log-group:/aws/sagemaker/*"},
+            {
+                "Sid": "PullImage",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": f"{arn}:ecr:{aws.region}:{aws.account_id}:repository/{repository_name(settings)}",
+            },
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"{arn}:logs:{aws.region}:{aws.account_id}:log-group:/aws/sagemaker/*",
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
@@ -146,8 +166,11 @@ def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
     except ClientError as error:
         if not is_not_found(error):
             raise
-        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust_policy()),
-                               Description="SageMaker execution role for the lab's mlflow deployment")["Role"]  # fmt: skip
+        role = iam.create_role(
+            RoleName=name,
+            AssumeRolePolicyDocument=json.dumps(trust_policy()),
+            Description="SageMaker execution role for the lab's mlflow deployment",
+        )["Role"]
         changes.append(Change("sagemaker role", name, "created"))
     wanted = execution_policy(settings, aws)
     try:
@@ -228,13 +251,16 @@ def deploy(
         }
         if exists and sagemaker_url is None:
             mode = "replace"  # UpdateEndpoint: the endpoint keeps serving while SageMaker swaps the model in
-            client.update_deployment(name, model_uri=model_uri, flavor="python_function", config={**config, "mode": mode})
+            client.update_deployment(
+                name, model_uri=model_uri, flavor="python_function", config={**config, "mode": mode}
+            )
         else:
             mode = "create"
             if exists:  # moto has no UpdateEndpoint: delete (endpoint, config, model, model data), then create
                 mode = "recreate"
-                client.delete_deployment(name, config={"region_name": aws.region, "synchronous": True,
-                                                       "timeout_seconds": timeout_s})  # fmt: skip
+                client.delete_deployment(
+                    name, config={"region_name": aws.region, "synchronous": True, "timeout_seconds": timeout_s}
+                )
             client.create_deployment(name, model_uri=model_uri, flavor="python_function", config=config)
         endpoint = sm.describe_endpoint(EndpointName=name)
         endpoint_config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
@@ -242,12 +268,19 @@ def deploy(
         model = sm.describe_model(ModelName=variant["ModelName"])
     container = model["PrimaryContainer"]
     return Deployment(
-        endpoint=name, endpoint_arn=endpoint["EndpointArn"], status=endpoint["EndpointStatus"],
-        endpoint_config=endpoint["EndpointConfigName"], model=model["ModelName"], image=container["Image"],
-        role_arn=model["ExecutionRoleArn"], model_data=container.get("ModelDataUrl", ""),
-        instance_type=variant.get("InstanceType", ""), model_uri=model_uri, mode=mode,
+        endpoint=name,
+        endpoint_arn=endpoint["EndpointArn"],
+        status=endpoint["EndpointStatus"],
+        endpoint_config=endpoint["EndpointConfigName"],
+        model=model["ModelName"],
+        image=container["Image"],
+        role_arn=model["ExecutionRoleArn"],
+        model_data=container.get("ModelDataUrl", ""),
+        instance_type=variant.get("InstanceType", ""),
+        model_uri=model_uri,
+        mode=mode,
         changes=(repo_change, *role_changes),
-    )  # fmt: skip
+    )
 
 
 def _endpoint_exists(sm: Any, name: str) -> bool:
@@ -299,13 +332,21 @@ def forward_invocations(session: Any, container: httpx.Client, *, variant: str =
         if hasattr(body, "read"):
             body = body.read()
         answer = container.post("/invocations", content=body, headers=headers)
-        response_headers = {"Content-Type": answer.headers.get("content-type", "application/json"),
-                            "x-Amzn-Invoked-Production-Variant": variant}  # fmt: skip
+        response_headers = {
+            "Content-Type": answer.headers.get("content-type", "application/json"),
+            "x-Amzn-Invoked-Production-Variant": variant,
+        }
         if answer.status_code >= 400:  # SageMaker reports a container error as ModelError (424)
-            error = {"message": f"Received client error ({answer.status_code}) from primary with message "
-                                f"\"{answer.text}\"", "OriginalStatusCode": answer.status_code}  # fmt: skip
-            return AWSResponse(request.url, 424, {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError"},
-                               _Body(json.dumps(error).encode()))  # fmt: skip
+            error = {
+                "message": f'Received client error ({answer.status_code}) from primary with message "{answer.text}"',
+                "OriginalStatusCode": answer.status_code,
+            }
+            return AWSResponse(
+                request.url,
+                424,
+                {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError"},
+                _Body(json.dumps(error).encode()),
+            )
         return AWSResponse(request.url, 200, response_headers, _Body(answer.content))
 
     event = "before-send.sagemaker-runtime.InvokeEndpoint"

@@ -6,6 +6,7 @@ health, `down` stops every process group it started and removes what MiniStack's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,8 +67,17 @@ def api_service(settings: Settings, aws_env: dict[str, str]) -> Service:
     url = f"http://{settings.api_host}:{settings.api_port}"
     return Service(
         name="api",
-        command=[sys.executable, "-m", "uvicorn", "mlops_lab.api.app:app", "--host", settings.api_host,
-                 "--port", str(settings.api_port), "--no-access-log"],  # fmt: skip  # the app logs access as JSON
+        command=[
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "mlops_lab.api.app:app",
+            "--host",
+            settings.api_host,
+            "--port",
+            str(settings.api_port),
+            "--no-access-log",
+        ],  # the app logs access as JSON
         health_url=url + "/health",
         env={**os.environ, **aws_env},
         description="FastAPI inference service (docs at /docs)",
@@ -80,16 +90,32 @@ def mlflow_service(settings: Settings, aws_env: dict[str, str]) -> Service:
     mlflow = Path(sys.executable).with_name("mlflow")
     return Service(
         name="mlflow",
-        command=[*([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]), "server",
-                 "--host", settings.mlflow_host, "--port", str(settings.mlflow_port), "--workers", "1",
-                 "--backend-store-uri", settings.mlflow_backend_store_uri,
-                 "--serve-artifacts", "--artifacts-destination", settings.mlflow_artifacts_destination],  # fmt: skip
+        command=[
+            *([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]),
+            "server",
+            "--host",
+            settings.mlflow_host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            settings.mlflow_backend_store_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            settings.mlflow_artifacts_destination,
+        ],
         health_url=settings.mlflow_tracking_uri + "/health",
         # The server, not its clients, writes artifacts to S3: it gets the SDK variables (emulator or real AWS).
         # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
-        env={**os.environ, **aws_env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-             **({"MLFLOW_S3_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]} if aws_env.get("AWS_ENDPOINT_URL") else {})},
+        env={
+            **os.environ,
+            **aws_env,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **({"MLFLOW_S3_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]} if aws_env.get("AWS_ENDPOINT_URL") else {}),
+        },
         description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
         url=settings.mlflow_tracking_uri,
     )
@@ -133,9 +159,13 @@ def launch(settings: Settings, service: Service) -> int:
         run_dir(settings).mkdir(parents=True, exist_ok=True)
         with log.open("ab") as sink:
             process = subprocess.Popen(
-                service.command, env=service.env, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                service.command,
+                env=service.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: `down` stops it and every worker it spawned
-            )  # fmt: skip
+            )
         pid = process.pid
         _pid_file(settings, service.name).write_text(str(pid))
     return pid
@@ -187,10 +217,8 @@ def stop(settings: Settings, service: Service | str, *, timeout: float = 10) -> 
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pid: int) -> bool:

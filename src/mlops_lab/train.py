@@ -120,9 +120,7 @@ def build_pipeline(seed: int = 42) -> Pipeline:
     preprocess = ColumnTransformer(
         [("numeric", numeric, list(NUMERIC)), ("categorical", categorical, list(CATEGORICAL))]
     )
-    classifier = RandomForestClassifier(
-        n_estimators=100, max_depth=12, min_samples_leaf=5, n_jobs=2, random_state=seed
-    )
+    classifier = RandomForestClassifier(n_estimators=100, max_depth=12, min_samples_leaf=5, n_jobs=2, random_state=seed)
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
 
 

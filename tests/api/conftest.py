@@ -53,19 +53,30 @@ def build_model(path: Path, *, seed: int = 0, version: str = "1") -> Path:
     frame["age"] = frame["age"].astype("int64")
     frame["hours_per_week"] = frame["hours_per_week"].astype("int64")
     frame["score"] = frame["score"].astype("float32")
-    signal = (frame["age"] > 40).astype(int) + (frame["hours_per_week"] > 45) + (frame["sex"] == "Male") + frame["score"]
+    signal = (
+        (frame["age"] > 40).astype(int) + (frame["hours_per_week"] > 45) + (frame["sex"] == "Male") + frame["score"]
+    )
     target = np.where(signal + np.random.default_rng(seed).normal(0, 0.5, len(frame)) > 1.5, ">50K", "<=50K")
-    pipeline = Pipeline([
-        ("columns", ColumnTransformer([
-            ("num", StandardScaler(), NUMERIC + FLOAT),
-            ("cat", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
-        ])),
-        ("clf", LogisticRegression(max_iter=500, random_state=seed)),
-    ]).fit(frame, target)
+    pipeline = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [
+                        ("num", StandardScaler(), NUMERIC + FLOAT),
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), list(CATEGORIES)),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(max_iter=500, random_state=seed)),
+        ]
+    ).fit(frame, target)
     initial_types = [(name, Int64TensorType([None, 1])) for name in NUMERIC]
     initial_types += [(name, FloatTensorType([None, 1])) for name in FLOAT]
     initial_types += [(name, StringTensorType([None, 1])) for name in CATEGORIES]
-    onx = to_onnx(pipeline, initial_types=initial_types, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+    onx = to_onnx(
+        pipeline, initial_types=initial_types, options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3}
+    )
     for key, value in {
         "classes": json.dumps([str(c) for c in pipeline.classes_]),
         "categories": json.dumps(CATEGORIES),
@@ -173,9 +184,21 @@ def live_server(tmp_path: Path, model_file: Path) -> Iterator[Server]:
     env |= {"LAB_API_MODEL_POLL_S": "0.2", "LAB_API_KEY": "sekrit", "LAB_API_MAX_ROWS": "50"}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_lab.api", "--host", "127.0.0.1", "--port", str(port),
-             "--model-source", str(model_file)],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "mlops_lab.api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model-source",
+                str(model_file),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
         )
     url = f"http://127.0.0.1:{port}"
     try:

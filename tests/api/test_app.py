@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import csv
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -241,7 +241,9 @@ def test_invocations_csv_with_and_without_header(make_client, record):
     assert with_header.status_code == without.status_code == 200
     assert with_header.json() == without.json()
     assert len(with_header.json()["predictions"]) == 2
-    as_csv = client.post("/invocations", content=_csv(records), headers={"content-type": "text/csv", "accept": "text/csv"})
+    as_csv = client.post(
+        "/invocations", content=_csv(records), headers={"content-type": "text/csv", "accept": "text/csv"}
+    )
     assert as_csv.headers["content-type"].startswith("text/csv")
     lines = as_csv.text.splitlines()
     assert lines[0] == "prediction,probability_<=50K,probability_>50K"
@@ -371,15 +373,20 @@ def test_course_model_csv_matches_the_core(make_client, course_model):
 @pytest.mark.course
 def test_course_model_json(make_client, course_model):
     with (COURSE_DIR / "input_batch.csv").open() as handle:
-        rows = [row for _, row in zip(range(5), csv.DictReader(handle))]
+        rows = [row for _, row in zip(range(5), csv.DictReader(handle), strict=False)]
     records = [
-        {k: (int(float(v)) if k in ("age", "capital_gain", "capital_loss", "hours_per_week") else v) for k, v in r.items()}
+        {
+            k: (int(float(v)) if k in ("age", "capital_gain", "capital_loss", "hours_per_week") else v)
+            for k, v in r.items()
+        }
         for r in rows
     ]
     client = make_client(source=course_model)
     response = client.post("/predict", json=records)
     assert response.status_code == 200
-    assert [p["label"] for p in response.json()["predictions"]] == TabularModel(course_model).predict_records(records).labels.tolist()
+    assert [p["label"] for p in response.json()["predictions"]] == TabularModel(course_model).predict_records(
+        records
+    ).labels.tolist()
     assert client.get("/metadata").json()["classes"] == ["<=50K", ">50K"]
 
 

@@ -33,8 +33,12 @@ def tensor_model(tmp_path: Path, *, zipmap: bool) -> Path:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 3)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    model = to_onnx(LogisticRegression().fit(x, y), initial_types=[("input", FloatTensorType([None, 3]))],
-                    options={"zipmap": zipmap}, target_opset=15)
+    model = to_onnx(
+        LogisticRegression().fit(x, y),
+        initial_types=[("input", FloatTensorType([None, 3]))],
+        options={"zipmap": zipmap},
+        target_opset=15,
+    )
     path = tmp_path / f"tensor-{zipmap}.onnx"
     onnx.save(model, path)
     return path
@@ -105,8 +109,10 @@ def test_predict_small_single_tensor_models(tmp_path, zipmap):
     for _ in range(2):
         assert model.predict_small(records[:1]) == model.predict_records(records[:1]).records()
         assert model.predict_small(records) == model.predict_records(records).records()
-    assert same(outcome(model, "predict_small", [{"f0": "x", "f1": 0, "f2": 0}]),
-                outcome(model, "predict_records", [{"f0": "x", "f1": 0, "f2": 0}]))
+    assert same(
+        outcome(model, "predict_small", [{"f0": "x", "f1": 0, "f2": 0}]),
+        outcome(model, "predict_records", [{"f0": "x", "f1": 0, "f2": 0}]),
+    )
 
 
 def test_predict_small_from_many_threads(small_model):
@@ -149,7 +155,11 @@ BODIES = [
     b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Other"}',
     b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private"}',
     b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male", "x": 1}',
-    b"", b"{", b"[]", b"null", b"[1]",
+    b"",
+    b"{",
+    b"[]",
+    b"null",
+    b"[1]",
 ]
 
 
@@ -210,7 +220,13 @@ def test_fast_path_steps_aside_for_other_requests_and_for_telemetry():
     async def send(message):
         sent.append(message)
 
-    base = {"type": "http", "method": "POST", "path": "/predict", "root_path": "", "headers": [(b"content-length", b"2")]}
+    base = {
+        "type": "http",
+        "method": "POST",
+        "path": "/predict",
+        "root_path": "",
+        "headers": [(b"content-length", b"2")],
+    }
     for scope in (
         base | {"path": "/invocations"},
         base | {"method": "GET"},
@@ -244,7 +260,10 @@ def test_fast_path_requests_are_access_logged(settings_factory, small_model, rec
         assert client.post("/predict", json=[record, record]).status_code == 200
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(e["path"], e["status"], e.get("rows")) for e in lines] == [
-        ("/predict", 200, 1), ("/predict", 422, None), ("/predict", 200, 2)]
+        ("/predict", 200, 1),
+        ("/predict", 422, None),
+        ("/predict", 200, 2),
+    ]
     assert lines[0]["model_version"] == "1" and {"ts", "method", "ms", "bytes", "client"} <= set(lines[0])
     assert [json.loads(line) for line in captured] == lines[2:]
 

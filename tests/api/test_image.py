@@ -16,7 +16,11 @@ def ecr(monkeypatch):
     import boto3
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     with moto.mock_aws():
         yield boto3.client("ecr")
@@ -36,7 +40,7 @@ def test_repository_is_created_idempotently(ecr):
 
 def test_missing_engine_is_explained(monkeypatch):
     monkeypatch.setattr(image.shutil, "which", lambda name: None)
-    with pytest.raises(image.EngineMissing, match="apt-get install -y docker.io"):
+    with pytest.raises(image.EngineMissing, match=r"apt-get install -y docker\.io"):
         image.build_and_push(Settings(_env_file=None))
 
 

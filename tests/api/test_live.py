@@ -31,8 +31,9 @@ def test_live_endpoints(live_server, record):
     bad = httpx.post(f"{url}/predict", json=record | {"age": "x"}, headers=KEY)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "age"]
     csv_body = ",".join(map(str, record.values())) + "\n"
-    invoked = httpx.post(f"{url}/invocations", content=csv_body,
-                         headers=KEY | {"content-type": "text/csv", "accept": "text/csv"})
+    invoked = httpx.post(
+        f"{url}/invocations", content=csv_body, headers=KEY | {"content-type": "text/csv", "accept": "text/csv"}
+    )
     assert invoked.status_code == 200
     assert invoked.text.startswith("prediction,probability_<=50K,probability_>50K\n")
 

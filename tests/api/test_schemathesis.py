@@ -26,8 +26,7 @@ EXAMPLES = {GenerationMode.POSITIVE: 300, GenerationMode.NEGATIVE: 200}  # per o
 def api_schema(small_model):
     from mlops_lab.settings import Settings
 
-    settings_ = Settings(_env_file=None, api_model_poll_s=0, api_access_log=False, api_max_rows=20,
-                         api_key=KEY)
+    settings_ = Settings(_env_file=None, api_model_poll_s=0, api_access_log=False, api_max_rows=20, api_key=KEY)
     app = create_app(settings_, model_source=small_model)
     assert app.state.store.check()  # load now: the schema under test is the served model's
     return schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -42,11 +41,13 @@ def test_generated_requests(api_schema):
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-            def run(case):
+            def run(case):  # called at once, inside this iteration: the loop variables are the current ones
                 response = case.call(headers={"X-API-Key": KEY})
-                calls[(operation.label, mode.value, response.status_code)] += 1
-                assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text}"
-                if mode is GenerationMode.POSITIVE:
+                calls[(operation.label, mode.value, response.status_code)] += 1  # noqa: B023
+                assert response.status_code < 500, (
+                    f"{case.method} {case.path} -> {response.status_code}: {response.text}"
+                )
+                if mode is GenerationMode.POSITIVE:  # noqa: B023
                     # A CSV body is documented as a string: most strings are not CSV rows of the model's columns.
                     excluded = [positive_data_acceptance] if case.media_type == "text/csv" else []
                     case.validate_response(response, headers={"X-API-Key": KEY}, excluded_checks=excluded)

@@ -76,20 +76,36 @@ def test_bad_input_gets_error_report(aws, buckets, unique_key):
 @pytest.mark.skipif(not shutil.which("aws"), reason="the AWS CLI is not installed on this host")
 def test_aws_cli_round_trip(stack_url, buckets, unique_key, sample_csv_bytes, tmp_path):
     """The README's user story, literally: `aws --endpoint-url http://127.0.0.1:4566 s3 cp ...`."""
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     env.pop("AWS_PROFILE", None)
     source = tmp_path / "mine.csv"
     source.write_bytes(sample_csv_bytes)
     aws_cli = ["aws", "--endpoint-url", stack_url, "s3"]
-    subprocess.run([*aws_cli, "cp", str(source), f"s3://{buckets['input']}/{unique_key}"], env=env, check=True,
-                   capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [*aws_cli, "cp", str(source), f"s3://{buckets['input']}/{unique_key}"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=stack_url, aws_access_key_id="test", aws_secret_access_key="test",
-                      region_name="us-east-1")  # fmt: skip
+    s3 = boto3.client(
+        "s3", endpoint_url=stack_url, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
     wait_for_object(s3, buckets["output"], [f"predictions/{unique_key}"])
-    out = subprocess.run([*aws_cli, "cp", f"s3://{buckets['output']}/predictions/{unique_key}", "-"], env=env,
-                         check=True, capture_output=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [*aws_cli, "cp", f"s3://{buckets['output']}/predictions/{unique_key}", "-"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert out.stdout.decode().splitlines()[0].endswith("probability_>50K")
 
 
@@ -118,8 +134,9 @@ def test_mlflow_has_the_run_and_the_champion(mlflow_url, aws, buckets):
     models = httpx.get(f"{api}/registered-models/search", timeout=10).json().get("registered_models", [])
     names = {model["name"] for model in models}
     assert "income-classifier" in names, f"no registered model in mlflow: {names}"
-    champion = httpx.get(f"{api}/registered-models/alias", params={"name": "income-classifier", "alias": "champion"},
-                         timeout=10)  # fmt: skip
+    champion = httpx.get(
+        f"{api}/registered-models/alias", params={"name": "income-classifier", "alias": "champion"}, timeout=10
+    )
     assert champion.status_code == 200, champion.text
     version = champion.json()["model_version"]
     run = httpx.get(f"{api}/runs/get", params={"run_id": version["run_id"]}, timeout=10).json()["run"]

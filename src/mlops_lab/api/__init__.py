@@ -30,8 +30,9 @@ def command(host: str | None = None, port: int | None = None) -> list[str]:
     return argv
 
 
-def serve(settings: Settings | None = None, *, host: str | None = None, port: int | None = None,
-          model_source: Any = None) -> None:
+def serve(
+    settings: Settings | None = None, *, host: str | None = None, port: int | None = None, model_source: Any = None
+) -> None:
     """Run the API with uvicorn in this process until interrupted (host/port default to LAB_API_HOST/LAB_API_PORT)."""
     import uvicorn
 

@@ -27,8 +27,8 @@ from mlops_lab import __version__
 from mlops_lab.api import payloads
 from mlops_lab.api.access_log import AccessLogMiddleware, configure_logging
 from mlops_lab.api.deps import ApiKeyDep, BodyDep, SnapshotDep, StoreDep, current_snapshot, read_body_limited
-from mlops_lab.api.predict import PredictFastPath, predict_json, score
 from mlops_lab.api.model_store import ModelSource, ModelStore, Snapshot, resolve_source
+from mlops_lab.api.predict import PredictFastPath, predict_json, score
 from mlops_lab.api.schemas import (
     ErrorResponse,
     Health,
@@ -44,7 +44,10 @@ STARTUP_WAIT_S = 10.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key required (LAB_API_KEY is set)"},
-    413: {"model": ErrorResponse, "description": "body larger than LAB_API_MAX_BODY_BYTES or more rows than LAB_API_MAX_ROWS"},
+    413: {
+        "model": ErrorResponse,
+        "description": "body larger than LAB_API_MAX_BODY_BYTES or more rows than LAB_API_MAX_ROWS",
+    },
     422: {"model": ErrorResponse, "description": "input does not match the model's schema; `loc` names the field"},
     503: {"model": ErrorResponse, "description": "no model loaded yet"},
 }
@@ -60,7 +63,9 @@ class JSONBytes(Response):
 def create_app(settings: Settings | None = None, model_source: str | Path | ModelSource | None = None) -> FastAPI:
     settings = settings or get_settings()
     source = resolve_source(model_source if model_source is not None else settings.api_model_source, settings)
-    store = ModelStore(source, name=settings.model_name, max_rows=settings.api_max_rows, poll_s=settings.api_model_poll_s)
+    store = ModelStore(
+        source, name=settings.model_name, max_rows=settings.api_max_rows, poll_s=settings.api_model_poll_s
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,8 +118,13 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
     async def health() -> Response:
         return Response(b'{"status":"ok"}', headers={"content-type": "application/json"})
 
-    @app.get("/ready", response_model=Ready, tags=["ops"], summary="model loaded (503 until then)",
-             responses={503: {"model": Ready, "description": "no model loaded yet"}})
+    @app.get(
+        "/ready",
+        response_model=Ready,
+        tags=["ops"],
+        summary="model loaded (503 until then)",
+        responses={503: {"model": Ready, "description": "no model loaded yet"}},
+    )
     async def ready(store: StoreDep) -> Response:
         snapshot = store.current
         body = Ready(
@@ -125,9 +135,15 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         )
         return JSONResponse(body.model_dump(), status_code=200 if snapshot else 503)
 
-    @app.get("/ping", tags=["sagemaker"], summary="SageMaker health check: 200 once the model is loaded",
-             responses={200: {"content": {"application/json": {"schema": Health.model_json_schema()}}},
-                        503: {"model": ErrorResponse, "description": "no model loaded yet"}})
+    @app.get(
+        "/ping",
+        tags=["sagemaker"],
+        summary="SageMaker health check: 200 once the model is loaded",
+        responses={
+            200: {"content": {"application/json": {"schema": Health.model_json_schema()}}},
+            503: {"model": ErrorResponse, "description": "no model loaded yet"},
+        },
+    )
     async def ping(store: StoreDep) -> Response:
         if store.current is None:
             return Response(b'{"detail":"model not loaded yet"}', status_code=503, media_type="application/json")
@@ -135,9 +151,14 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
 
     # -- model ------------------------------------------------------------------------------------------------------
 
-    @app.get("/metadata", response_model=Metadata, tags=["model"], dependencies=auth,
-             summary="model name, version, source, input schema, classes",
-             responses={k: ERRORS[k] for k in (401, 503)})
+    @app.get(
+        "/metadata",
+        response_model=Metadata,
+        tags=["model"],
+        dependencies=auth,
+        summary="model name, version, source, input schema, classes",
+        responses={k: ERRORS[k] for k in (401, 503)},
+    )
     async def metadata(snapshot: SnapshotDep) -> Response:
         info = snapshot.info
         body = {
@@ -154,11 +175,20 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         }
         return JSONResponse(body)
 
-    @app.post("/predict", response_model=PredictResponse, tags=["model"], dependencies=auth,
-              summary="score one record or a list of records",
-              responses={k: ERRORS[k] for k in (401, 413, 422, 503)},
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        tags=["model"],
+        dependencies=auth,
+        summary="score one record or a list of records",
+        responses={k: ERRORS[k] for k in (401, 413, 422, 503)},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+            }
+        },
+    )
     async def predict(request: Request) -> Response:
         # Successful predictions are mostly answered by PredictFastPath before they get here; this route answers the
         # rest (every error) and defines the documentation. The snapshot and body checks are the functions SnapshotDep
@@ -171,17 +201,35 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
         state.model_version = snapshot.info.version
         return JSONBytes(content)
 
-    @app.post("/invocations", tags=["sagemaker"], dependencies=auth,
-              summary="SageMaker inference: text/csv (header optional) or application/json",
-              responses={200: {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}},
-                                           "text/csv": {"schema": {"type": "string"}}},
-                               "description": "predictions; CSV when `Accept: text/csv`"},
-                         415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
-                         **{k: ERRORS[k] for k in (401, 413, 422, 503)}},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"$ref": "#/components/schemas/InvocationRequest"}},
-                  "text/csv": {"schema": {"type": "string"}, "example": "<header row optional>\n<one row per record>"},
-              }}})
+    @app.post(
+        "/invocations",
+        tags=["sagemaker"],
+        dependencies=auth,
+        summary="SageMaker inference: text/csv (header optional) or application/json",
+        responses={
+            200: {
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+                "description": "predictions; CSV when `Accept: text/csv`",
+            },
+            415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
+            **{k: ERRORS[k] for k in (401, 413, 422, 503)},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InvocationRequest"}},
+                    "text/csv": {
+                        "schema": {"type": "string"},
+                        "example": "<header row optional>\n<one row per record>",
+                    },
+                },
+            }
+        },
+    )
     async def invocations(request: Request, snapshot: SnapshotDep, body: BodyDep) -> Response:
         content_type = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
         if content_type == "text/csv":
@@ -222,11 +270,23 @@ def _dataframe_split_schema(record: dict[str, Any], max_rows: int) -> dict[str, 
         "required": ["columns", "data"],
         "additionalProperties": False,
         "properties": {
-            "columns": {"type": "array", "prefixItems": [{"const": n} for n in names], "minItems": width,
-                        "maxItems": width},
-            "data": {"type": "array", "minItems": 1, "maxItems": max_rows,
-                     "items": {"type": "array", "prefixItems": [properties[n] for n in names], "minItems": width,
-                               "maxItems": width}},
+            "columns": {
+                "type": "array",
+                "prefixItems": [{"const": n} for n in names],
+                "minItems": width,
+                "maxItems": width,
+            },
+            "data": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": max_rows,
+                "items": {
+                    "type": "array",
+                    "prefixItems": [properties[n] for n in names],
+                    "minItems": width,
+                    "maxItems": width,
+                },
+            },
             "index": {"type": "array"},
         },
     }
@@ -247,20 +307,35 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     records = {"type": "array", "items": ref, "minItems": 1, "maxItems": app.state.settings.api_max_rows}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Record"] = record
-    components["PredictRequest"] = {"title": "PredictRequest", "anyOf": [ref, records],
-                                    "description": "one record, or a list of records"}
+    components["PredictRequest"] = {
+        "title": "PredictRequest",
+        "anyOf": [ref, records],
+        "description": "one record, or a list of records",
+    }
     components["InvocationRequest"] = {
         "title": "InvocationRequest",
         "description": "records, one record, or mlflow's `dataframe_split` / `dataframe_records`, or `instances`",
         "anyOf": [
             ref,
             records,
-            {"type": "object", "required": ["dataframe_split"], "additionalProperties": False,
-             "properties": {"dataframe_split": {"$ref": "#/components/schemas/DataframeSplitBody"}}},
-            {"type": "object", "required": ["dataframe_records"], "additionalProperties": False,
-             "properties": {"dataframe_records": records}},
-            {"type": "object", "required": ["instances"], "additionalProperties": False,
-             "properties": {"instances": records}},
+            {
+                "type": "object",
+                "required": ["dataframe_split"],
+                "additionalProperties": False,
+                "properties": {"dataframe_split": {"$ref": "#/components/schemas/DataframeSplitBody"}},
+            },
+            {
+                "type": "object",
+                "required": ["dataframe_records"],
+                "additionalProperties": False,
+                "properties": {"dataframe_records": records},
+            },
+            {
+                "type": "object",
+                "required": ["instances"],
+                "additionalProperties": False,
+                "properties": {"instances": records},
+            },
         ],
     }
     components["DataframeSplitBody"] = _dataframe_split_schema(record, app.state.settings.api_max_rows)

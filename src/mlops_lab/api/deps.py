@@ -36,7 +36,9 @@ def current_snapshot(store: ModelStore) -> Snapshot:
     snapshot = store.current
     if snapshot is None:
         reason = f": {store.last_error}" if store.last_error else ""
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded yet from {store.source.uri}{reason}")
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"model not loaded yet from {store.source.uri}{reason}"
+        )
     return snapshot
 
 

@@ -244,9 +244,7 @@ class ModelStore:
         self.current = snapshot  # the swap: one reference assignment
         self.swaps += 1
         self.last_error = None
-        log.info(
-            "serving model %s version %s from %s", snapshot.info.name, snapshot.info.version, snapshot.info.source
-        )
+        log.info("serving model %s version %s from %s", snapshot.info.name, snapshot.info.version, snapshot.info.source)
         return True
 
     async def refresh(self) -> bool:

@@ -159,7 +159,7 @@ def invocation_csv(snapshot: Snapshot, body: bytes) -> tuple[Columns, int, int]:
         raise PayloadError(422, f"unreadable CSV: {exc}") from None
     if len(rows) > limit:
         raise too_many_rows(f"more than {limit}", limit)
-    return dict(zip(header, map(list, zip(*rows)), strict=True)), len(rows), first_row - offset
+    return dict(zip(header, map(list, zip(*rows, strict=False)), strict=True)), len(rows), first_row - offset
 
 
 def _csv_error(exc: InputError, offset: int) -> PayloadError:

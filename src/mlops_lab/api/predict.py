@@ -78,7 +78,9 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         length = key = authorization = None
-        for name, value in scope["headers"]:  # (ASGI header names are lower-case; the first one counts, as in Starlette)
+        for name, value in scope[
+            "headers"
+        ]:  # (ASGI header names are lower-case; the first one counts, as in Starlette)
             if name == b"content-length":
                 length = value if length is None else length
             elif name == b"x-api-key":
@@ -115,11 +117,13 @@ class PredictFastPath:
             state = scope["state"] = {}
         state["rows"] = rows
         state["model_version"] = snapshot.info.version
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
     def _key_ok(self, key: bytes | None, authorization: bytes | None) -> bool:

@@ -29,7 +29,9 @@ def _integral(value: Any) -> Any:
         raise PydanticCustomError("int_type", "Input should be a valid integer")
     if isinstance(value, float):
         if not value.is_integer():
-            raise PydanticCustomError("int_from_float", "Input should be a valid integer, got a number with a fractional part")
+            raise PydanticCustomError(
+                "int_from_float", "Input should be a valid integer, got a number with a fractional part"
+            )
         return int(value)
     return value
 
