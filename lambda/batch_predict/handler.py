@@ -18,19 +18,36 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 from botocore.exceptions import ClientError
 
+from mlops_lab.contract import META_MODEL_ETAG, META_MODEL_VERSION, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import InputError, TabularModel, score_csv
 
-OUTPUT_BUCKET = os.environ.get("OUTPUT_BUCKET", "")
-MODEL_BUCKET = os.environ.get("MODEL_BUCKET", "")
-MODEL_KEY = os.environ.get("MODEL_KEY", "")
-MAX_INPUT_BYTES = int(os.environ.get("MAX_INPUT_BYTES", str(512 * 1024 * 1024)))
-CHUNK_ROWS = int(os.environ.get("CHUNK_ROWS", "8192"))
+
+@dataclass(frozen=True)
+class Config:
+    """What bootstrap sets in the function's environment (``bootstrap.function_environment``)."""
+
+    output_bucket: str
+    model_bucket: str
+    model_key: str
+    max_input_bytes: int = 512 * 1024 * 1024
+    chunk_rows: int = 8192
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Config:
+        return cls(
+            output_bucket=env.get("OUTPUT_BUCKET", ""),
+            model_bucket=env.get("MODEL_BUCKET", ""),
+            model_key=env.get("MODEL_KEY", ""),
+            max_input_bytes=int(env.get("MAX_INPUT_BYTES", cls.max_input_bytes)),
+            chunk_rows=int(env.get("CHUNK_ROWS", cls.chunk_rows)),
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,14 +72,6 @@ def log(level: int, message: str, **fields: Any) -> None:
 
 
 # -- pure helpers -------------------------------------------------------------------------------------------------
-
-
-def output_key(input_key: str) -> str:
-    return f"predictions/{input_key}"
-
-
-def error_key(input_key: str) -> str:
-    return f"errors/{input_key}.json"
 
 
 @dataclass(frozen=True)
@@ -128,15 +137,16 @@ def s3_client() -> Any:
 # -- one object ---------------------------------------------------------------------------------------------------
 
 
-def process(s3: Any, obj: S3Object) -> dict[str, Any]:
+def process(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[str, Any]:
     started = time.perf_counter()
     source = f"s3://{obj.bucket}/{obj.key}"
+    error_uri = f"s3://{config.output_bucket}/{error_key(obj.key)}"
     try:
-        result = _score_object(s3, obj)
+        result = _score_object(s3, obj, config, models)
     except InputError as problem:
         report = {"input": source, **problem.to_dict()}
         s3.put_object(
-            Bucket=OUTPUT_BUCKET,
+            Bucket=config.output_bucket,
             Key=error_key(obj.key),
             Body=json.dumps(report, indent=2).encode(),
             ContentType="application/json",
@@ -146,26 +156,26 @@ def process(s3: Any, obj: S3Object) -> dict[str, Any]:
             "input rejected",
             input=source,
             reason=problem.reason,
-            error=f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}",
+            error=error_uri,
         )
         return {
             "input": source,
             "status": "rejected",
             "reason": problem.reason,
-            "error": f"s3://{OUTPUT_BUCKET}/{error_key(obj.key)}",
+            "error": error_uri,
         }
     result["seconds"] = round(time.perf_counter() - started, 3)
     log(logging.INFO, "predictions written", **result)
     return result
 
 
-def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
+def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[str, Any]:
     if not obj.key.lower().endswith(".csv"):
         raise InputError(f"not a CSV file: {obj.key!r} (expected a .csv key)")
     size = obj.size if obj.size is not None else _head_size(s3, obj)
-    if size > MAX_INPUT_BYTES:
-        raise InputError(f"file too large: {size:,} bytes > limit of {MAX_INPUT_BYTES:,} bytes (split it)")
-    model, etag = _models.get(s3, MODEL_BUCKET, MODEL_KEY)
+    if size > config.max_input_bytes:
+        raise InputError(f"file too large: {size:,} bytes > limit of {config.max_input_bytes:,} bytes (split it)")
+    model, etag = models.get(s3, config.model_bucket, config.model_key)
     with tempfile.TemporaryDirectory(prefix="batch-predict-") as tmp:
         source_path, output_path = os.path.join(tmp, "input.csv"), os.path.join(tmp, "output.csv")
         try:
@@ -180,7 +190,7 @@ def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
                 open(source_path, encoding="utf-8-sig", newline="") as source,
                 open(output_path, "w", encoding="utf-8", newline="") as sink,
             ):
-                summary = score_csv(model, source, sink, chunk_rows=CHUNK_ROWS)
+                summary = score_csv(model, source, sink, chunk_rows=config.chunk_rows)
         except UnicodeDecodeError as error:
             raise InputError(
                 f"not UTF-8 text ({error.reason} at byte {error.start} of a block): is this a CSV file?"
@@ -189,16 +199,19 @@ def _score_object(s3: Any, obj: S3Object) -> dict[str, Any]:
             if isinstance(error, InputError):
                 raise
             raise InputError(f"could not read this file as CSV: {error}") from None
-        metadata = {"model-etag": etag.strip('"'), "rows": str(summary.rows)}
+        metadata = {META_MODEL_ETAG: etag.strip('"'), META_ROWS: str(summary.rows)}
         if model.metadata.get("version"):
-            metadata["model-version"] = model.metadata["version"]
+            metadata[META_MODEL_VERSION] = model.metadata["version"]
         s3.upload_file(
-            output_path, OUTPUT_BUCKET, output_key(obj.key), ExtraArgs={"ContentType": "text/csv", "Metadata": metadata}
+            output_path,
+            config.output_bucket,
+            prediction_key(obj.key),
+            ExtraArgs={"ContentType": "text/csv", "Metadata": metadata},
         )
     return {
         "input": f"s3://{obj.bucket}/{obj.key}",
         "status": "ok",
-        "output": f"s3://{OUTPUT_BUCKET}/{output_key(obj.key)}",
+        "output": f"s3://{config.output_bucket}/{prediction_key(obj.key)}",
         "rows": summary.rows,
         "labels": summary.label_counts,
     }
@@ -213,8 +226,11 @@ def _head_size(s3: Any, obj: S3Object) -> int:
         raise
 
 
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def handle(event: dict[str, Any], config: Config, s3: Any, models: ModelCache) -> dict[str, Any]:
     """Score every created object in the event; one bad file never stops the others."""
-    s3 = s3_client()
-    results = [process(s3, obj) for obj in objects_created(event)]
-    return {"results": results}
+    return {"results": [process(s3, obj, config, models) for obj in objects_created(event)]}
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The Lambda entry point: this process's configuration, client and warm model cache."""
+    return handle(event, Config.from_env(), s3_client(), _models)

@@ -32,6 +32,15 @@ from typing import IO, Any
 import numpy as np
 import onnxruntime as ort
 
+# The columns every scored output adds (batch CSV, the API's CSV, the mlflow pyfunc): written once, here.
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+
+def probability_column(label: object) -> str:
+    return f"{PROBABILITY_PREFIX}{label}"
+
+
 MAX_REPORTED_PROBLEMS = 20
 # predict_small takes up to this many records; with more, the column-wise numpy casting is as fast.
 SMALL_BATCH = 16
@@ -450,7 +459,7 @@ def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows
             )
             scoring = scorer.submit(model.run, feeds)
             if pending is None:
-                writer.writerow([*header, "prediction", *(f"probability_{c}" for c in model.classes)])
+                writer.writerow([*header, PREDICTION_COLUMN, *map(probability_column, model.classes)])
             else:
                 _write_scored(sink, writer, summary, *pending)
             pending = (rows, lines, scoring)

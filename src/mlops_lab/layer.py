@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import mlops_lab
-from mlops_lab import inference
+from mlops_lab import contract, inference
 
 # What the function needs at run time, and nothing else: pandas and sklearn stay out (size limits).
 # onnxruntime's other requirements (protobuf, flatbuffers, packaging, sympy) are only used by its tools, which are
@@ -193,7 +193,7 @@ def _compile(root: Path, interpreter: str) -> None:
 
 
 def _core_files() -> list[Path]:
-    return [Path(mlops_lab.__file__), Path(inference.__file__)]
+    return [Path(mlops_lab.__file__), Path(inference.__file__), Path(contract.__file__)]
 
 
 def _core_fingerprint() -> str:
