@@ -1,21 +1,76 @@
-"""Shared fixtures: the course artifacts, a trained model, the Lambda handler module, and one real embedded stack."""
+"""Shared fixtures: the course artifacts, a trained model, the Lambda handler module, and one real embedded stack.
+
+Fixtures and hooks only: the helpers the tests share (``Lab``, ``free_port``, ``LambdaContext``, wait helpers...) are
+in tests/support.py. Every test whose fixtures start a server is marked ``integration`` here, so ``make test-unit``
+(``pytest -m "not integration"``) runs the rest without any server.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import socket
+import shutil
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from mlops_lab.settings import PROJECT_ROOT, Settings
+from mlops_lab.settings import Settings
+from tests.support import COURSE_DIR, HANDLER_PATH, Lab, LambdaContext, free_port
 
-COURSE_DIR = PROJECT_ROOT.parent / "shared" / "data" / "course"
-HANDLER_PATH = PROJECT_ROOT / "lambda" / "batch_predict" / "handler.py"
+# Fixtures that start a server (an emulator, mlflow, the API, moto) for the tests that use them, directly or through
+# another fixture. A test whose fixture closure holds one of these is an integration test.
+SERVER_FIXTURES = frozenset(
+    {
+        "lab_stack",  # MiniStack, bootstrapped (here)
+        "mlflow_lab",  # mlflow's tracking server (here)
+        "live_server",  # `python -m mlops_lab.api` (tests/api/conftest.py)
+        "moto_url",  # moto's threaded server for SageMaker's control plane (tests/test_sagemaker.py)
+        "api",  # the API as `up` runs it (tests/test_registry.py; it uses mlflow_lab too)
+    }
+)
+# Tests that start a server in their own body, with no fixture to say so. Better: mark such a test
+# `@pytest.mark.integration` where it is written (then its entry here can go).
+SERVER_TESTS = frozenset(
+    {
+        "tests/test_cli.py::test_up_that_fails_stops_what_it_started",  # runs `up`: emulator + mlflow
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or item.nodeid.split("[")[0] in SERVER_TESTS:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outside_integration_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test not marked ``integration`` may not start a stack service: it would make ``make test-unit`` slow and
+    need the emulator. It fails, saying how to mark it, instead."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    try:
+        from mlops_lab import stack
+    except ImportError:  # (the package mid-restructuring: the test itself will say what is wrong)
+        yield
+        return
+
+    def refuse(_settings: object, service: object, *args: object, **kwargs: object) -> int:
+        name = getattr(service, "name", service)
+        raise AssertionError(
+            f"{request.node.nodeid} starts the {name!r} service but is not marked integration: use a server"
+            " fixture (tests/conftest.py SERVER_FIXTURES) or add @pytest.mark.integration"
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        if hasattr(stack, "launch"):
+            patch.setattr(stack, "launch", refuse)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -54,19 +109,6 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@dataclass
-class LambdaContext:
-    """The parts of the Lambda context object a handler may read (Powertools' test idiom)."""
-
-    function_name: str = "batch-predict-test"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:batch-predict-test"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 300_000
-
-
 @pytest.fixture
 def lambda_context() -> LambdaContext:
     return LambdaContext()
@@ -82,72 +124,54 @@ def handler_module() -> ModuleType:
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Lab:
-    settings: Settings
-    aws: object  # mlops_lab.aws.Aws
-
-    def s3(self):  # type: ignore[no-untyped-def]
-        return self.aws.client("s3")  # type: ignore[attr-defined]
-
-
 @pytest.fixture(scope="session")
-def lab_stack(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) -> Lab:
-    """One real MiniStack server for the session, bootstrapped exactly as `mlops-lab up` does, on a free port."""
-    from mlops_lab import lab
-    from mlops_lab.aws import Aws
-    from mlops_lab.bootstrap import publish_model
+def lab_stack(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) -> Iterator[Lab]:
+    """One real MiniStack server for the session, brought up by `mlops-lab up`'s own recipe on a free port.
 
+    The developer's own ``LAB_*`` variables and ``.env`` are kept out: the session's stack is the same everywhere.
+    """
+    from mlops_lab import ops
+
+    saved = dict(os.environ)
+    for name in [name for name in os.environ if name.startswith("LAB_")]:
+        del os.environ[name]
     settings = Settings(
+        _env_file=None,
         state_dir=tmp_path_factory.mktemp("lab"),
         emulator_port=free_port(),
         prefix="lab-test",
         max_input_mb=2,  # small, so the oversized-file case needs only a few MB
     )
-    saved = dict(os.environ)
-    lab.start_services(settings)
+    # A model file in place means bring_up publishes it (as `up` does after training one) instead of training.
+    settings.model_path.parent.mkdir(parents=True)
+    shutil.copyfile(trained_model_path, settings.model_path)
     try:
-        aws = Aws()
-        lab.run_bootstrap(settings, aws)
-        publish_model(settings, aws, trained_model_path.read_bytes())
-        yield Lab(settings, aws)
+        with ops.bring_up(settings, services=[ops.emulator.SERVICE_NAME]) as lab:
+            yield Lab(settings, lab.aws)
     finally:
-        lab.stop_services(settings)
         os.environ.clear()
         os.environ.update(saved)
 
 
-# == mlflow (issue 4: registry + promotion; owned by tests/test_registry.py and tests/test_sagemaker.py) ==========
-
-
 @pytest.fixture(scope="session")
-def mlflow_lab(lab_stack: Lab) -> Lab:
-    """A real mlflow tracking server (sqlite backend, artifacts in the emulator's model bucket) for the session.
+def mlflow_lab(lab_stack: Lab) -> Iterator[Lab]:
+    """A real mlflow tracking server (sqlite backend, artifacts in the emulator's model bucket) for the session,
+    brought up on the session's stack by the same recipe.
 
     Its settings are the session stack's plus a free mlflow port. Whatever model the session published is put back
     afterwards, so promotions made by these tests do not leak into other modules' expectations.
     """
-    from mlops_lab import lab
-    from mlops_lab.aws import lab_environment
+    from mlops_lab import ops, registry
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     settings = lab_stack.settings.model_copy(update={"mlflow_port": free_port()})
     s3 = lab_stack.s3()
     published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
     original, original_metadata = published["Body"].read(), published.get("Metadata", {})
-    lab.start_mlflow(settings, lab_environment(settings.emulator_url))
     try:
-        yield Lab(settings, lab_stack.aws)
+        with ops.bring_up(settings, services=[registry.SERVICE_NAME]):
+            yield Lab(settings, lab_stack.aws)
     finally:
-        from mlops_lab import stack
-
-        stack.stop(settings, "mlflow")
         s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=original, Metadata=original_metadata)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mlops_lab.contract import error_key, prediction_key
-from tests.conftest import Lab
+from tests.support import Lab
 
 
 def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> dict[str, Any]:

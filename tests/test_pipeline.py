@@ -17,7 +17,7 @@ from mlops_lab import lab
 from mlops_lab.bootstrap import bootstrap, execution_policy, teardown
 from mlops_lab.data import generate
 from mlops_lab.settings import Settings
-from tests.conftest import Lab
+from tests.support import Lab
 
 WAIT = {"Delay": 0.2, "MaxAttempts": 300}  # up to ~60 s: a cold start plus queueing behind other workers
 

@@ -21,7 +21,7 @@ from mlops_lab import registry, stack
 from mlops_lab.aws import lab_environment
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
-from tests.conftest import Lab, free_port
+from tests.support import Lab, free_port
 
 pytestmark = pytest.mark.integration
 

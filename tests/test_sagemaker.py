@@ -19,7 +19,7 @@ from mlops_lab import registry, sagemaker
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
-from tests.conftest import Lab, free_port
+from tests.support import Lab, free_port
 
 pytestmark = pytest.mark.integration
 

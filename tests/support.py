@@ -1,0 +1,116 @@
+"""Helpers the tests share: import them from here (``from tests.support import Lab``), never from a conftest.
+
+conftest.py files hold fixtures and hooks only; pytest imports them itself, and importing one as a module as well
+runs it twice under two names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlops_lab.settings import PROJECT_ROOT, Settings
+
+COURSE_DIR = PROJECT_ROOT.parent / "shared" / "data" / "course"
+HANDLER_PATH = PROJECT_ROOT / "lambda" / "batch_predict" / "handler.py"
+
+# botocore waiter settings for an output object: up to ~60 s, a cold start plus queueing behind other workers.
+WAIT = {"Delay": 0.2, "MaxAttempts": 300}
+
+# What S3 answers for an object that is not there: GetObject says NoSuchKey, HeadObject (no body) a bare 404.
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Lab:
+    """A running stack: its settings and an ``mlops_lab.aws.Aws`` pointed at it."""
+
+    settings: Settings
+    aws: Any  # mlops_lab.aws.Aws
+
+    def s3(self) -> Any:
+        return self.aws.client("s3")
+
+
+@dataclass
+class LambdaContext:
+    """The parts of the Lambda context object a handler may read (Powertools' test idiom)."""
+
+    function_name: str = "batch-predict-test"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:batch-predict-test"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 300_000
+
+
+# -- waiting --------------------------------------------------------------------------------------------------------
+
+
+def wait_until(
+    check: Callable[[], T], *, timeout: float = 30, interval: float = 0.1, message: str | Callable[[], str] = ""
+) -> T:
+    """``check()``'s first truthy value, polled every ``interval`` s; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(text or f"not true within {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def wait_for_output(lab: Lab, key: str) -> dict[str, Any]:
+    """HEAD of ``s3://<output bucket>/<key>`` once it exists (bounded wait)."""
+    s3 = lab.s3()
+    s3.get_waiter("object_exists").wait(Bucket=lab.settings.output_bucket, Key=key, WaiterConfig=WAIT)
+    return s3.head_object(Bucket=lab.settings.output_bucket, Key=key)
+
+
+def read_output(lab: Lab, key: str) -> bytes:
+    return lab.s3().get_object(Bucket=lab.settings.output_bucket, Key=key)["Body"].read()
+
+
+# -- errors ---------------------------------------------------------------------------------------------------------
+
+
+def error_code(error: Exception) -> str:
+    """The AWS error code of a botocore ClientError (``"404"``, ``"NoSuchKey"``, ``"AccessDenied"``...)."""
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
+# -- CSV --------------------------------------------------------------------------------------------------------------
+
+
+def csv_text(rows: list[list[str]], header: list[str]) -> str:
+    sink = io.StringIO()
+    writer = csv.writer(sink, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return sink.getvalue()
+
+
+def parse_csv(text: str | bytes | Path) -> list[list[str]]:
+    """Rows (header first) of a CSV given as text, bytes or a file."""
+    if isinstance(text, Path):
+        text = text.read_text(encoding="utf-8")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return list(csv.reader(io.StringIO(text, newline="")))
