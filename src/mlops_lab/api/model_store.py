@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlops_lab.api.schemas import RecordTypes, build_record_types, example_record
+from mlops_lab.contract import META_MODEL_VERSION
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings
 
@@ -91,7 +92,7 @@ class S3Source:
         response = self.client.get_object(Bucket=self.bucket, Key=self.key)
         data = response["Body"].read()
         metadata = response.get("Metadata") or {}
-        version = metadata.get("version") or metadata.get("model-version")
+        version = metadata.get("version") or metadata.get(META_MODEL_VERSION)
         return Artifact(data, response["ETag"].strip('"'), version)
 
 

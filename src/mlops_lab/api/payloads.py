@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from mlops_lab.api.model_store import Snapshot
-from mlops_lab.inference import InputError, read_csv_chunks
+from mlops_lab.inference import PREDICTION_COLUMN, InputError, probability_column, read_csv_chunks
 
 Columns = dict[str, list[Any]]
 
@@ -173,6 +173,6 @@ def _csv_error(exc: InputError, offset: int) -> PayloadError:
 def predictions_csv(classes: tuple[str, ...], labels: list[str], probabilities: list[list[str]]) -> str:
     sink = io.StringIO()
     writer = csv.writer(sink, lineterminator="\n")
-    writer.writerow(["prediction", *(f"probability_{c}" for c in classes)])
+    writer.writerow([PREDICTION_COLUMN, *map(probability_column, classes)])
     writer.writerows([label, *probs] for label, probs in zip(labels, probabilities, strict=True))
     return sink.getvalue()
