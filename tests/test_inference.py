@@ -14,7 +14,17 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
-from mlops_lab.inference import InputError, TabularModel, read_csv_chunks, score_csv, score_csv_text
+from mlops_lab.data import FEATURES, generate
+from mlops_lab.inference import (
+    PREDICTION_COLUMN,
+    InputError,
+    TabularModel,
+    probability_column,
+    read_csv_chunks,
+    score_csv,
+    score_csv_text,
+)
+from tests.support import parse_csv
 
 COURSE_COLUMNS = [
     "age",
@@ -52,6 +62,48 @@ def csv_text(rows: list[list[str]], header: list[str] = COURSE_COLUMNS) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return sink.getvalue()
+
+
+def distinct_rows(n: int, seed: int) -> list[list[str]]:
+    """``n`` different rows (generated data, course column order) as CSV fields."""
+    assert list(FEATURES) == COURSE_COLUMNS
+    rows = generate(n, seed=seed, with_label=False).astype(str).to_numpy().tolist()
+    assert len({tuple(row) for row in rows}) == n
+    return rows
+
+
+def output_columns(model: TabularModel) -> list[str]:
+    return [PREDICTION_COLUMN, *(probability_column(c) for c in model.classes)]
+
+
+def scored_alone(model: TabularModel, header: list[str], row: list[str]) -> tuple[str, list[float]]:
+    """The label and probabilities of ``row`` scored by itself, its columns in the model's own order."""
+    values = dict(zip(header, row, strict=True))
+    output, _ = score_csv_text(model, csv_text([[values[name] for name in model.feature_names]], model.feature_names))
+    label, *probabilities = parse_csv(output)[1][len(header) :]
+    return label, [float(p) for p in probabilities]
+
+
+def assert_each_row_scored_as_alone(model: TabularModel, output: str, header: list[str], rows: list[list[str]]) -> None:
+    """``output`` is ``header`` + the new columns, then each input row, in order, followed by what scoring that row
+    alone gives: a row paired with another row's prediction (a shifted or reordered chunk) or a column read as
+    another (a positional mapping) shows here, where identical rows would hide it."""
+    parsed = parse_csv(output)
+    assert parsed[0] == [*header, *output_columns(model)]
+    assert len(parsed) - 1 == len(rows)
+    for number, (row, out) in enumerate(zip(rows, parsed[1:], strict=True), start=2):
+        assert out[: len(header)] == row, f"row {number}: input fields not echoed"
+        label, probabilities = scored_alone(model, header, row)
+        assert out[len(header)] == label, f"row {number}: label {out[len(header)]!r}, alone it is {label!r}"
+        assert [float(p) for p in out[len(header) + 1 :]] == pytest.approx(probabilities, abs=2e-6), f"row {number}"
+
+
+@pytest.fixture(params=["own", "course"])
+def any_model(request: pytest.FixtureRequest, trained_model_path: Path) -> TabularModel:
+    """The lab's own model (always), and the course's (when ../shared has it: skipped otherwise)."""
+    if request.param == "course":
+        return TabularModel(request.getfixturevalue("course_model_path"))
+    return TabularModel(trained_model_path)
 
 
 def tensor_model(tmp_path: Path, *, zipmap: bool, metadata: dict[str, str] | None = None) -> Path:
@@ -98,10 +150,13 @@ def test_course_batch_scores_unchanged(course_model_path: Path, course_batch_pat
     }
     labels, probabilities = model.session.run(None, feeds)
     scored = list(csv.DictReader(io.StringIO(output)))
-    assert [r["prediction"] for r in scored] == list(labels)
-    assert float(scored[0]["probability_>50K"]) == pytest.approx(probabilities[0][">50K"], abs=1e-6)
-    assert sum(summary.label_counts.values()) == 10090
-    assert list(scored[0])[-3:] == ["prediction", "probability_<=50K", "probability_>50K"]
+    assert [r[PREDICTION_COLUMN] for r in scored] == list(labels)
+    for c in model.classes:
+        assert [float(r[probability_column(c)]) for r in scored] == pytest.approx(
+            [p[c] for p in probabilities], abs=1e-6
+        )
+    assert summary.label_counts == {c: list(labels).count(c) for c in model.classes}
+    assert list(scored[0])[-3:] == output_columns(model)
 
 
 def test_course_model_rejects_fractional_integers(course_model_path: Path) -> None:
@@ -189,7 +244,7 @@ def test_tensor_model_with_default_names(tmp_path: Path, zipmap: bool) -> None:
     assert model.feature_names == ["f0", "f1", "f2"]
     output, summary = score_csv_text(model, "f0,f1,f2\n2,2,0\n-2,-2,0\n")
     assert model.classes == ("0", "1")
-    assert [row["prediction"] for row in csv.DictReader(io.StringIO(output))] == ["1", "0"]
+    assert [row[PREDICTION_COLUMN] for row in csv.DictReader(io.StringIO(output))] == ["1", "0"]
     assert summary.label_counts == {"0": 1, "1": 1}
 
 
@@ -229,36 +284,64 @@ def test_ragged_rows_are_numbered() -> None:
     assert caught.value.rows == [{"row": 4, "fields": 3, "expected": 12}]
 
 
-def test_columns_in_any_order_and_blank_lines(course_model_path: Path) -> None:
-    model = TabularModel(course_model_path)
-    order = list(reversed(range(len(COURSE_COLUMNS))))
-    text = csv_text([[ROW[i] for i in order], []], header=[COURSE_COLUMNS[i] for i in order])
-    output, summary = score_csv_text(model, text)
-    assert summary.rows == 1
-    assert output.splitlines()[0].startswith("native_country,")
+# Column orders a file may come in: the reverse of the model's, and the model's with two pairs of same-typed columns
+# swapped (a positional bug then scores silently wrong values instead of failing on a type).
+def swapped(columns: list[str], *pairs: tuple[str, str]) -> list[str]:
+    order = list(columns)
+    for first, second in pairs:
+        i, j = order.index(first), order.index(second)
+        order[i], order[j] = order[j], order[i]
+    return order
 
 
-def test_chunks_give_the_same_output(course_model_path: Path) -> None:
-    model = TabularModel(course_model_path)
-    text = csv_text([ROW] * 25)
-    outputs = set()
-    for chunk_rows in (1, 7, 100):
-        sink = io.StringIO()
-        score_csv(model, io.StringIO(text), sink, chunk_rows=chunk_rows)
-        outputs.add(sink.getvalue())
-    assert len(outputs) == 1
+ORDERS = {
+    "reversed": list(reversed(COURSE_COLUMNS)),
+    "same-typed-swapped": swapped(COURSE_COLUMNS, ("capital_gain", "capital_loss"), ("age", "hours_per_week")),
+}
+
+
+@pytest.mark.parametrize("order", list(ORDERS))
+def test_columns_in_any_order_and_blank_lines(any_model: TabularModel, order: str) -> None:
+    """Columns are matched by name: every row scores as it does alone in the model's own column order."""
+    header = ORDERS[order]
+    assert sorted(header) == sorted(COURSE_COLUMNS) and header != COURSE_COLUMNS
+    rows = distinct_rows(30, seed=17)
+    rows[3][COURSE_COLUMNS.index("capital_gain")] = "15024"  # so the capital columns differ within some rows
+    rows[8][COURSE_COLUMNS.index("capital_loss")] = "1902"
+    permuted = [[row[COURSE_COLUMNS.index(name)] for name in header] for row in rows]
+    text = csv_text([*permuted[:10], [], *permuted[10:], []], header=header)  # blank lines carry no data
+    output, summary = score_csv_text(any_model, text, chunk_rows=7)
+    assert summary.rows == 30
+    assert_each_row_scored_as_alone(any_model, output, header, permuted)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 7, 24, 25, 26, 100])
+def test_chunks_give_the_same_output(any_model: TabularModel, chunk_rows: int) -> None:
+    """Chunk boundaries anywhere (one row per chunk, a last chunk of one row, exactly one chunk...): each row keeps
+    its own prediction, none is lost or repeated."""
+    rows = distinct_rows(25, seed=23)
+    sink = io.StringIO()
+    summary = score_csv(any_model, io.StringIO(csv_text(rows)), sink, chunk_rows=chunk_rows)
+    assert summary.rows == 25
+    assert_each_row_scored_as_alone(any_model, sink.getvalue(), COURSE_COLUMNS, rows)
+    labels = [row[len(COURSE_COLUMNS)] for row in parse_csv(sink.getvalue())[1:]]
+    assert summary.label_counts == {c: labels.count(c) for c in any_model.classes if c in labels}
 
 
 def test_output_echoes_input_lines_and_survives_quoting(trained_model_path: Path) -> None:
     """Rows are echoed as they came with the new columns appended; quoted fields (one holding a newline, which
     makes its chunk re-encoded field by field), CRLF endings, blank lines and any chunk size parse the same."""
     model = TabularModel(trained_model_path)
-    plain = ",".join(ROW)
-    spaced = ", ".join(ROW)
-    quoted = ",".join(f'"{v}"' for v in ROW)
+    rows = distinct_rows(5, seed=31)  # different rows: an echo paired with another row's prediction shows
+    plain = ",".join(rows[0])
+    spaced = ", ".join(rows[1])
+    quoted = ",".join(f'"{v}"' for v in rows[2])
     hours = COURSE_COLUMNS.index("hours_per_week")
-    multiline = ",".join([*ROW[:hours], '"40\n"', *ROW[hours + 1 :]])  # a number with a newline after it
-    lines = [",".join(COURSE_COLUMNS), plain, spaced, "", quoted, multiline, plain]
+    # a number with a newline after it
+    multiline = ",".join([*rows[3][:hours], f'"{rows[3][hours]}\n"', *rows[3][hours + 1 :]])
+    last = ",".join(rows[4])
+    lines = [",".join(COURSE_COLUMNS), plain, spaced, "", quoted, multiline, last]
+    echoed = [*rows[:3], [*rows[3][:hours], rows[3][hours] + "\n", *rows[3][hours + 1 :]], rows[4]]
     outputs = set()
     for ending in ("\n", "\r\n"):
         for chunk_rows in (1, 2, 100):
@@ -269,9 +352,9 @@ def test_output_echoes_input_lines_and_survives_quoting(trained_model_path: Path
             assert summary.rows == 5
             text = sink.getvalue()
             parsed = list(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True))
-            assert parsed[0] == [*COURSE_COLUMNS, "prediction", *(f"probability_{c}" for c in model.classes)]
-            assert [row[:12] for row in parsed[1:]] == [ROW, ROW, ROW, [*ROW[:hours], "40\n", *ROW[hours + 1 :]], ROW]
-            expected = model.predict({name: [row[i] for row in parsed[1:]] for i, name in enumerate(COURSE_COLUMNS)})
+            assert parsed[0] == [*COURSE_COLUMNS, *output_columns(model)]
+            assert [row[:12] for row in parsed[1:]] == echoed
+            expected = model.predict({name: [row[i] for row in rows] for i, name in enumerate(COURSE_COLUMNS)})
             assert [row[12] for row in parsed[1:]] == expected.labels.tolist()
             assert [float(p) for row in parsed[1:] for p in row[13:]] == pytest.approx(
                 expected.probabilities.ravel().tolist(), abs=1e-6
