@@ -28,9 +28,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import lab
+from mlops_lab import emulator, ops
 from mlops_lab.aws import Aws
-from mlops_lab.bootstrap import publish_model
+from mlops_lab.contract import prediction_key
 from mlops_lab.data import generate, write_csv
 from mlops_lab.inference import TabularModel, read_csv_chunks, score_csv
 from mlops_lab.layer import build_layer
@@ -117,7 +117,7 @@ def end_to_end(settings: Settings, aws: Aws, csv_path: Path, key: str) -> tuple[
         s3.upload_file(str(csv_path), settings.input_bucket, key)
         uploaded = time.perf_counter() - started
         s3.get_waiter("object_exists").wait(
-            Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
+            Bucket=settings.output_bucket, Key=prediction_key(key), WaiterConfig={"Delay": 0.05, "MaxAttempts": 12000}
         )
         elapsed = time.perf_counter() - started
     return elapsed, uploaded, memory.peak_bytes
@@ -165,23 +165,23 @@ def main() -> None:
     settings = Settings(state_dir=work / "lab", emulator_port=free_port(), prefix="bench", max_input_mb=1024)
     saved_env = dict(os.environ)
     console.print(f"[dim]stack in {work}; emulator on {settings.emulator_url}[/]")
-    lab.start_services(settings)
-    try:
-        aws = Aws()
-        model_path = work / "model.onnx"
+    # The model file in place before bring_up, which publishes it (as `up` does) instead of training its own.
+    model_path = settings.model_path
+    model_path.parent.mkdir(parents=True)
+    if args.model == "course":
+        model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
+        write_rows = course_rows
+    else:
         from mlops_lab.train import train_and_export
 
-        if args.model == "course":
-            model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
-            write_rows = course_rows
-        else:
-            train_and_export(None, model_path, rows=20000, seed=1)
+        train_and_export(None, model_path, rows=20000, seed=1)
 
-            def write_rows(size: int, target: Path) -> None:
-                write_csv(generate(size, seed=size, with_label=False), target)
+        def write_rows(size: int, target: Path) -> None:
+            write_csv(generate(size, seed=size, with_label=False), target)
 
-        lab.run_bootstrap(settings, aws)
-        publish_model(settings, aws, model_path.read_bytes())
+    try:
+        lab = ops.bring_up(settings, services=[emulator.SERVICE_NAME])
+        aws = lab.aws
 
         # Latency of one tiny file: cold (fresh worker) and warm, beside scoring it in-process.
         tiny = work / "tiny.csv"
@@ -214,7 +214,7 @@ def main() -> None:
 
         aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
     finally:
-        lab.stop_services(settings)
+        ops.stop_services(settings)
         os.environ.clear()
         os.environ.update(saved_env)
 

@@ -1,21 +1,29 @@
-"""The CLI as a user runs it, against the session's emulator."""
+"""The CLI as a user runs it: against the session's emulator, and `up`/`down` on a stack of its own."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from mlops_lab import emulator, ops, stack
 from mlops_lab.cli import app
+from mlops_lab.contract import prediction_key
 from mlops_lab.settings import get_settings
-from tests.conftest import Lab
+from tests.support import Lab, free_port
 
 runner = CliRunner()
+SDK_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @pytest.fixture
-def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Point the CLI's settings at the session's stack."""
     settings = lab_stack.settings
     monkeypatch.setenv("LAB_PREFIX", settings.prefix)
@@ -27,25 +35,76 @@ def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def own_stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model_path: Path) -> Iterator[Path]:
+    """Settings for a stack of the test's own (fresh state dir, free ports, the session's trained model in place so
+    `up` publishes it instead of training); the SDK variables `up` sets are put back afterwards."""
+    state_dir = tmp_path / "lab"
+    for name, value in {
+        "LAB_STATE_DIR": str(state_dir),
+        "LAB_PREFIX": "cli-own",
+        "LAB_EMULATOR_PORT": str(free_port()),
+        "LAB_MLFLOW_PORT": str(free_port()),
+        "LAB_API_PORT": str(free_port()),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in SDK_VARIABLES:
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored afterwards: `up` points this process at its stack
+    (state_dir / "models").mkdir(parents=True)
+    shutil.copyfile(trained_model_path, state_dir / "models" / "model.onnx")
+    get_settings.cache_clear()
+    try:
+        yield state_dir
+    finally:
+        ops.stop_services(get_settings())
+        get_settings.cache_clear()
+
+
+def _row(output: str, service: str) -> str:
+    """The status table's row of ``service``."""
+    return next(line for line in output.splitlines() if re.match(rf"\W*{re.escape(service)}\s", line))
+
+
+def _healthy(row: str) -> bool:
+    return re.search(r"(?<![\w/])healthy \(pid \d+\)", row) is not None  # not "starting/unhealthy (pid …)"
+
+
 def test_help_lists_the_pipeline_steps() -> None:
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("up", "down", "status", "train", "bootstrap", "predict", "demo", "teardown", "build-layer"):
-        assert command in result.output
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert set(commands) == {
+        "up",
+        "down",
+        "status",
+        "env",
+        "install-emulator",
+        "demo",
+        "bootstrap",
+        "teardown",
+        "build-layer",
+        "train",
+        "promote",
+        "models",
+        "predict",
+        "image",
+        "deploy",
+    }
+    assert set(commands["image"].commands) == {"push"} and set(commands["deploy"].commands) == {"sagemaker"}
+    listed = runner.invoke(app, ["--help"]).output
+    assert all(re.search(rf"│ {re.escape(name)}\s", listed) for name in commands), listed
 
 
 def test_bootstrap_again_says_nothing_to_change(cli_env: None) -> None:
     result = runner.invoke(app, ["bootstrap"])
     assert result.exit_code == 0, result.output
-    assert "Nothing to change" in result.output
-    assert "created" not in result.output
+    assert "Nothing to change" in result.output, result.output
+    assert not re.search(r"^\s*(created|updated|published)\s", result.output, re.MULTILINE), result.output
 
 
 def test_predict_summarises_the_output(cli_env: None, sample_csv: Path) -> None:
     result = runner.invoke(app, ["predict", str(sample_csv), "--key", "cli/sample.csv", "--timeout", "120"])
     assert result.exit_code == 0, result.output
     assert "500 rows scored" in result.output
-    assert "predictions/cli/sample.csv" in result.output
+    assert prediction_key("cli/sample.csv") in result.output
 
 
 def test_predict_reports_rejected_input(cli_env: None, tmp_path: Path) -> None:
@@ -56,15 +115,40 @@ def test_predict_reports_rejected_input(cli_env: None, tmp_path: Path) -> None:
     assert "Rejected" in result.output and "missing columns" in result.output
 
 
-def test_status_shows_the_emulator_healthy(cli_env: None) -> None:
+def test_status_shows_the_emulator_healthy_and_the_rest_stopped(cli_env: None) -> None:
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0
-    assert "emulator" in result.output and "healthy" in result.output
+    assert _healthy(_row(result.output, "emulator")), result.output
+    assert "stopped" in _row(result.output, "api") and not _healthy(_row(result.output, "api")), result.output
 
 
 def test_predict_missing_file_is_a_usage_error() -> None:
     result = runner.invoke(app, ["predict", "/nonexistent.csv"])
     assert result.exit_code == 2
+
+
+def test_build_layer_builds_the_emulator_target(cli_env: None) -> None:
+    result = runner.invoke(app, ["build-layer"])
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.split()[0])
+    assert path.is_file() and path.suffix == ".zip"
+    assert "stored (emulator only" in result.output  # the embedded emulator's own interpreter, not AWS's
+
+
+def test_train_without_mlflow_exports_a_model_and_publishes_nothing(
+    cli_env: None, lab_stack: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_lab.inference import TabularModel
+
+    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    before = lab_stack.s3().head_object(Bucket=lab_stack.settings.model_bucket, Key=lab_stack.settings.model_key)
+    result = runner.invoke(app, ["train", "--rows", "2000", "--no-mlflow", "--no-publish"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"roc_auc 0\.\d{3}", result.output), result.output
+    assert TabularModel(tmp_path / "models" / "model.onnx").classes == ("<=50K", ">50K")
+    after = lab_stack.s3().head_object(Bucket=lab_stack.settings.model_bucket, Key=lab_stack.settings.model_key)
+    assert after["ETag"] == before["ETag"]
 
 
 def test_image_push_without_an_engine_says_what_is_missing(
@@ -79,40 +163,47 @@ def test_image_push_without_an_engine_says_what_is_missing(
     result = runner.invoke(app, ["image", "push"])
     assert result.exit_code == 1
     assert "Not built or pushed" in result.output and "docker info" in result.output
-    repositories = lab_stack.aws.client("ecr").describe_repositories()["repositories"]  # type: ignore[attr-defined]
-    assert f"{lab_stack.settings.prefix}-api" in {r["repositoryName"] for r in repositories}
+    repositories = lab_stack.aws.client("ecr").describe_repositories()["repositories"]
+    assert lab_stack.settings.api_repository in {r["repositoryName"] for r in repositories}
 
 
-def test_up_that_fails_stops_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.integration
+def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None:
+    result = runner.invoke(app, ["up", "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    settings = get_settings()
+    assert _healthy(_row(result.output, "emulator")) and _healthy(_row(result.output, "api")), result.output
+    assert "stopped" in _row(result.output, "mlflow")
+    assert re.search(r"published\s+model", result.output), result.output  # the model put in place, not retrained
+    assert (own_stack_env / "env.sh").read_text() == runner.invoke(app, ["env"]).output
+    assert f"export AWS_ENDPOINT_URL={settings.emulator_url}\n" in runner.invoke(app, ["env"]).output
+
+    again = runner.invoke(app, ["up", "--no-mlflow"])
+    assert again.exit_code == 0 and "Nothing to change" in again.output, again.output
+
+    removed = runner.invoke(app, ["teardown", "--yes"])
+    assert removed.exit_code == 0, removed.output
+    # notification, function, layer, role policy, role, three buckets
+    assert "8 deleted" in removed.output, removed.output
+    assert settings.input_bucket not in {b["Name"] for b in ops.Aws().client("s3").list_buckets()["Buckets"]}
+
+    stopped = runner.invoke(app, ["down"])
+    assert stopped.exit_code == 0 and "Stopped: api, emulator" in stopped.output, stopped.output
+    assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
+    assert not stack.healthy(emulator.service(settings).health_url)
+
+
+@pytest.mark.integration
+def test_up_that_fails_stops_what_it_started(own_stack_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bootstrap failure leaves no half stack: the emulator and the (already launched) mlflow server are stopped."""
-    import os
-
-    from mlops_lab import emulator, lab, stack
-    from tests.conftest import free_port
-
-    for name, value in {
-        "LAB_STATE_DIR": str(tmp_path / "lab"),
-        "LAB_PREFIX": "up-fails",
-        "LAB_EMULATOR_PORT": str(free_port()),
-        "LAB_MLFLOW_PORT": str(free_port()),
-        "LAB_API_PORT": str(free_port()),
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored afterwards: `up` points this process at its stack
 
     def failing_bootstrap(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("bootstrap failed on purpose")
 
-    monkeypatch.setattr(lab, "run_bootstrap", failing_bootstrap)
-    get_settings.cache_clear()
-    try:
-        result = runner.invoke(app, ["up"])
-        settings = get_settings()
-        assert result.exit_code != 0
-        assert "bootstrap failed on purpose" in str(result.exception)
-        assert [name for name in ("emulator", "mlflow", "api") if stack.pid_of(settings, name)] == []
-        assert not stack.healthy(emulator.health_url(settings))
-    finally:
-        lab.stop_services(get_settings())
-        get_settings.cache_clear()
+    monkeypatch.setattr(ops, "run_bootstrap", failing_bootstrap)
+    result = runner.invoke(app, ["up"])
+    settings = get_settings()
+    assert result.exit_code != 0
+    assert "bootstrap failed on purpose" in str(result.exception)
+    assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
+    assert not stack.healthy(emulator.service(settings).health_url)

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import lab
+from mlops_lab import model, ops
 from mlops_lab.bootstrap import bootstrap, execution_policy, teardown
 from mlops_lab.data import generate
 from mlops_lab.settings import Settings
@@ -33,7 +33,7 @@ def read_output(lab_stack: Lab, key: str) -> bytes:
 
 
 def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path: Path) -> None:
-    result = lab.predict_file(
+    result = ops.predict_file(
         lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path
     )
     assert result.status == "ok"
@@ -46,7 +46,7 @@ def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path:
 
 def test_course_batch_through_the_lambda(lab_stack: Lab, course_batch_path: Path, tmp_path: Path) -> None:
     """The course's 10,090 real rows, scored by the deployed function with the lab's own model."""
-    result = lab.predict_file(
+    result = ops.predict_file(
         lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv", out_dir=tmp_path
     )
     assert result.status == "ok", result.error
@@ -237,7 +237,7 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
 
 
 def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
-    changes = lab.run_bootstrap(lab_stack.settings, lab_stack.aws)
+    changes = ops.run_bootstrap(lab_stack.settings, lab_stack.aws)
     assert {c.action for c in changes} == {"unchanged"}, changes
     assert len(changes) == 9
 
@@ -248,17 +248,17 @@ def test_bootstrap_repairs_drift(lab_stack: Lab) -> None:
     lam.update_function_configuration(FunctionName=settings.function_name, Timeout=3)
     lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
     aws.client("s3").put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration={})
-    changes = {c.kind: c for c in lab.run_bootstrap(settings, aws)}
+    changes = {c.kind: c for c in ops.run_bootstrap(settings, aws)}
     assert changes["function"].action == "updated" and "timeout" in changes["function"].detail
     assert changes["notification"].action == "created"
-    assert {c.action for c in lab.run_bootstrap(settings, aws)} == {"unchanged"}
+    assert {c.action for c in ops.run_bootstrap(settings, aws)} == {"unchanged"}
 
 
 def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     """On a second prefix, so the session's own resources stay up for the other tests."""
     settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-teardown"})
     aws = lab_stack.aws
-    layer = lab.build_lambda_layer(settings)
+    layer = ops.build_lambda_layer(settings)
     created = bootstrap(settings, aws, layer)
     assert {c.action for c in created} <= {"created", "published"}
     aws.client("s3").put_object(Bucket=settings.output_bucket, Key="predictions/x.csv", Body=b"x")
@@ -278,23 +278,21 @@ def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(
 ) -> None:
     """LAB_LAMBDA_BUNDLE_LAYER=true (LocalStack's free image accepts layers but never applies them): no layer, the
     layer's files in the function's own code zip (through S3: it is large), and the same predictions."""
-    from mlops_lab.bootstrap import publish_model
-
     settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-bundled", "lambda_bundle_layer": True})
     aws = lab_stack.aws
     try:
-        changes = bootstrap(settings, aws, lab.build_lambda_layer(settings))
+        changes = bootstrap(settings, aws, ops.build_lambda_layer(settings))
         assert "layer" not in {c.kind for c in changes}
-        publish_model(settings, aws, trained_model_path.read_bytes())
+        model.publish(settings, aws, trained_model_path.read_bytes())
         configuration = aws.client("lambda").get_function(FunctionName=settings.function_name)["Configuration"]
         assert not configuration.get("Layers")
         assert configuration["CodeSize"] > 10_000_000  # onnxruntime and numpy came with the code
-        result = lab.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
+        result = ops.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
         assert (result.status, result.rows) == ("ok", 500)
-        expected = lab.predict_file(
+        expected = ops.predict_file(
             lab_stack.settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path / "l"
         )
         assert result.local_path.read_bytes() == expected.local_path.read_bytes()
-        assert {c.action for c in bootstrap(settings, aws, lab.build_lambda_layer(settings))} == {"unchanged"}
+        assert {c.action for c in bootstrap(settings, aws, ops.build_lambda_layer(settings))} == {"unchanged"}
     finally:
         teardown(settings, aws)

@@ -7,6 +7,7 @@ refused. The API keeps serving when the tracking server is down.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -17,8 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops_lab import registry, stack
-from mlops_lab.aws import lab_environment
+from mlops_lab import model, ops, registry, stack
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
 from tests.support import Lab, free_port
@@ -48,12 +48,9 @@ def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ign
     settings = mlflow_lab.settings.model_copy(
         update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
     )
-    env = lab_environment(settings.emulator_url) | {
-        "LAB_PREFIX": settings.prefix,
-        "LAB_API_MODEL_POLL_S": "0.2",
-        "LAB_API_ACCESS_LOG": "false",
-    }
-    service = stack.api_service(settings, env)
+    env = {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2", "LAB_API_ACCESS_LOG": "false"}
+    service = ops.api_service(settings)
+    service = dataclasses.replace(service, env={**service.env, **env})
     stack.start(settings, service)
     try:
         with httpx.Client(base_url=service.url, timeout=10) as client:
@@ -258,11 +255,11 @@ def test_mismatching_onnx_export_is_refused(mlflow_lab: Lab, versions: Versions)
         metrics=logged_pipeline.metrics,
         run_name="mismatch",
     )
-    live_before = registry.live_version(settings, aws)
+    live_before = model.live_version(settings, aws)
     etag_before = mlflow_lab.s3().head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
     with pytest.raises(AgreementError, match="disagrees"):
         registry.promote(settings, aws, bad.version)
-    assert registry.live_version(settings, aws) == live_before
+    assert model.live_version(settings, aws) == live_before
     assert mlflow_lab.s3().head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"] == etag_before
     aliases = registry.client(settings).get_registered_model(settings.model_name).aliases
     assert aliases.get(registry.ALIAS) != bad.version

@@ -63,15 +63,15 @@ def test_deploy_creates_model_config_and_endpoint(
     assert deployment.mode == "create" and deployment.status == "InService"
     assert deployment.model_uri == f"models:/{settings.model_name}@champion"
     sm = moto_client(moto_url)
-    endpoint = sm.describe_endpoint(EndpointName=sagemaker.endpoint_name(settings))
+    endpoint = sm.describe_endpoint(EndpointName=settings.sagemaker_endpoint)
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     (variant,) = config["ProductionVariants"]
     model = sm.describe_model(ModelName=variant["ModelName"])
     # The image is the one in the (emulated) ECR repository, tagged with mlflow's version, as mlflow names it.
-    repository = aws.client("ecr").describe_repositories(repositoryNames=[sagemaker.repository_name(settings)])
+    repository = aws.client("ecr").describe_repositories(repositoryNames=[settings.sagemaker_repository])
     assert model["PrimaryContainer"]["Image"] == repository["repositories"][0]["repositoryUri"] + ":3.17.2"
     # The execution role is the one created in MiniStack's IAM, trusted by SageMaker.
-    role = aws.client("iam").get_role(RoleName=sagemaker.role_name(settings))["Role"]
+    role = aws.client("iam").get_role(RoleName=settings.sagemaker_role_name)["Role"]
     assert model["ExecutionRoleArn"] == role["Arn"]
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust

@@ -6,7 +6,9 @@ knows which one it is talking to.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -18,14 +20,14 @@ DEFAULT_REGION = "us-east-1"
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=120)
 
 
-def lab_environment(endpoint_url: str) -> dict[str, str]:
-    """The SDK variables that point the lab's scripts at the embedded emulator (dummy credentials: it is local)."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint_url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-    }
+@dataclass(frozen=True)
+class Change:
+    """One resource compared with what is wanted, and what was done about it (bootstrap, publish, teardown)."""
+
+    kind: str
+    name: str
+    action: str  # created | updated | unchanged | deleted | absent | published
+    detail: str = ""
 
 
 class Aws:
@@ -74,3 +76,87 @@ def is_not_found(error: ClientError) -> bool:
         "NoSuchEntity",
         "ResourceNotFoundException",
     }
+
+
+def policy_document(document: Any) -> Any:
+    # boto3 decodes IAM's URL-encoded documents into dicts; some emulators hand back the JSON string.
+    return json.loads(document) if isinstance(document, str) else document
+
+
+def ensure_role(
+    aws: Aws, name: str, *, trust: dict[str, Any], policy_name: str, policy: dict[str, Any], description: str
+) -> tuple[str, list[Change]]:
+    """An IAM role with exactly this trust policy and this one inline policy; changes only what differs.
+
+    Returns the role's ARN and two changes (the role, its policy)."""
+    iam = aws.client("iam")
+    try:
+        role = iam.get_role(RoleName=name)["Role"]
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description=description)[
+            "Role"
+        ]
+        iam.get_waiter("role_exists").wait(RoleName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+        role_change = Change("role", name, "created")
+    else:
+        if policy_document(role["AssumeRolePolicyDocument"]) != trust:
+            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
+            role_change = Change("role", name, "updated", "trust policy")
+        else:
+            role_change = Change("role", name, "unchanged")
+    return role["Arn"], [role_change, _ensure_role_policy(iam, name, policy_name, policy)]
+
+
+def _ensure_role_policy(iam: Any, role: str, policy_name: str, wanted: dict[str, Any]) -> Change:
+    name = f"{role}/{policy_name}"
+    try:
+        current = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        action = "created"
+    else:
+        if policy_document(current) == wanted:
+            return Change("role policy", name, "unchanged")
+        action = "updated"
+    iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(wanted))
+    return Change("role policy", name, action)
+
+
+def ensure_repository(
+    aws: Aws, name: str, *, lifecycle_policy: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+) -> tuple[str, Change]:
+    """An ECR repository with scan-on-push (and ``lifecycle_policy``, when given); its URI and what was done."""
+    ecr = aws.client("ecr")
+    changed = []
+    try:
+        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    except ecr.exceptions.RepositoryNotFoundException:
+        repository = ecr.create_repository(
+            repositoryName=name,
+            imageScanningConfiguration={"scanOnPush": True},
+            imageTagMutability="MUTABLE",
+            tags=[{"Key": key, "Value": value} for key, value in (tags or {}).items()],
+        )["repository"]
+        action = "created"
+    else:
+        action = "unchanged"
+        if not repository.get("imageScanningConfiguration", {}).get("scanOnPush"):
+            ecr.put_image_scanning_configuration(repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
+            changed.append("scan on push")
+    if lifecycle_policy is not None:
+        try:
+            current = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])
+        except ecr.exceptions.LifecyclePolicyNotFoundException:
+            current = None
+        if current != lifecycle_policy:
+            ecr.put_lifecycle_policy(
+                repositoryName=name, lifecyclePolicyText=json.dumps(lifecycle_policy, sort_keys=True)
+            )
+            changed.append("lifecycle policy")
+    if action == "unchanged" and changed:
+        action = "updated"
+    uri = repository["repositoryUri"]
+    return uri, Change("ecr repository", name, action, ", ".join(changed) if action == "updated" else uri)

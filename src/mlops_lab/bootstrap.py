@@ -14,14 +14,14 @@ import json
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab.aws import Aws, error_code, is_not_found
+from mlops_lab.aws import Aws, Change, error_code, is_not_found
+from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.layer import LayerArtifact, write_deterministic_zip
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
@@ -29,14 +29,6 @@ POLICY_DIR = Path(__file__).parent / "policies"
 HANDLER_DIR = PROJECT_ROOT / "lambda" / "batch_predict"
 INLINE_POLICY_NAME = "batch-predict"
 NOTIFICATION_ID = "batch-predict-csv"
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: str
-    name: str
-    action: str  # created | updated | unchanged | deleted | absent | published
-    detail: str = ""
 
 
 class BootstrapError(RuntimeError):
@@ -126,9 +118,9 @@ def bootstrap(
 
     for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
         record(ensure_bucket(aws, bucket))
-    role_arn, role_change = ensure_role(settings, aws)
-    record(role_change)
-    record(ensure_role_policy(settings, aws))
+    role_arn, role_changes = ensure_role(settings, aws)
+    for change in role_changes:
+        record(change)
     if settings.lambda_bundle_layer:
         function_arn, function_change = ensure_function(settings, aws, role_arn, None, function_package(layer))
     else:
@@ -157,47 +149,16 @@ def ensure_bucket(aws: Aws, bucket: str) -> Change:
     return Change("bucket", bucket, "created")
 
 
-def ensure_role(settings: Settings, aws: Aws) -> tuple[str, Change]:
-    iam = aws.client("iam")
-    wanted = trust_policy()
-    try:
-        role = iam.get_role(RoleName=settings.role_name)["Role"]
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
-        role = iam.create_role(
-            RoleName=settings.role_name,
-            AssumeRolePolicyDocument=json.dumps(wanted),
-            Description="Execution role of the mlops-lab batch-predict Lambda",
-        )["Role"]
-        iam.get_waiter("role_exists").wait(RoleName=settings.role_name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
-        return role["Arn"], Change("role", settings.role_name, "created")
-    if _policy_document(role["AssumeRolePolicyDocument"]) != wanted:
-        iam.update_assume_role_policy(RoleName=settings.role_name, PolicyDocument=json.dumps(wanted))
-        return role["Arn"], Change("role", settings.role_name, "updated", "trust policy")
-    return role["Arn"], Change("role", settings.role_name, "unchanged")
-
-
-def ensure_role_policy(settings: Settings, aws: Aws) -> Change:
-    iam = aws.client("iam")
-    wanted = execution_policy(settings, aws)
-    name = f"{settings.role_name}/{INLINE_POLICY_NAME}"
-    try:
-        current = iam.get_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME)["PolicyDocument"]
-        if _policy_document(current) == wanted:
-            return Change("role policy", name, "unchanged")
-        action = "updated"
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
-        action = "created"
-    iam.put_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(wanted))
-    return Change("role policy", name, action, "logs; s3:GetObject input + model; s3:PutObject output")
-
-
-def _policy_document(document: Any) -> Any:
-    # boto3 decodes IAM's URL-encoded documents into dicts; some emulators hand back the JSON string.
-    return json.loads(document) if isinstance(document, str) else document
+def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
+    """The function's execution role and its least-privilege inline policy."""
+    return ensure_iam_role(
+        aws,
+        settings.role_name,
+        trust=trust_policy(),
+        policy_name=INLINE_POLICY_NAME,
+        policy=execution_policy(settings, aws),
+        description="Execution role of the mlops-lab batch-predict Lambda",
+    )
 
 
 def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[str, Change]:
@@ -353,41 +314,6 @@ def ensure_notification(settings: Settings, aws: Aws, function_arn: str) -> Chan
     return Change(
         "notification", settings.input_bucket, "updated" if current else "created", "ObjectCreated *.csv -> function"
     )
-
-
-# -- the model the function serves --------------------------------------------------------------------------------
-
-
-def publish_model(settings: Settings, aws: Aws, model: bytes, metadata: dict[str, str] | None = None) -> Change:
-    """Put the ONNX model where the Lambda (and the API) read it, unless that exact file is already there."""
-    s3 = aws.client("s3")
-    digest = hashlib.md5(model, usedforsecurity=False).hexdigest()
-    target = f"s3://{settings.model_bucket}/{settings.model_key}"
-    try:
-        head = s3.head_object(Bucket=settings.model_bucket, Key=settings.model_key)
-        if head["ETag"].strip('"') == digest:
-            return Change("model", target, "unchanged")
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
-    s3.put_object(
-        Bucket=settings.model_bucket,
-        Key=settings.model_key,
-        Body=model,
-        ContentType="application/octet-stream",
-        Metadata=metadata or {},
-    )
-    return Change("model", target, "published", f"{len(model) / 1e6:.1f} MB")
-
-
-def model_published(settings: Settings, aws: Aws) -> bool:
-    try:
-        aws.client("s3").head_object(Bucket=settings.model_bucket, Key=settings.model_key)
-        return True
-    except ClientError as error:
-        if is_not_found(error):
-            return False
-        raise
 
 
 # -- teardown -----------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The one place that knows which AWS emulator runs underneath: MiniStack, in its own virtualenv.
 
 Everything else reaches AWS through the SDK's standard configuration (``AWS_ENDPOINT_URL`` and friends). What only an
-emulator has — installing it, its start-up environment, its health and reset endpoints — lives here.
+emulator has lives here: installing it, its command, start-up environment and health path (as a ``stack.Service``),
+the SDK variables that point at it, and which interpreter its Lambda functions run on.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
+from mlops_lab.aws import DEFAULT_REGION
 from mlops_lab.settings import PROJECT_ROOT, Settings
+from mlops_lab.stack import Service
 
 REQUIREMENTS = PROJECT_ROOT / "localstack" / "requirements-ministack.txt"
 HEALTH_PATH = "/_ministack/health"
-RESET_PATH = "/_ministack/reset"
+SERVICE_NAME = "emulator"
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,22 @@ def ensure_installed(settings: Settings) -> EmulatorInstall:
     return install
 
 
-def server_command(install: EmulatorInstall) -> list[str]:
-    return [str(install.server)]
+def service(settings: Settings) -> Service:
+    """MiniStack as a supervised process: its own venv's server, on the configured loopback port."""
+    install = EmulatorInstall(settings.emulator_venv)
+    tmp_dir = settings.state_dir / "emulator" / "tmp"
+    return Service(
+        name=SERVICE_NAME,
+        command=[str(install.server)],
+        health_url=settings.emulator_url + HEALTH_PATH,
+        env=_server_environment(settings, tmp_dir),
+        description=f"MiniStack (S3, IAM, Lambda, ECR){' with IAM enforced' if settings.emulator_auth else ''}",
+        url=settings.emulator_url,
+        cleanup=(tmp_dir,),
+    )
 
 
-def server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
+def _server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
     """MiniStack's environment. Lambda workers inherit all of it, so it is built from scratch, not from ours."""
     keep = {"PATH", "HOME", "LANG", "LC_ALL", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"}
     env = {key: value for key, value in os.environ.items() if key in keep}
@@ -121,22 +133,19 @@ def server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
     return env
 
 
-def health_url(settings: Settings) -> str:
-    return settings.emulator_url + HEALTH_PATH
+def sdk_environment(settings: Settings) -> dict[str, str]:
+    """The SDK variables that point the lab's scripts at the embedded emulator (its dummy credentials: it is local)."""
+    return {
+        "AWS_ENDPOINT_URL": settings.emulator_url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
+    }
 
 
-def is_healthy(settings: Settings) -> bool:
-    try:
-        return httpx.get(health_url(settings), timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def reset(settings: Settings) -> None:
-    """Wipe every service's state (tests use it between modules)."""
-    httpx.post(settings.emulator_url + RESET_PATH, timeout=30).raise_for_status()
-
-
-def interpreter(install: EmulatorInstall) -> str:
-    """The interpreter embedded Lambda functions run on."""
-    return str(install.python)
+def lambda_python(settings: Settings) -> Path | None:
+    """The interpreter Lambda functions run on when the SDK points at this checkout's embedded emulator (MiniStack
+    runs them on its own), else None: then they run on AWS's runtime (or a container's), not on anything here."""
+    install = EmulatorInstall(settings.emulator_venv)
+    pointed_here = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/") == settings.emulator_url
+    return install.python if pointed_here and install.python.exists() else None

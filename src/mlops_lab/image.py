@@ -9,13 +9,13 @@ between the emulator and real AWS, as everywhere in the lab.
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from mlops_lab.aws import Aws, Change
+from mlops_lab.aws import ensure_repository as ensure_ecr_repository
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
 KEEP_IMAGES = 10
@@ -48,36 +48,11 @@ class EngineMissing(RuntimeError):
     """No usable container engine: the message says what to install or start."""
 
 
-def repository_name(settings: Settings) -> str:
-    return f"{settings.prefix}-api"
-
-
-def ensure_repository(settings: Settings, ecr: Any = None) -> dict[str, Any]:
-    """Create the API's ECR repository with scan-on-push and the lifecycle policy; a second call changes nothing."""
-    if ecr is None:
-        import boto3
-
-        ecr = boto3.client("ecr")
-    name = repository_name(settings)
-    try:
-        repository = ecr.create_repository(
-            repositoryName=name,
-            imageScanningConfiguration={"scanOnPush": True},
-            imageTagMutability="MUTABLE",
-            tags=[{"Key": "project", "Value": settings.prefix}],
-        )["repository"]
-    except ecr.exceptions.RepositoryAlreadyExistsException:
-        repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
-        if not repository.get("imageScanningConfiguration", {}).get("scanOnPush"):
-            ecr.put_image_scanning_configuration(repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
-    policy = json.dumps(LIFECYCLE_POLICY, sort_keys=True)
-    try:
-        current = ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]
-    except ecr.exceptions.LifecyclePolicyNotFoundException:
-        current = None
-    if current is None or json.loads(current) != LIFECYCLE_POLICY:
-        ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=policy)
-    return repository
+def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
+    """The API's ECR repository with scan-on-push and the lifecycle policy; a second call changes nothing."""
+    return ensure_ecr_repository(
+        aws, settings.api_repository, lifecycle_policy=LIFECYCLE_POLICY, tags={"project": settings.prefix}
+    )
 
 
 def docker_cli() -> str:
@@ -108,24 +83,20 @@ def build_and_push(
     tag: str = "latest",
     base_image: str | None = None,
     context: Path = PROJECT_ROOT,
-    ecr: Any = None,
+    aws: Aws | None = None,
     push: bool = True,
 ) -> PushResult:
     """``docker build -f api/Dockerfile`` → tag ``<repositoryUri>:<tag>`` → log in to ECR → push."""
     docker = docker_cli()  # fail before touching AWS when there is nothing to build with
-    if ecr is None:
-        import boto3
-
-        ecr = boto3.client("ecr")
-    repository = ensure_repository(settings, ecr)
-    uri = repository["repositoryUri"]
+    aws = aws or Aws()
+    uri, _ = ensure_repository(settings, aws)
     image = f"{uri}:{tag}"
     argv = [docker, "build", "-f", str(DOCKERFILE), "-t", image]
     if base_image:
         argv += ["--build-arg", f"BASE_IMAGE={base_image}"]
     subprocess.run([*argv, str(context)], check=True)
     if push:
-        auth = ecr.get_authorization_token()["authorizationData"][0]
+        auth = aws.client("ecr").get_authorization_token()["authorizationData"][0]
         user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":", 1)
         subprocess.run(
             [docker, "login", "--username", user, "--password-stdin", auth["proxyEndpoint"]],

@@ -14,9 +14,9 @@ import mlflow
 import pandas as pd
 
 try:
-    from mlops_lab.inference import TabularModel
+    from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 except ImportError:  # inside a served model: code_paths puts inference.py itself on sys.path
-    from inference import TabularModel  # type: ignore[no-redef]
+    from inference import PREDICTION_COLUMN, TabularModel, probability_column  # type: ignore[no-redef]
 
 
 class OnnxTabularModel(mlflow.pyfunc.PythonModel):
@@ -27,8 +27,8 @@ class OnnxTabularModel(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(model_input)
         columns = {name: frame[name].tolist() for name in self.model.feature_names if name in frame}
         prediction = self.model.predict(columns)
-        out = pd.DataFrame(prediction.probabilities, columns=[f"probability_{c}" for c in prediction.classes])
-        out.insert(0, "prediction", prediction.labels.astype(str))
+        out = pd.DataFrame(prediction.probabilities, columns=[probability_column(c) for c in prediction.classes])
+        out.insert(0, PREDICTION_COLUMN, prediction.labels.astype(str))
         return out
 
 

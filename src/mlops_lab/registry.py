@@ -16,6 +16,7 @@ for mlflow; publishing the model needs the lab's AWS access as before.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,9 +25,10 @@ from typing import Any
 
 import httpx
 
-from mlops_lab.aws import Aws, is_not_found
-from mlops_lab.bootstrap import Change, publish_model
+from mlops_lab import model
+from mlops_lab.aws import Aws, Change
 from mlops_lab.settings import Settings
+from mlops_lab.stack import Service
 
 ALIAS = "champion"
 ONNX_MODEL = "onnx-model"  # the registered pyfunc (ONNX + the inference core)
@@ -47,6 +49,47 @@ class RegistryError(RuntimeError):
 
 class ServerUnavailable(RegistryError):
     pass
+
+
+# -- the tracking server -----------------------------------------------------------------------------------------
+
+SERVICE_NAME = "mlflow"
+
+
+def server_service(settings: Settings) -> Service:
+    """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return Service(
+        name=SERVICE_NAME,
+        command=[
+            *([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]),
+            "server",
+            "--host",
+            settings.mlflow_host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            settings.mlflow_backend_store_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            settings.mlflow_artifacts_destination,
+        ],
+        health_url=settings.mlflow_tracking_uri + "/health",
+        # The server, not its clients, writes artifacts to S3: it gets this process's SDK variables (emulator or AWS).
+        # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
+        env={
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "true",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **({"MLFLOW_S3_ENDPOINT_URL": endpoint} if endpoint else {}),
+        },
+        description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
+        url=settings.mlflow_tracking_uri,
+    )
 
 
 # -- connection -------------------------------------------------------------------------------------------------
@@ -142,15 +185,15 @@ def log_version(
     from mlflow.models import infer_signature
 
     from mlops_lab.data import FEATURES, NUMERIC
-    from mlops_lab.inference import TabularModel
+    from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 
     mlflow_client = client(settings)
     mlflow.set_experiment(settings.mlflow_experiment)
     example = holdout[list(FEATURES)].dropna().head(5).copy()
     example[list(NUMERIC)] = example[list(NUMERIC)].astype("float64")
     scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in FEATURES})
-    output = {"prediction": scored.labels.astype(str)} | {
-        f"probability_{c}": scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
+    output = {PREDICTION_COLUMN: scored.labels.astype(str)} | {
+        probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
     }
     signature = infer_signature(example, pd.DataFrame(output))
     with tempfile.TemporaryDirectory(prefix="mlops-lab-log-") as tmp, mlflow.start_run(run_name=run_name) as run:
@@ -219,10 +262,10 @@ def stamp(onnx_bytes: bytes, **properties: str) -> bytes:
     """The ONNX model with ``properties`` merged into its metadata_props (others kept; deterministic bytes)."""
     import onnx
 
-    model = onnx.load_from_string(onnx_bytes)
-    props = {p.key: p.value for p in model.metadata_props} | {k: str(v) for k, v in properties.items()}
-    onnx.helper.set_model_props(model, props)
-    return model.SerializeToString()
+    proto = onnx.load_from_string(onnx_bytes)
+    props = {p.key: p.value for p in proto.metadata_props} | {k: str(v) for k, v in properties.items()}
+    onnx.helper.set_model_props(proto, props)
+    return proto.SerializeToString()
 
 
 def version_onnx(settings: Settings, version: str | int) -> bytes:
@@ -272,10 +315,8 @@ def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = T
             )
         report = check_agreement(pipeline, onnx_bytes, holdout)  # raises AgreementError: nothing published
     stamped = stamp(onnx_bytes, version=version, model_name=settings.model_name, run_id=run_id)
-    previous = live_version(settings, aws)
-    change = publish_model(
-        settings, aws, stamped, metadata={"model-version": version, "model-name": settings.model_name, "run-id": run_id}
-    )
+    previous = model.live_version(settings, aws)
+    change = model.publish(settings, aws, stamped, version=version, run_id=run_id)
     mlflow_client.set_registered_model_alias(settings.model_name, ALIAS, version)
     mlflow_client.set_model_version_tag(
         settings.model_name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
@@ -294,19 +335,6 @@ def get_version(mlflow_client: Any, name: str, version: str) -> Any:
         raise
 
 
-def live_version(settings: Settings, aws: Aws) -> str | None:
-    """The registry version the model bucket serves now (its object metadata), or None (not published / unversioned)."""
-    from botocore.exceptions import ClientError
-
-    try:
-        head = aws.client("s3").head_object(Bucket=settings.model_bucket, Key=settings.model_key)
-    except ClientError as error:
-        if is_not_found(error):
-            return None
-        raise
-    return head.get("Metadata", {}).get("model-version")
-
-
 # -- list ---------------------------------------------------------------------------------------------------------
 
 
@@ -322,7 +350,7 @@ class VersionRow:
 
 def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow]:
     mlflow_client = client(settings)
-    live = live_version(settings, aws) if aws is not None else None
+    live = model.live_version(settings, aws) if aws is not None else None
     from mlflow.exceptions import MlflowException
 
     try:

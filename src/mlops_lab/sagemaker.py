@@ -34,37 +34,23 @@ from typing import Any
 import httpx
 
 from mlops_lab import stack
-from mlops_lab.aws import Aws, is_not_found
-from mlops_lab.bootstrap import Change
+from mlops_lab.aws import Aws, Change, is_not_found
+from mlops_lab.aws import ensure_repository as ensure_ecr_repository
+from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.settings import Settings
 
 INSTANCE_TYPE = "ml.m5.large"
 SERVICE_NAME = "sagemaker-emulator"
+EXECUTION_POLICY_NAME = "sagemaker-execution"
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_SAGEMAKER", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME")
-
-
-def endpoint_name(settings: Settings) -> str:
-    return settings.sagemaker_endpoint_name or f"{settings.prefix}-endpoint"
-
-
-def repository_name(settings: Settings) -> str:
-    return f"{settings.prefix}-mlflow-pyfunc"
-
-
-def role_name(settings: Settings) -> str:
-    return f"{settings.prefix}-sagemaker-role"
 
 
 # -- the offline SageMaker control plane (moto) ---------------------------------------------------------------------
 
 
-def emulator_url(settings: Settings) -> str:
-    return f"http://{settings.emulator_host}:{settings.sagemaker_emulator_port}"
-
-
 def emulator_service(settings: Settings) -> stack.Service:
     moto = Path(sys.executable).with_name("moto_server")
-    url = emulator_url(settings)
+    url = settings.sagemaker_emulator_url
     return stack.Service(
         name=SERVICE_NAME,
         command=[
@@ -84,7 +70,7 @@ def emulator_service(settings: Settings) -> stack.Service:
 def ensure_emulator(settings: Settings) -> str:
     """Start moto's server (once; `mlops-lab down` stops it). Returns its URL."""
     stack.start(settings, emulator_service(settings))
-    return emulator_url(settings)
+    return settings.sagemaker_emulator_url
 
 
 @contextlib.contextmanager
@@ -126,14 +112,14 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
                 "Sid": "ModelData",
                 "Effect": "Allow",
                 "Action": "s3:GetObject",
-                "Resource": f"{arn}:s3:::{settings.model_bucket}/{endpoint_name(settings)}-model-*",
+                "Resource": f"{arn}:s3:::{settings.model_bucket}/{settings.sagemaker_endpoint}-model-*",
             },
             {"Sid": "PullAuth", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
             {
                 "Sid": "PullImage",
                 "Effect": "Allow",
                 "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-                "Resource": f"{arn}:ecr:{aws.region}:{aws.account_id}:repository/{repository_name(settings)}",
+                "Resource": f"{arn}:ecr:{aws.region}:{aws.account_id}:repository/{settings.sagemaker_repository}",
             },
             {
                 "Sid": "Logs",
@@ -146,47 +132,18 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
 
 
 def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
-    ecr, name = aws.client("ecr"), repository_name(settings)
-    try:
-        uri = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"]
-        return uri, Change("ecr repository", name, "unchanged")
-    except ecr.exceptions.RepositoryNotFoundException:
-        uri = ecr.create_repository(repositoryName=name)["repository"]["repositoryUri"]
-        return uri, Change("ecr repository", name, "created", uri)
+    return ensure_ecr_repository(aws, settings.sagemaker_repository, tags={"project": settings.prefix})
 
 
 def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
-    from botocore.exceptions import ClientError
-
-    iam, name = aws.client("iam"), role_name(settings)
-    changes = []
-    try:
-        role = iam.get_role(RoleName=name)["Role"]
-        changes.append(Change("sagemaker role", name, "unchanged"))
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
-        role = iam.create_role(
-            RoleName=name,
-            AssumeRolePolicyDocument=json.dumps(trust_policy()),
-            Description="SageMaker execution role for the lab's mlflow deployment",
-        )["Role"]
-        changes.append(Change("sagemaker role", name, "created"))
-    wanted = execution_policy(settings, aws)
-    try:
-        current = iam.get_role_policy(RoleName=name, PolicyName="sagemaker-execution")["PolicyDocument"]
-        if isinstance(current, str):
-            current = json.loads(current)
-    except ClientError as error:
-        if not is_not_found(error):
-            raise
-        current = None
-    if current != wanted:
-        iam.put_role_policy(RoleName=name, PolicyName="sagemaker-execution", PolicyDocument=json.dumps(wanted))
-        changes.append(Change("sagemaker policy", name, "created" if current is None else "updated"))
-    else:
-        changes.append(Change("sagemaker policy", name, "unchanged"))
-    return role["Arn"], changes
+    return ensure_iam_role(
+        aws,
+        settings.sagemaker_role_name,
+        trust=trust_policy(),
+        policy_name=EXECUTION_POLICY_NAME,
+        policy=execution_policy(settings, aws),
+        description="SageMaker execution role for the lab's mlflow deployment",
+    )
 
 
 # -- deploy ---------------------------------------------------------------------------------------------------------
@@ -233,7 +190,7 @@ def deploy(
     repository_uri, repo_change = ensure_repository(settings, aws)
     role_arn, role_changes = ensure_role(settings, aws)
     image = f"{repository_uri}:{_mlflow_version()}"
-    name = endpoint_name(settings)
+    name = settings.sagemaker_endpoint
     with sagemaker_endpoint(sagemaker_url):
         sm = aws.session.client("sagemaker", region_name=aws.region)
         client = get_deploy_client(f"sagemaker:/{aws.region}")
@@ -352,3 +309,31 @@ def forward_invocations(session: Any, container: httpx.Client, *, variant: str =
     event = "before-send.sagemaker-runtime.InvokeEndpoint"
     session.events.register(event, send)
     return lambda: session.events.unregister(event, send)
+
+
+def invoke_through_api(settings: Settings, endpoint: str, url: str) -> list[tuple[str, str]] | None:
+    """Send a CSV and a JSON ``invoke_endpoint`` for ``endpoint`` (on moto at ``url``) to the lab API's
+    /invocations; (content type, answer) each, or None when the API is not running."""
+    import boto3
+
+    from mlops_lab.data import generate
+    from mlops_lab.stack import healthy
+
+    if not healthy(settings.api_url + "/health"):
+        return None
+    session = boto3.session.Session()
+    sample = generate(3, seed=5, with_label=False)
+    bodies = {
+        "text/csv": sample.to_csv(index=False),
+        "application/json": '{"dataframe_split": ' + sample.to_json(orient="split", index=False) + "}",
+    }
+    answers = []
+    with httpx.Client(base_url=settings.api_url, timeout=30) as container, sagemaker_endpoint(url):
+        forward_invocations(session, container)
+        runtime = session.client("sagemaker-runtime")
+        for content_type, body in bodies.items():
+            answer = runtime.invoke_endpoint(
+                EndpointName=endpoint, ContentType=content_type, Accept="application/json", Body=body.encode()
+            )
+            answers.append((content_type, answer["Body"].read().decode()))
+    return answers

@@ -8,11 +8,12 @@ emulator to real AWS.
 
 from __future__ import annotations
 
-import os
+import platform
+import sys
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,9 @@ class Settings(BaseSettings):
     max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
     chunk_rows: int = Field(8192, ge=1)
 
-    # Layer build target for real AWS.
+    # Layer build target for real AWS (and for an emulator in a container, whose interpreter is not ours to run).
+    # Empty means this interpreter's X.Y / this machine's architecture: what compose's bootstrap container sets,
+    # since it is built from the same base image as the emulator's.
     layer_python: str = "3.12"
     layer_platform: str = "manylinux_2_28_x86_64"
 
@@ -75,6 +78,16 @@ class Settings(BaseSettings):
     # SageMaker through mlflow's deployments client. Offline the control plane is moto (MiniStack has no SageMaker).
     sagemaker_emulator_port: int = Field(5005, ge=1, le=65535)
     sagemaker_endpoint_name: str | None = None  # default: {prefix}-endpoint
+
+    @field_validator("layer_python")
+    @classmethod
+    def _this_python_when_empty(cls, value: str) -> str:
+        return value or "{}.{}".format(*sys.version_info[:2])
+
+    @field_validator("layer_platform")
+    @classmethod
+    def _this_machine_when_empty(cls, value: str) -> str:
+        return value or f"manylinux_2_28_{platform.machine()}"
 
     @property
     def input_bucket(self) -> str:
@@ -122,8 +135,30 @@ class Settings(BaseSettings):
         return f"s3://{self.model_bucket}/{self.mlflow_artifacts_prefix.strip('/')}"
 
     @property
-    def uses_emulator(self) -> bool:
-        return bool(os.environ.get("AWS_ENDPOINT_URL"))
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def api_repository(self) -> str:
+        """The ECR repository of the API's image (`mlops-lab image push`)."""
+        return f"{self.prefix}-api"
+
+    @property
+    def sagemaker_endpoint(self) -> str:
+        return self.sagemaker_endpoint_name or f"{self.prefix}-endpoint"
+
+    @property
+    def sagemaker_repository(self) -> str:
+        """The ECR repository mlflow's SageMaker client takes its serving image from."""
+        return f"{self.prefix}-mlflow-pyfunc"
+
+    @property
+    def sagemaker_role_name(self) -> str:
+        return f"{self.prefix}-sagemaker-role"
+
+    @property
+    def sagemaker_emulator_url(self) -> str:
+        return f"http://{self.emulator_host}:{self.sagemaker_emulator_port}"
 
 
 @lru_cache

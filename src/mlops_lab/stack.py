@@ -1,7 +1,8 @@
-"""The embedded stack: every service as a local process, started detached and tracked by pid files under the state dir.
+"""A small process supervisor: services as local processes, started detached and tracked by pid files.
 
-Each service is a command, an environment, a health URL and a log file; `up` starts what is not running and waits for
-health, `down` stops every process group it started and removes what MiniStack's workers leave in their temp dir.
+Each service is a command, an environment, a health URL and a log file under the state dir; ``start`` launches what is
+not running and waits for health, ``stop`` ends a service's whole process group and empties the folders it names.
+It knows no service in particular: ``emulator.service``, ``registry.server_service`` and ``ops`` define them.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from mlops_lab import emulator
 from mlops_lab.settings import Settings
 
 
@@ -47,78 +46,6 @@ def log_path(settings: Settings, name: str) -> Path:
 
 def _pid_file(settings: Settings, name: str) -> Path:
     return run_dir(settings) / f"{name}.pid"
-
-
-def emulator_service(settings: Settings) -> Service:
-    install = emulator.EmulatorInstall(settings.emulator_venv)
-    tmp_dir = settings.state_dir / "emulator" / "tmp"
-    return Service(
-        name="emulator",
-        command=emulator.server_command(install),
-        health_url=emulator.health_url(settings),
-        env=emulator.server_environment(settings, tmp_dir),
-        description=f"MiniStack (S3, IAM, Lambda, ECR){' with IAM enforced' if settings.emulator_auth else ''}",
-        url=settings.emulator_url,
-        cleanup=(tmp_dir,),
-    )
-
-
-def api_service(settings: Settings, aws_env: dict[str, str]) -> Service:
-    url = f"http://{settings.api_host}:{settings.api_port}"
-    return Service(
-        name="api",
-        command=[
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "mlops_lab.api.app:app",
-            "--host",
-            settings.api_host,
-            "--port",
-            str(settings.api_port),
-            "--no-access-log",
-        ],  # the app logs access as JSON
-        health_url=url + "/health",
-        env={**os.environ, **aws_env},
-        description="FastAPI inference service (docs at /docs)",
-        url=url,
-    )
-
-
-def mlflow_service(settings: Settings, aws_env: dict[str, str]) -> Service:
-    """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3."""
-    mlflow = Path(sys.executable).with_name("mlflow")
-    return Service(
-        name="mlflow",
-        command=[
-            *([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]),
-            "server",
-            "--host",
-            settings.mlflow_host,
-            "--port",
-            str(settings.mlflow_port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            settings.mlflow_backend_store_uri,
-            "--serve-artifacts",
-            "--artifacts-destination",
-            settings.mlflow_artifacts_destination,
-        ],
-        health_url=settings.mlflow_tracking_uri + "/health",
-        # The server, not its clients, writes artifacts to S3: it gets the SDK variables (emulator or real AWS).
-        # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
-        env={
-            **os.environ,
-            **aws_env,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "true",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            **({"MLFLOW_S3_ENDPOINT_URL": aws_env["AWS_ENDPOINT_URL"]} if aws_env.get("AWS_ENDPOINT_URL") else {}),
-        },
-        description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
-        url=settings.mlflow_tracking_uri,
-    )
 
 
 def pid_of(settings: Settings, name: str) -> int | None:

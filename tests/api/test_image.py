@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mlops_lab import image
+from mlops_lab.aws import Aws
 from mlops_lab.settings import Settings
 
 
@@ -28,10 +29,10 @@ def ecr(monkeypatch):
 
 def test_repository_is_created_idempotently(ecr):
     settings = Settings(_env_file=None)
-    first = image.ensure_repository(settings, ecr)
-    second = image.ensure_repository(settings, ecr)
-    assert first["repositoryUri"] == second["repositoryUri"]
-    assert first["repositoryName"] == "mlops-lab-api"
+    first_uri, first = image.ensure_repository(settings, Aws())
+    second_uri, second = image.ensure_repository(settings, Aws())
+    assert (first.action, second.action) == ("created", "unchanged")
+    assert first_uri == second_uri and first_uri.endswith("/mlops-lab-api")
     (repo,) = ecr.describe_repositories()["repositories"]
     assert repo["imageScanningConfiguration"]["scanOnPush"] is True
     policy = json.loads(ecr.get_lifecycle_policy(repositoryName="mlops-lab-api")["lifecyclePolicyText"])

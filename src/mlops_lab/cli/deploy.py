@@ -1,0 +1,74 @@
+"""Serving elsewhere: the API's image in ECR, and SageMaker through mlflow's deployments client."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from mlops_lab import image, sagemaker
+from mlops_lab.aws import Aws
+from mlops_lab.cli import render
+from mlops_lab.cli.render import console
+from mlops_lab.settings import get_settings
+
+image_app = typer.Typer(help="The API's container image and its ECR repository.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Deploy the champion model elsewhere.", no_args_is_help=True)
+
+
+@image_app.command("push")
+def image_push(
+    tag: Annotated[str, typer.Option(help="Image tag.")] = "latest",
+    base_image: Annotated[
+        str | None, typer.Option(help="Build argument BASE_IMAGE (default python:3.12-slim).")
+    ] = None,
+) -> None:
+    """Create the ECR repository (idempotent, scan on push, lifecycle policy), build api/Dockerfile, tag, push."""
+    settings, aws = get_settings(), Aws()
+    try:
+        result = image.build_and_push(settings, tag=tag, base_image=base_image, aws=aws)
+    except image.EngineMissing as error:
+        uri, _ = image.ensure_repository(settings, aws)  # what can be done without an engine is still done
+        console.print(f"ECR repository ready: {uri}\n[yellow]Not built or pushed[/]: {error}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]Pushed[/] {result.image}")
+
+
+@deploy_app.command("sagemaker")
+def deploy_sagemaker(
+    model_uri: Annotated[str | None, typer.Option(help="Default: models:/<model>@champion.")] = None,
+    emulate: Annotated[
+        bool | None,
+        typer.Option(
+            help="Run SageMaker's control plane on moto (default: when AWS_ENDPOINT_URL points at an emulator).",
+            show_default=False,
+        ),
+    ] = None,
+    invoke: Annotated[
+        bool, typer.Option(help="Then send a CSV and a JSON invocation to the lab API's /invocations.")
+    ] = True,
+) -> None:
+    """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace)."""
+    settings, aws = get_settings(), Aws()
+    if emulate is None:
+        emulate = bool(os.environ.get("AWS_ENDPOINT_URL"))
+    url = None
+    if emulate:
+        with console.status("Starting moto (SageMaker control plane)..."):
+            url = sagemaker.ensure_emulator(settings)
+    with console.status(f"Deploying with mlflow's sagemaker:/{aws.region} client..."):
+        deployment = sagemaker.deploy(settings, aws, model_uri=model_uri, sagemaker_url=url)
+    for change in deployment.changes:
+        render.change(change)
+    console.print(
+        f"[green]{deployment.mode}d[/] endpoint [bold]{deployment.endpoint}[/] ({deployment.status}) "
+        f"{'on moto at ' + url if url else 'on AWS'}\n  model {deployment.model}: {deployment.model_uri}\n"
+        f"  image {deployment.image}\n  role {deployment.role_arn}\n  model data {deployment.model_data}"
+    )
+    if invoke and url:
+        answers = sagemaker.invoke_through_api(settings, deployment.endpoint, url)
+        if answers is None:
+            console.print(f"[dim]The API is not running at {settings.api_url}: skipped the invocation round-trip.[/]")
+        for content_type, answer in answers or []:
+            console.print(f"  invoke_endpoint {content_type} -> {answer[:200]}")

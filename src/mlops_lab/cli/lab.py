@@ -1,0 +1,123 @@
+"""The embedded lab's lifecycle: up, down, status, env, install-emulator, demo."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from mlops_lab import emulator, ops, registry
+from mlops_lab.aws import Aws
+from mlops_lab.cli import render
+from mlops_lab.cli.batch import predict_and_render
+from mlops_lab.cli.render import console
+from mlops_lab.settings import get_settings
+
+app = typer.Typer()
+
+
+@app.command()
+def up(
+    api: Annotated[bool, typer.Option(help="Also start the inference API.")] = True,
+    mlflow: Annotated[bool, typer.Option(help="Also start the mlflow tracking server.")] = True,
+    external: Annotated[
+        bool,
+        typer.Option(
+            "--external",
+            help="The services run elsewhere (docker compose): start none, only bootstrap and make a model live.",
+        ),
+    ] = False,
+) -> None:
+    """Start the embedded stack (emulator, mlflow, API), bootstrap, make a model live, and show the endpoints."""
+    started = time.perf_counter()
+    _up(api=api, mlflow=mlflow, external=external)
+    console.print(f"Ready in {time.perf_counter() - started:.1f} s.")
+
+
+def _up(*, api: bool, mlflow: bool, external: bool = False) -> ops.Lab:
+    settings = get_settings()
+    services = () if external else (emulator.SERVICE_NAME, *(["mlflow"] if mlflow else []), *(["api"] if api else []))
+    lab = ops.bring_up(settings, services=services, report=render.Report())
+    render.summary(lab.changes)
+    if not external:
+        render.services(settings, ops.service_states(settings))
+        console.print(f"Point your shell at the lab: [bold]source {lab.env_file}[/]")
+    return lab
+
+
+@app.command()
+def down() -> None:
+    """Stop every embedded service and remove the emulator's temporary files."""
+    stopped = ops.stop_services(get_settings())
+    console.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing was running.")
+
+
+@app.command()
+def status() -> None:
+    """Show the embedded services, their endpoints and health."""
+    settings = get_settings()
+    render.services(settings, ops.service_states(settings))
+
+
+@app.command("install-emulator")
+def install_emulator() -> None:
+    """Install the emulator (MiniStack) into its own venv; `make install` runs this."""
+    install = emulator.ensure_installed(get_settings())
+    console.print(f"Emulator installed in {install.venv}")
+
+
+@app.command()
+def env() -> None:
+    """Print the shell exports that point the AWS CLI/SDK at the embedded emulator."""
+    for key, value in emulator.sdk_environment(get_settings()).items():
+        print(f"export {key}={value}")
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="Sample rows to generate and score.")] = 10000,
+    keep: Annotated[bool, typer.Option(help="Leave the services it started running afterwards.")] = False,
+) -> None:
+    """The whole flow on sample data: up, register + promote a model, batch through the Lambda, one API call."""
+    started = time.perf_counter()
+    lab = _up(api=True, mlflow=True)
+    try:
+        _demo_pipeline(lab, rows)
+    finally:
+        if lab.started and not keep:
+            lab.stop()
+            console.print(f"Stopped what the demo started ({', '.join(lab.started)}); `make up` keeps the lab running.")
+    console.print(f"Whole demo took {time.perf_counter() - started:.1f} s.")
+
+
+def _demo_pipeline(lab: ops.Lab, rows: int) -> None:
+    settings = lab.settings
+    console.rule("Registry: train -> mlflow run + version -> promote")
+    logged = registry.train_and_log(settings, rows=20000, seed=int(time.time()) % 1000, run_name="demo")
+    console.print(
+        f"Logged run {logged.run_id[:12]} (ROC AUC {logged.metrics['roc_auc']:.3f}) and registered "
+        f"{logged.name} version {logged.version}"
+    )
+    render.promotion(registry.promote(settings, Aws(), logged.version))
+
+    console.rule("Batch: S3 upload -> Lambda -> S3")
+    sample, record = ops.write_sample(settings, rows)
+    result = predict_and_render(sample, None, 300)
+    with result.local_path.open() as handle:
+        preview = [next(handle) for _ in range(3)]
+    console.print("[dim]" + "".join(preview).rstrip() + "[/]")
+
+    console.rule("Online: POST /predict")
+    answer = ops.predict_online(settings, record, version=logged.version, timeout=settings.api_model_poll_s + 20)
+    console.print(f"curl -s {settings.api_url}/predict -H 'content-type: application/json' -d '{json.dumps(record)}'")
+    console.print(answer)
+
+    console.rule("Summary")
+    counts = ", ".join(f"{label} {count:,}" for label, count in sorted((result.label_counts or {}).items()))
+    console.print(
+        f"Batch: {result.rows:,} rows scored by the Lambda in {result.seconds:.2f} s (upload -> predictions): {counts}\n"
+        f"Online: {settings.api_url}/docs    Registry: {settings.mlflow_tracking_uri} "
+        f"({logged.name} version {logged.version} is @champion and live)"
+    )

@@ -1,0 +1,96 @@
+"""The model's life: train, promote (or roll back), list the registry's versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mlops_lab import ops, registry
+from mlops_lab.aws import Aws
+from mlops_lab.cli import render
+from mlops_lab.cli.render import console
+from mlops_lab.settings import get_settings
+
+app = typer.Typer()
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Training CSV (lab format or the raw UCI Adult file).")] = None,
+    rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 20000,
+    seed: Annotated[int, typer.Option()] = 42,
+    publish: Annotated[
+        bool | None,
+        typer.Option(
+            help="Publish to the model bucket afterwards (default: yes without mlflow; with mlflow `promote` publishes).",
+            show_default=False,
+        ),
+    ] = None,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            help="Log the run and register a version (default: when the tracking server answers).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Train the census-income classifier, export it to ONNX, check agreement; log + register it, or publish it."""
+    settings = get_settings()
+    with console.status("Training..."):
+        trained = ops.train(settings, data, rows=rows, seed=seed, publish=publish, mlflow=mlflow)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if isinstance(v, float))
+    console.print(f"Trained and exported {trained.path} ({metrics})")
+    if trained.logged is not None:
+        logged = trained.logged
+        console.print(
+            f"Registered [bold]{logged.name} version {logged.version}[/] (run {logged.run_id}): "
+            f"{settings.mlflow_tracking_uri}/#/models/{logged.name}/versions/{logged.version}"
+        )
+        if trained.promotion is None:
+            console.print(f"Serve it with [bold]mlops-lab promote {logged.version}[/]")
+    if trained.promotion is not None:
+        render.promotion(trained.promotion)
+    if trained.published is not None:
+        render.change(trained.published)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registry version to serve (an older one rolls back).")],
+) -> None:
+    """Check a version's ONNX against its sklearn pipeline, publish it to the model bucket, set @champion."""
+    from mlops_lab.train import AgreementError  # scikit-learn takes ~1 s to import: only where needed
+
+    try:
+        promotion = registry.promote(get_settings(), Aws(), version)
+    except (AgreementError, registry.RegistryError) as error:
+        console.print(f"[red]Refused[/]: {error}")
+        raise typer.Exit(1) from None
+    render.promotion(promotion)
+
+
+@app.command()
+def models() -> None:
+    """List the registered versions, their aliases and metrics, and which one the Lambda and API serve."""
+    settings = get_settings()
+    try:
+        rows = registry.list_versions(settings, Aws())
+    except registry.RegistryError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    table = Table(title=f"{settings.model_name} ({settings.mlflow_tracking_uri})")
+    for column in ("version", "aliases", "live", "accuracy", "roc_auc", "f1", "created", "run"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.version,
+            ", ".join(row.aliases),
+            "[green]live[/]" if row.live else "",
+            *(f"{row.metrics[m]:.3f}" if m in row.metrics else "" for m in ("accuracy", "roc_auc", "f1")),
+            row.created,
+            row.run_id[:12],
+        )
+    console.print(table if rows else "No versions yet: `mlops-lab train` logs and registers one.")

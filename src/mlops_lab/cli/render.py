@@ -1,0 +1,83 @@
+"""How the CLI shows things: one console, changes, promotions, the services table."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from rich.console import Console
+from rich.table import Table
+
+from mlops_lab import ops
+from mlops_lab.aws import Change
+from mlops_lab.registry import Promotion
+from mlops_lab.settings import Settings
+
+# Without a terminal (make, CI logs) rich would wrap at 80 columns and cut the endpoints table.
+console = Console() if Console().is_terminal else Console(width=120)
+
+_STYLE = {
+    "created": "green",
+    "published": "green",
+    "updated": "yellow",
+    "deleted": "red",
+    "unchanged": "dim",
+    "absent": "dim",
+}
+
+
+def change(change: Change) -> None:
+    style = _STYLE.get(change.action, "")
+    detail = f"  [dim]{change.detail}[/]" if change.detail else ""
+    console.print(f"  [{style}]{change.action:>9}[/]  {change.kind:<17} {change.name}{detail}")
+
+
+def summary(changes: list[Change]) -> None:
+    changed = [c for c in changes if c.action not in {"unchanged", "absent"}]
+    if changed:
+        console.print(f"[bold]{len(changed)} change(s)[/], {len(changes) - len(changed)} unchanged.")
+    else:
+        console.print("[bold]Nothing to change[/]: everything already exists as wanted.")
+
+
+class Report(ops.Report):
+    """``bring_up``'s progress on this console: spinners for steps, a line per change."""
+
+    def step(self, message: str) -> AbstractContextManager[object]:
+        return console.status(message)
+
+    def note(self, message: str) -> None:
+        console.print(message)
+
+    def change(self, change_: Change) -> None:
+        change(change_)
+
+
+def promotion(promotion: Promotion) -> None:
+    change(promotion.change)
+    agreement = promotion.agreement
+    checked = (
+        f"ONNX agrees with sklearn on {agreement.rows:,} holdout rows (max |dp| {agreement.max_probability_diff:.1e}); "
+        if agreement
+        else ""
+    )
+    console.print(
+        f"{checked}[bold]{promotion.name} version {promotion.version}[/] is now @champion and live "
+        f"(was {promotion.previous or 'unversioned/none'}). The Lambda and the API pick it up without a redeploy."
+    )
+
+
+def services(settings: Settings, states: list[ops.ServiceState]) -> None:
+    table = Table(title="mlops-lab")
+    for column in ("service", "state", "endpoint", "what"):
+        table.add_column(column)
+    for state in states:
+        if state.healthy:
+            shown = "[green]healthy[/]"
+        else:
+            shown = "[yellow]starting/unhealthy[/]" if state.pid else "[dim]stopped[/]"
+        table.add_row(state.name, shown + (f" (pid {state.pid})" if state.pid else ""), state.url, state.description)
+    console.print(table)
+    console.print(
+        f"buckets: s3://{settings.input_bucket} (upload CSVs) -> s3://{settings.output_bucket}/predictions/ ; "
+        f"model: s3://{settings.model_bucket}/{settings.model_key}"
+    )

@@ -1,0 +1,48 @@
+"""The AWS resources of the batch path: bootstrap, teardown, and the layer they publish."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlops_lab import ops
+from mlops_lab.aws import Aws
+from mlops_lab.bootstrap import teardown as teardown_resources
+from mlops_lab.cli import render
+from mlops_lab.cli.render import console
+from mlops_lab.settings import get_settings
+
+app = typer.Typer()
+
+
+@app.command()
+def bootstrap() -> None:
+    """Create the buckets, role, layer, function, permission and notification (idempotent)."""
+    console.print(f"[bold]Bootstrap[/] against {ops.target()}")
+    render.summary(ops.run_bootstrap(get_settings(), Aws(), on_change=render.change))
+
+
+@app.command()
+def teardown(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Delete everything bootstrap created (buckets and their objects included)."""
+    settings = get_settings()
+    if not yes and not typer.confirm(f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target()}?"):
+        raise typer.Abort()
+    changes = teardown_resources(settings, Aws(), on_change=render.change)
+    console.print(f"[bold]{sum(c.action == 'deleted' for c in changes)} deleted[/].")
+
+
+@app.command("build-layer")
+def build_layer(
+    python: Annotated[str | None, typer.Option(help="Target Python X.Y (default: the emulator's, else 3.12).")] = None,
+    platform: Annotated[str | None, typer.Option(help="Wheel platform tag, e.g. manylinux_2_28_x86_64.")] = None,
+) -> None:
+    """Build the Lambda layer zip (onnxruntime + numpy + the inference core); refuse it over AWS's limits."""
+    with console.status("Building the layer..."):
+        artifact = ops.build_lambda_layer(get_settings(), python, platform)
+    console.print(
+        f"{artifact.path}\n  py{artifact.python} {artifact.platform}: {artifact.zipped_bytes / 1e6:.1f} MB "
+        f"{'zipped' if artifact.compressed else 'stored (emulator only: extracts faster)'}, "
+        f"{artifact.unzipped_bytes / 1e6:.1f} MB unzipped, sha256 {artifact.sha256[:16]}"
+    )

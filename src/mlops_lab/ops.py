@@ -1,0 +1,386 @@
+"""The lab's operations, composed from the parts: what the CLI, the tests, the bench and compose's one-shot call.
+
+``bring_up`` is the one recipe for a working lab: start the embedded services that are asked for (none under compose,
+whose containers are the services), bootstrap the AWS resources, make sure a model is live, and write the env file.
+It stops what it started if any step fails; used as a context manager it also stops them at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from mlops_lab import emulator, model, registry, sagemaker, stack
+from mlops_lab.aws import Aws, Change, is_not_found
+from mlops_lab.bootstrap import bootstrap
+from mlops_lab.contract import error_key, prediction_key
+from mlops_lab.inference import PREDICTION_COLUMN
+from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interpreter_target
+from mlops_lab.settings import Settings
+
+API = "api"
+SERVICES = (emulator.SERVICE_NAME, registry.SERVICE_NAME, API)  # what bring_up can start
+STOP_ORDER = (API, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, emulator.SERVICE_NAME)  # dependants first
+
+
+# -- the services -------------------------------------------------------------------------------------------------
+
+
+def api_service(settings: Settings) -> stack.Service:
+    return stack.Service(
+        name=API,
+        # The app writes its own access log (JSON lines), so uvicorn's is off.
+        command=[
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "mlops_lab.api.app:app",
+            "--host",
+            settings.api_host,
+            "--port",
+            str(settings.api_port),
+            "--no-access-log",
+        ],
+        health_url=settings.api_url + "/health",
+        env={**os.environ},
+        description="FastAPI inference service (docs at /docs)",
+        url=settings.api_url,
+    )
+
+
+def service(settings: Settings, name: str) -> stack.Service:
+    definitions: dict[str, Callable[[Settings], stack.Service]] = {
+        emulator.SERVICE_NAME: emulator.service,
+        registry.SERVICE_NAME: registry.server_service,
+        API: api_service,
+        sagemaker.SERVICE_NAME: sagemaker.emulator_service,
+    }
+    return definitions[name](settings)
+
+
+def stop_services(settings: Settings, names: Iterable[str] = STOP_ORDER) -> list[str]:
+    """Stop the named services (default: all), dependants first; returns those that were running."""
+    return [name for name in sorted(names, key=STOP_ORDER.index) if stack.stop(settings, service(settings, name))]
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    pid: int | None
+    healthy: bool
+    url: str
+    description: str
+
+
+def service_states(settings: Settings) -> list[ServiceState]:
+    """Each embedded service (moto's only once `deploy sagemaker` started it): its pid, health, URL."""
+    names = [*SERVICES, *([sagemaker.SERVICE_NAME] if stack.pid_of(settings, sagemaker.SERVICE_NAME) else [])]
+    states = []
+    for name in names:
+        definition = service(settings, name)
+        pid = stack.pid_of(settings, name)
+        healthy = stack.healthy(definition.health_url)
+        states.append(ServiceState(name, pid, healthy, definition.url, definition.description))
+    return states
+
+
+def target() -> str:
+    """Where the SDK sends this process's calls, in words."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return f"emulator at {endpoint}" if endpoint else "real AWS (AWS_ENDPOINT_URL is not set)"
+
+
+def write_env_file(settings: Settings) -> Path:
+    path = settings.state_dir / "env.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"export {key}={value}\n" for key, value in emulator.sdk_environment(settings).items()))
+    return path
+
+
+# -- bring up -----------------------------------------------------------------------------------------------------
+
+
+class Report:
+    """How ``bring_up`` tells what it does; the CLI renders it, tests and the bench take this silent default."""
+
+    def step(self, message: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def note(self, message: str) -> None:
+        pass
+
+    def change(self, change: Change) -> None:
+        pass
+
+
+@dataclass
+class Lab:
+    """A brought-up lab: the AWS session it used, what bootstrap did, and the services this call started."""
+
+    settings: Settings
+    aws: Aws
+    changes: list[Change] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    env_file: Path | None = None
+
+    def stop(self) -> list[str]:
+        """Stop what this bring_up started (not what was already running)."""
+        return stop_services(self.settings, self.started)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report: Report | None = None) -> Lab:
+    """Start ``services`` (any of SERVICES; none when they run elsewhere, as under compose), bootstrap, make a model
+    live. On any failure, stop what this call started and re-raise."""
+    report = report or Report()
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise ValueError(f"unknown services {sorted(unknown)}: choose from {SERVICES}")
+    already = {name for name in services if stack.pid_of(settings, name)}
+    started_here = lambda: [n for n in services if n not in already and stack.pid_of(settings, n)]  # noqa: E731
+    try:
+        if emulator.SERVICE_NAME in services:
+            with report.step("Starting the emulator (first run installs it into its own venv)..."):
+                emulator.ensure_installed(settings)
+                stack.start(settings, emulator.service(settings))
+            os.environ.update(emulator.sdk_environment(settings))  # this process (and what it starts) uses it
+        # mlflow's start-up is mostly imports (~8 s): it runs while bootstrap does and is waited for at the end.
+        mlflow = registry.server_service(settings) if registry.SERVICE_NAME in services else None
+        if mlflow is not None:
+            (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
+            mlflow_pid = stack.launch(settings, mlflow)
+        aws = Aws()
+        report.note(f"[bold]Bootstrap[/] against {target()}")
+        changes = run_bootstrap(settings, aws, on_change=report.change)
+        with report.step("Training / publishing the model..."):
+            # Under compose the tracking server is already up: the first model is registered and promoted there.
+            register = mlflow is None and registry.server_reachable(settings)
+            model_changes = ensure_model(settings, aws, register=register)
+        for change in model_changes:
+            report.change(change)
+        if API in services:
+            with report.step("Starting the API..."):
+                stack.start(settings, api_service(settings))
+        if mlflow is not None:
+            with report.step("Waiting for the mlflow tracking server..."):
+                stack.wait_healthy(settings, mlflow, mlflow_pid, timeout=120)
+        env_file = write_env_file(settings) if emulator.SERVICE_NAME in services else None
+    except BaseException:
+        # Half a stack is no use: stop what this call started (not what was already running), then report.
+        stop_services(settings, started_here())
+        raise
+    return Lab(settings, aws, changes + model_changes, started_here(), env_file)
+
+
+def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: int = 20000) -> list[Change]:
+    """Leave a live model alone; otherwise make one live: register + promote a newly trained version when
+    ``register`` (the tracking server answers), else publish ``settings.model_path`` (trained first if absent)."""
+    if model.is_published(settings, aws):
+        return [Change("model", model.uri(settings), "unchanged", f"version {model.live_version(settings, aws)}")]
+    if register:
+        logged = registry.train_and_log(settings, rows=rows, seed=42)
+        promotion = registry.promote(settings, aws, logged.version)
+        return [Change("model version", f"{logged.name} {logged.version}", "created", "registered"), promotion.change]
+    changes = []
+    if not settings.model_path.exists():
+        from mlops_lab.train import train_and_export  # sklearn/pandas load only when training
+
+        result = train_and_export(None, settings.model_path, rows=rows, seed=42)
+        changes.append(Change("model", str(settings.model_path), "created", f"ROC AUC {result.metrics['roc_auc']:.3f}"))
+    changes.append(model.publish(settings, aws, settings.model_path.read_bytes()))
+    return changes
+
+
+def layer_target(settings: Settings) -> tuple[str, str, bool, str | None]:
+    """(python, platform, compress, bytecode_for) of the layer bootstrap publishes: for the embedded emulator's own
+    interpreter, stored and with its bytecode (fast cold starts); otherwise AWS's runtime, deflated, source only."""
+    python = emulator.lambda_python(settings)
+    if python is not None:
+        return (*interpreter_target(str(python)), False, str(python))
+    return settings.layer_python, settings.layer_platform, True, None
+
+
+def build_lambda_layer(settings: Settings, python: str | None = None, platform: str | None = None) -> LayerArtifact:
+    """The layer for bootstrap's target; an explicit python/platform (`build-layer --python`) means a deflated zip
+    for AWS or another emulator."""
+    default_python, default_platform, compress, bytecode_for = layer_target(settings)
+    if python or platform:
+        compress, bytecode_for = True, None
+    artifact = build_layer(
+        settings.build_dir,
+        python=python or default_python,
+        platform=platform or default_platform,
+        compress=compress,
+        bytecode_for=bytecode_for,
+    )
+    check_limits(artifact)
+    return artifact
+
+
+def run_bootstrap(settings: Settings, aws: Aws, on_change: Callable[[Change], None] = lambda _: None) -> list[Change]:
+    return bootstrap(settings, aws, build_lambda_layer(settings), on_change=on_change)
+
+
+# -- predictions --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    input_uri: str
+    output_uri: str
+    status: str  # ok | rejected
+    seconds: float
+    local_path: Path
+    rows: int = 0
+    label_counts: dict[str, int] | None = None
+    error: dict | None = None
+
+
+class PredictTimeout(TimeoutError):
+    pass
+
+
+def predict_file(
+    settings: Settings,
+    aws: Aws,
+    path: Path,
+    *,
+    key: str | None = None,
+    out_dir: Path | None = None,
+    timeout: float = 300,
+    on_wait: Callable[[float], None] = lambda _: None,
+) -> BatchResult:
+    """Upload a CSV to the input bucket and wait for the Lambda's predictions (or error report)."""
+    s3 = aws.client("s3")
+    key = key or path.name
+    outputs = (prediction_key(key), error_key(key))
+    # Earlier results for the same key would satisfy the wait at once: remove them first (the handler overwrites).
+    s3.delete_objects(Bucket=settings.output_bucket, Delete={"Objects": [{"Key": k} for k in outputs], "Quiet": True})
+    started = time.perf_counter()
+    s3.upload_file(str(path), settings.input_bucket, key, ExtraArgs={"ContentType": "text/csv"})
+    out_dir = out_dir or settings.state_dir / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = started + timeout
+    while True:
+        for found in outputs:
+            if _exists(s3, settings.output_bucket, found):
+                seconds = time.perf_counter() - started
+                local = out_dir / Path(found).name
+                s3.download_file(settings.output_bucket, found, str(local))
+                return _result(settings, key, found, local, seconds)
+        if time.perf_counter() > deadline:
+            raise PredictTimeout(
+                f"no predictions for s3://{settings.input_bucket}/{key} after {timeout:.0f} s: "
+                f"check the function's logs (mlops-lab logs) and that bootstrap ran"
+            )
+        on_wait(time.perf_counter() - started)
+        time.sleep(0.1)
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        if is_not_found(error):
+            return False
+        raise
+
+
+def _result(settings: Settings, key: str, found_key: str, local: Path, seconds: float) -> BatchResult:
+    base = {
+        "input_uri": f"s3://{settings.input_bucket}/{key}",
+        "output_uri": f"s3://{settings.output_bucket}/{found_key}",
+        "seconds": seconds,
+        "local_path": local,
+    }
+    if found_key == error_key(key):
+        return BatchResult(status="rejected", error=json.loads(local.read_text()), **base)
+    with local.open(newline="") as handle:
+        labels = Counter(row[PREDICTION_COLUMN] for row in csv.DictReader(handle))
+    return BatchResult(status="ok", rows=sum(labels.values()), label_counts=dict(labels), **base)
+
+
+# -- the demo's steps ---------------------------------------------------------------------------------------------
+
+
+def write_sample(settings: Settings, rows: int, *, seed: int = 7) -> tuple[Path, dict]:
+    """``rows`` generated rows (no label) as a CSV under the state dir; the path and the first row as a record."""
+    from mlops_lab.data import generate, write_csv
+
+    path = settings.state_dir / "data" / "sample.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = generate(rows, seed=seed, with_label=False)
+    write_csv(frame, path)
+    return path, json.loads(frame.iloc[[0]].to_json(orient="records"))[0]
+
+
+def predict_online(settings: Settings, record: dict, *, version: str, timeout: float) -> str:
+    """POST one record to the API once it serves ``version`` (it polls the model bucket); the response body."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=settings.api_url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            served = client.get("/metadata").json().get("version") if client.get("/ready").status_code == 200 else None
+            if served == version:
+                break
+            time.sleep(0.5)
+        response = client.post("/predict", json=record)
+    response.raise_for_status()
+    return response.text
+
+
+# -- train --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train` did: always metrics and the local ONNX file; a registry version when mlflow was used; the
+    promotion (mlflow) or the plain publish (no mlflow) when it was made live."""
+
+    metrics: dict[str, float | int]
+    path: Path
+    logged: registry.LoggedVersion | None = None
+    promotion: registry.Promotion | None = None
+    published: Change | None = None
+
+
+def train(
+    settings: Settings,
+    data: Path | None = None,
+    *,
+    rows: int = 20000,
+    seed: int = 42,
+    publish: bool | None = None,
+    mlflow: bool | None = None,
+) -> Trained:
+    """Train, export and verify the ONNX model. With mlflow (default: when the tracking server answers) log and
+    register it, and promote it only when ``publish``; without, publish it unless ``publish`` is False."""
+    if mlflow is None:
+        mlflow = registry.server_reachable(settings)
+    if mlflow:
+        logged = registry.train_and_log(settings, data, rows=rows, seed=seed)
+        promotion = registry.promote(settings, Aws(), logged.version) if publish else None
+        return Trained(logged.metrics, settings.model_path, logged=logged, promotion=promotion)
+    from mlops_lab.train import train_and_export
+
+    metrics = train_and_export(data, settings.model_path, rows=rows, seed=seed).metrics
+    published = model.publish(settings, Aws(), settings.model_path.read_bytes()) if publish in (None, True) else None
+    return Trained(metrics, settings.model_path, published=published)
