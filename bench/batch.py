@@ -81,7 +81,7 @@ def onnxruntime_only(model_path: Path, csv_path: Path, chunk_rows: int) -> float
 
 
 class WorkerMemory:
-    """Samples the RSS of the emulator's Lambda workers (processes running MiniStack's _worker.py)."""
+    """Samples the RSS of the emulator's Lambda workers."""
 
     def __init__(self) -> None:
         self.peak_bytes = 0
@@ -101,7 +101,7 @@ class WorkerMemory:
         while not self._stop.wait(0.05):
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
-                    if b"_worker.py" in (proc / "cmdline").read_bytes():
+                    if emulator.is_lambda_worker((proc / "cmdline").read_bytes()):
                         rss = int((proc / "statm").read_text().split()[1]) * page
                         self.peak_bytes = max(self.peak_bytes, rss)
                 except (OSError, IndexError, ValueError):

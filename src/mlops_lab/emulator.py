@@ -149,3 +149,8 @@ def lambda_python(settings: Settings) -> Path | None:
     install = EmulatorInstall(settings.emulator_venv)
     pointed_here = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/") == settings.emulator_url
     return install.python if pointed_here and install.python.exists() else None
+
+
+def is_lambda_worker(cmdline: bytes) -> bool:
+    """Is this process (its /proc/<pid>/cmdline) one of MiniStack's Lambda workers (the bench samples their memory)?"""
+    return b"_worker.py" in cmdline
