@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from types import ModuleType
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from mlops_lab.contract import error_key, prediction_key
+from mlops_lab.contract import META_MODEL_ETAG, META_ROWS, error_key, prediction_key
+from mlops_lab.inference import TabularModel, score_csv
 from tests.support import Lab
 
 
@@ -70,7 +72,17 @@ def handler(handler_module: ModuleType, lab_stack: Lab) -> Handler:
     return Handler(handler_module, lab_stack)
 
 
-def test_handler_scores_every_record(handler: Handler, lab_stack: Lab, sample_csv: Path) -> None:
+def local_scoring(model_path: Path, csv_path: Path) -> str:
+    """What the handler must write for ``csv_path``: the core's own output for it, run here."""
+    sink = io.StringIO()
+    with csv_path.open(newline="") as source:
+        score_csv(TabularModel(model_path), source, sink)
+    return sink.getvalue()
+
+
+def test_handler_scores_every_record(
+    handler: Handler, lab_stack: Lab, sample_csv: Path, trained_model_path: Path
+) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     # Inputs go to a bucket no notification watches, so the deployed function does not race this direct call.
     bucket = settings.model_bucket
@@ -79,10 +91,11 @@ def test_handler_scores_every_record(handler: Handler, lab_stack: Lab, sample_cs
         s3.upload_file(str(sample_csv), bucket, key)
     result = handler(s3_event(bucket, *keys))
     assert [r["status"] for r in result["results"]] == ["ok", "ok"]
+    expected = local_scoring(trained_model_path, sample_csv)
     for key in keys:
-        body = s3.get_object(Bucket=settings.output_bucket, Key=prediction_key(key))["Body"].read().decode()
-        assert len(body.splitlines()) == 501
-        assert body.splitlines()[0].endswith(",prediction,probability_<=50K,probability_>50K")
+        answer = s3.get_object(Bucket=settings.output_bucket, Key=prediction_key(key))
+        assert answer["Body"].read().decode() == expected
+        assert answer["Metadata"][META_ROWS] == "500"
 
 
 def test_bad_file_does_not_stop_the_good_one(handler: Handler, lab_stack: Lab, sample_csv: Path) -> None:
@@ -94,27 +107,51 @@ def test_bad_file_does_not_stop_the_good_one(handler: Handler, lab_stack: Lab, s
     assert [r["status"] for r in result["results"]] == ["rejected", "ok"]
     report = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=error_key("direct/bad.csv"))["Body"].read())
     assert report["input"] == f"s3://{bucket}/direct/bad.csv"
-    assert report["reason"].startswith("missing columns")
+    assert report["reason"].startswith("missing columns: work_class")
+    assert s3.head_object(Bucket=settings.output_bucket, Key=prediction_key("direct/good.csv"))
+
+
+@pytest.fixture(scope="module")
+def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second lab model (other data, other seed): what a new publication replaces the session's model with."""
+    from mlops_lab.train import train_and_export
+
+    path = tmp_path_factory.mktemp("other-model") / "model.onnx"
+    train_and_export(None, path, rows=2000, seed=8)
+    return path
+
+
+@pytest.fixture(params=["own", "course"])
+def replacement_model(request: pytest.FixtureRequest, other_model_path: Path) -> Path:
+    """The model published in place of the session's: another lab model (always), the course's (with ../shared)."""
+    if request.param == "course":
+        return request.getfixturevalue("course_model_path")
+    return other_model_path
 
 
 def test_model_is_cached_until_its_etag_changes(
-    handler: Handler,
-    lab_stack: Lab,
-    sample_csv: Path,
-    trained_model_path: Path,
-    course_model_path: Path,
+    handler: Handler, lab_stack: Lab, sample_csv: Path, replacement_model: Path
 ) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     bucket = settings.model_bucket
     s3.upload_file(str(sample_csv), bucket, "direct/cache.csv")
+    output = {"Bucket": settings.output_bucket, "Key": prediction_key("direct/cache.csv")}
     handler(s3_event(bucket, "direct/cache.csv"))
-    first = handler.models.model
+    first, first_etag = handler.models.model, handler.models.etag
+    assert first is not None and first_etag
     handler(s3_event(bucket, "direct/cache.csv"))
     assert handler.models.model is first  # warm: same object, not reloaded
+    assert s3.head_object(**output)["Metadata"][META_MODEL_ETAG] == first_etag.strip('"')
+    published = s3.get_object(Bucket=bucket, Key=settings.model_key)
+    original, metadata = published["Body"].read(), published.get("Metadata", {})
     try:
-        s3.upload_file(str(course_model_path), bucket, settings.model_key)
+        s3.upload_file(str(replacement_model), bucket, settings.model_key)
         handler(s3_event(bucket, "direct/cache.csv"))
         assert handler.models.model is not first
-        assert handler.models.model.metadata.get("classes") is None  # the course model carries no lab metadata
+        assert handler.models.etag != first_etag
+        assert handler.models.model.metadata == TabularModel(replacement_model).metadata  # the new one, loaded
+        answer = s3.get_object(**output)
+        assert answer["Metadata"][META_MODEL_ETAG] == handler.models.etag.strip('"')
+        assert answer["Body"].read().decode() == local_scoring(replacement_model, sample_csv)
     finally:
-        s3.upload_file(str(trained_model_path), bucket, settings.model_key)
+        s3.put_object(Bucket=bucket, Key=settings.model_key, Body=original, Metadata=metadata)

@@ -11,7 +11,14 @@ import pytest
 
 from mlops_lab import train as train_module
 from mlops_lab.data import CATEGORIES, CLASSES, FEATURES, LABEL, NUMERIC, generate, write_csv
-from mlops_lab.inference import InputError, TabularModel, score_csv
+from mlops_lab.inference import (
+    PREDICTION_COLUMN,
+    InputError,
+    TabularModel,
+    probability_column,
+    score_csv,
+    score_csv_text,
+)
 from mlops_lab.train import (
     AgreementError,
     TrainResult,
@@ -73,11 +80,22 @@ def test_onnx_metadata(model: TabularModel, trained: TrainResult) -> None:
 
 
 def test_onnx_round_trip_scores_like_csv_text(model: TabularModel, trained: TrainResult) -> None:
+    """Holdout rows given as text (as a CSV brings them) score as the sklearn pipeline scores the same rows, and the
+    CSV path writes those very labels and probabilities."""
     rows = trained.holdout.head(50)
     prediction = model.predict({name: rows[name].astype(str).tolist() for name in FEATURES})
     assert len(prediction) == 50
-    assert set(prediction.labels) <= set(CLASSES)
-    np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert list(prediction.classes) == list(trained.pipeline.classes_)
+    np.testing.assert_allclose(
+        prediction.probabilities, trained.pipeline.predict_proba(rows[list(FEATURES)]), atol=1e-5
+    )
+    assert prediction.labels.tolist() == trained.pipeline.predict(rows[list(FEATURES)]).tolist()
+    output, _ = score_csv_text(model, rows[list(FEATURES)].to_csv(index=False))
+    scored = pd.read_csv(io.StringIO(output))
+    assert scored[PREDICTION_COLUMN].tolist() == prediction.labels.tolist()
+    np.testing.assert_allclose(
+        scored[[probability_column(c) for c in model.classes]].to_numpy(), prediction.probabilities, atol=1e-6
+    )
 
 
 def test_unknown_category_is_bad_input(model: TabularModel, trained: TrainResult) -> None:
@@ -173,7 +191,10 @@ def test_our_model_scores_the_course_batch(model: TabularModel, trained: TrainRe
         summary = score_csv(model, source, sink)
     assert summary.rows == 10_090
     assert 0.1 < summary.label_counts[">50K"] / summary.rows < 0.35
-    assert sink.getvalue().splitlines()[0].endswith("prediction,probability_<=50K,probability_>50K")
+    assert sink.getvalue().splitlines()[0].split(",")[-3:] == [
+        PREDICTION_COLUMN,
+        *map(probability_column, model.classes),
+    ]
     # Real rows (numerics written as 39.0) score the same through ONNX as through the pipeline.
     report = check_agreement(trained.pipeline, onnx_bytes, pd.read_csv(COURSE / "input_batch.csv"))
     assert report.rows == 10_090 and report.disagreeing_rows == 0
