@@ -204,9 +204,14 @@ def test_broken_model_keeps_the_old_one(make_client, model_file, record):
     store = client.app.state.store
     model_file.write_bytes(b"not an onnx model")
     assert store.check() is False
-    assert "onnx" in store.last_error.lower() or "invalid" in store.last_error.lower() or store.last_error
-    assert client.get("/ready").json()["error"]
-    assert predict(client, record).status_code == 200
+    assert store.last_error.startswith("InvalidProtobuf: "), store.last_error  # ORT's error for what it cannot parse
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["error"] == store.last_error
+    assert ready.json()["model"] == {"name": "income-classifier", "version": "1"}
+    response = predict(client, record)
+    assert response.status_code == 200
+    assert response.json()["model"]["version"] == "1"
 
 
 def test_unreachable_s3_is_503_not_500(make_client, monkeypatch, record):
@@ -310,44 +315,55 @@ def test_openapi_has_the_models_schema(make_client):
 
 def test_swap_under_load_drops_no_request(settings_factory, model_file, small_model_v2, record):
     """40 concurrent clients keep posting while the model file is replaced and reloaded: every request answers 200,
-    each from one model or the other, and requests after the swap see the new one."""
+    requests keep being answered while the new model loads (off the event loop), each answer comes from one model or
+    the other — all of version 1, then all of version 2 — and every request sent after the swap sees the new one."""
     app = create_app(settings_factory(), model_source=model_file)
     store = app.state.store
+    workers, after_swap, before_swap = 40, 10, 300
 
     async def scenario():
         assert await store.refresh()
+        loading = False
         swapped = asyncio.Event()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            results: list[tuple[int, str | None, bool]] = []
+            # (status, version, sent after the swap, answered while the new model was loading)
+            results: list[tuple[int, str | None, bool, bool]] = []
 
             async def worker():
                 after = 0
-                while after < 10:
+                while after < after_swap:
                     was_swapped = swapped.is_set()
                     response = await client.post("/predict", json=[record, record])
                     version = response.json()["model"]["version"] if response.status_code == 200 else None
-                    results.append((response.status_code, version, was_swapped))
+                    results.append((response.status_code, version, was_swapped, loading))
                     after += was_swapped
                     await asyncio.sleep(0)  # ASGITransport never suspends by itself: let the other clients in
 
             async def swapper():
-                while len(results) < 300:
+                nonlocal loading
+                while len(results) < before_swap:
                     await asyncio.sleep(0.01)
                 replacement = model_file.with_suffix(".tmp")
                 shutil.copyfile(small_model_v2, replacement)
                 os.replace(replacement, model_file)
+                loading = True
                 assert await store.refresh()
+                loading = False
                 swapped.set()
 
-            await asyncio.gather(*(worker() for _ in range(40)), swapper())
+            await asyncio.gather(*(worker() for _ in range(workers)), swapper())
             return results
 
     results = asyncio.run(scenario())
-    assert len(results) >= 700
-    assert {status for status, _, _ in results} == {200}
-    assert {version for _, version, _ in results} == {"1", "2"}
-    assert {version for _, version, after in results if after} == {"2"}
+    assert [status for status, _, _, _ in results] == [200] * len(results)
+    assert sum(after for _, _, after, _ in results) == workers * after_swap  # each client: exactly 10 after the swap
+    assert sum(during for _, _, _, during in results) > 0  # no gap: answers kept coming while the new model loaded
+    versions = [version for _, version, _, _ in results]
+    first_new = versions.index("2")
+    assert first_new >= before_swap  # the first 300 answers all came before the file was replaced
+    assert versions == ["1"] * first_new + ["2"] * (len(versions) - first_new)  # never the old model once swapped
+    assert {version for _, version, after, _ in results if after} == {"2"}
     assert store.swaps == 2
 
 

@@ -8,16 +8,19 @@ import io
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from fastapi.testclient import TestClient
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
 from mlops_lab.api import access_log
+from mlops_lab.api.app import create_app
 from mlops_lab.api.predict import PredictFastPath
 from mlops_lab.inference import SMALL_BATCH, InputError, TabularModel
 
@@ -139,50 +142,108 @@ def test_predict_small_from_many_threads(small_model):
 # -- the API: PredictFastPath against the route -----------------------------------------------------------------------
 
 
-def both_ways(client, body: bytes, headers: dict | None = None):
-    """The same request answered by the fast path (Content-Length) and by the route (chunked: the fast path declines)."""
+class WhoAnswered:
+    """Test-only outermost ASGI layer: for each HTTP request, records whether FastAPI's router saw it (Starlette's
+    router puts itself in the scope as ``scope["router"]``) or the fast path answered in front of it."""
+
+    def __init__(self, app, *, answered: list[str]) -> None:
+        self.app = app
+        self.answered = answered
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            self.answered.append("route" if "router" in scope else "fast path")
+
+
+@dataclass
+class Observed:
+    client: TestClient
+    answered: list[str]  # one entry per request, in order: "fast path" or "route"
+
+
+@pytest.fixture
+def observed(settings_factory, small_model):
+    """``observed(**settings)`` → a started client of an app that records which layer answered each request."""
+    clients = []
+
+    def make(**overrides) -> Observed:
+        app = create_app(settings_factory(**overrides), model_source=small_model)
+        answered: list[str] = []
+        app.add_middleware(WhoAnswered, answered=answered)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return Observed(client, answered)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def both_ways(observed: Observed, body: bytes, headers: dict | None = None):
+    """The same request sent with a Content-Length (the fast path may answer it) and chunked (the fast path declines:
+    the route answers). Returns both responses and which layer answered the first."""
     headers = {"content-type": "application/json"} | (headers or {})
-    fast = client.post("/predict", content=body, headers=headers)
-    routed = client.post("/predict", content=iter([body]), headers=headers)
-    return fast, routed
+    fast = observed.client.post("/predict", content=body, headers=headers)
+    routed = observed.client.post("/predict", content=iter([body]), headers=headers)
+    *_, fast_by, routed_by = observed.answered
+    assert routed_by == "route"
+    return fast, routed, fast_by
+
+
+def expected_layer(status: int) -> str:
+    """The fast path answers every successful prediction it is sent with a Content-Length, and nothing else."""
+    return "fast path" if status == 200 else "route"
 
 
 BODIES = [
-    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}',
-    b'[{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"},'
-    b' {"age": 20.0, "hours_per_week": 10, "score": -1, "work_class": "Gov", "sex": "Female"}]',
-    b'{"age": "45", "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}',
-    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Other"}',
-    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private"}',
-    b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male", "x": 1}',
-    b"",
-    b"{",
-    b"[]",
-    b"null",
-    b"[1]",
+    (b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}', 200),
+    (
+        b'[{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"},'
+        b' {"age": 20.0, "hours_per_week": 10, "score": -1, "work_class": "Gov", "sex": "Female"}]',
+        200,
+    ),
+    (b'{"age": "45", "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}', 422),
+    (b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Other"}', 422),
+    (b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private"}', 422),
+    (b'{"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male", "x": 1}', 422),
+    (b"", 422),
+    (b"{", 422),
+    (b"[]", 422),
+    (b"null", 422),
+    (b"[1]", 422),
 ]
 
 
-@pytest.mark.parametrize("body", BODIES)
-def test_fast_path_answers_like_the_route(make_client, body):
-    fast, routed = both_ways(make_client(), body)
-    assert fast.status_code == routed.status_code
+@pytest.mark.parametrize(("body", "status"), BODIES)
+def test_fast_path_answers_like_the_route(observed, body, status):
+    fast, routed, fast_by = both_ways(observed(), body)
+    assert fast.status_code == routed.status_code == status
+    assert fast_by == expected_layer(status)
     assert fast.json() == routed.json()
     assert fast.headers["content-type"] == routed.headers["content-type"]
+    assert fast.headers["content-length"] == routed.headers["content-length"]
 
 
-def test_fast_path_many_rows_and_limits(make_client, record):
-    client = make_client(api_max_rows=40, api_max_body_bytes=4000)
-    for rows in (SMALL_BATCH + 1, 30, 41):
-        fast, routed = both_ways(client, json.dumps([record] * rows).encode())
-        assert (fast.status_code, fast.json()) == (routed.status_code, routed.json())
+def test_fast_path_many_rows_and_limits(observed, record):
+    client = observed(api_max_rows=40, api_max_body_bytes=4000)
+    for rows, status in ((SMALL_BATCH + 1, 200), (30, 200), (41, 413)):
+        fast, routed, fast_by = both_ways(client, json.dumps([record] * rows).encode())
+        assert fast.status_code == routed.status_code == status, rows
+        assert fast_by == expected_layer(status), rows
+        assert fast.json() == routed.json()
+        if status == 200:
+            assert len(fast.json()["predictions"]) == rows
     too_big = json.dumps([record] * 60).encode()
-    fast, routed = both_ways(client, too_big)
+    assert len(too_big) > 4000
+    fast, routed, fast_by = both_ways(client, too_big)
     assert fast.status_code == routed.status_code == 413
+    assert fast_by == "route"
 
 
-def test_fast_path_checks_the_api_key_like_the_route(make_client, record):
-    client = make_client(api_key="sekrit")
+def test_fast_path_checks_the_api_key_like_the_route(observed, record):
+    client = observed(api_key="sekrit")
     body = json.dumps(record).encode()
     for headers, status in [
         ({}, 401),
@@ -195,8 +256,9 @@ def test_fast_path_checks_the_api_key_like_the_route(make_client, record):
         ({"authorization": "Bearer wrong"}, 401),
         ({"x-api-key": "wrong", "authorization": "Bearer sekrit"}, 401),  # X-API-Key wins, as in the route
     ]:
-        fast, routed = both_ways(client, body, headers)
+        fast, routed, fast_by = both_ways(client, body, headers)
         assert fast.status_code == routed.status_code == status, headers
+        assert fast_by == expected_layer(status), headers
         assert fast.json() == routed.json()
 
 
@@ -239,16 +301,14 @@ def test_fast_path_steps_aside_for_other_requests_and_for_telemetry():
 
 def test_fast_path_requests_are_access_logged(settings_factory, small_model, record, monkeypatch):
     """One JSON line per request, rows and model version included, through the direct write and through logging."""
-    from fastapi.testclient import TestClient
-
-    from mlops_lab.api.app import create_app
-
     logger = logging.getLogger("mlops_lab.api.access")
     stream = io.StringIO()
     monkeypatch.setattr(logger, "handlers", [access_log.JsonLinesHandler(stream)])
     monkeypatch.setattr(logger, "propagate", False)
     monkeypatch.setattr(logger, "level", logging.INFO)
     app = create_app(settings_factory(api_access_log=True), model_source=small_model)
+    answered: list[str] = []
+    app.add_middleware(WhoAnswered, answered=answered)
     with TestClient(app) as client:
         assert client.post("/predict", json=record).status_code == 200
         assert client.post("/predict", json=record | {"sex": "Other"}).status_code == 422
@@ -266,11 +326,15 @@ def test_fast_path_requests_are_access_logged(settings_factory, small_model, rec
     ]
     assert lines[0]["model_version"] == "1" and {"ts", "method", "ms", "bytes", "client"} <= set(lines[0])
     assert [json.loads(line) for line in captured] == lines[2:]
+    # the 200s were the fast path's (the route would write the same lines): its requests are the ones logged here
+    assert answered == ["fast path", "route", "fast path"]
 
 
-def test_a_null_is_refused_by_both_paths(make_client, record):
+def test_a_null_is_refused_by_both_paths(observed, record):
     """The core would score a null as NaN (and a model with no imputer would answer NaN): the API refuses it first."""
-    fast, routed = both_ways(make_client(), json.dumps(record | {"score": None}).encode())
+    fast, routed, fast_by = both_ways(observed(), json.dumps(record | {"score": None}).encode())
     assert fast.status_code == routed.status_code == 422
+    assert fast_by == "route"
     assert fast.json() == routed.json()
-    assert "score" in json.dumps(fast.json())
+    (error,) = fast.json()["detail"]
+    assert (error["loc"], error["type"]) == (["body", "score"], "float_type")

@@ -61,4 +61,12 @@ def test_generated_requests(api_schema):
     for key, count in sorted(calls.items()):
         print(f"  {count:5d}  {key}")
     assert total >= 1000
-    assert all(status < 500 for _, _, status in calls)
+    # valid requests reached every operation's success path (with the key, the model loaded) ...
+    assert {label for label, mode, status in calls if mode == "positive" and status == 200} == {
+        operation.label for operation in operations
+    }
+    # ... and invalid bodies were refused by the validation, not only by the key check or the limits
+    assert {label for label, mode, status in calls if mode == "negative" and status == 422} == {
+        "POST /predict",
+        "POST /invocations",
+    }
