@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -15,37 +16,63 @@ from botocore.exceptions import ClientError
 
 from mlops_lab import model, ops
 from mlops_lab.bootstrap import bootstrap, execution_policy, teardown
-from mlops_lab.data import generate
+from mlops_lab.contract import META_ROWS, error_key, prediction_key
+from mlops_lab.data import FEATURES, generate
+from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column, score_csv
 from mlops_lab.settings import Settings
-from tests.support import Lab
-
-WAIT = {"Delay": 0.2, "MaxAttempts": 300}  # up to ~60 s: a cold start plus queueing behind other workers
+from tests.support import NOT_FOUND_CODES, Lab, error_code, read_output, wait_for_output
 
 
-def wait_for(lab_stack: Lab, key: str) -> dict:
-    s3 = lab_stack.s3()
-    s3.get_waiter("object_exists").wait(Bucket=lab_stack.settings.output_bucket, Key=key, WaiterConfig=WAIT)
-    return s3.head_object(Bucket=lab_stack.settings.output_bucket, Key=key)
+def scored_here(model_path: Path, csv_path: Path, *, chunk_rows: int = 8192) -> bytes:
+    """The core's own output for ``csv_path``, computed in this process: what the Lambda must write."""
+    sink = io.StringIO()
+    with csv_path.open(newline="", encoding="utf-8") as source:
+        score_csv(TabularModel(model_path), source, sink, chunk_rows=chunk_rows)
+    return sink.getvalue().encode()
 
 
-def read_output(lab_stack: Lab, key: str) -> bytes:
-    return lab_stack.s3().get_object(Bucket=lab_stack.settings.output_bucket, Key=key)["Body"].read()
+def assert_absent(s3, bucket: str, key: str) -> None:  # type: ignore[no-untyped-def]
+    """``key`` is not in ``bucket``: S3 answers not-found (any other error, a 500 or a 403, is not that answer)."""
+    with pytest.raises(ClientError) as caught:
+        s3.head_object(Bucket=bucket, Key=key)
+    assert error_code(caught.value) in NOT_FOUND_CODES, caught.value.response
 
 
-def test_upload_produces_predictions(lab_stack: Lab, sample_csv: Path, tmp_path: Path) -> None:
+def test_upload_produces_predictions(
+    lab_stack: Lab, sample_csv: Path, trained_model_path: Path, tmp_path: Path
+) -> None:
     result = ops.predict_file(
         lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path
     )
     assert result.status == "ok"
     assert result.rows == 500
-    rows = list(csv.DictReader(result.local_path.open()))
-    assert set(rows[0]) >= {"age", "prediction", "probability_<=50K", "probability_>50K"}
-    assert {row["prediction"] for row in rows} <= {"<=50K", ">50K"}
-    assert all(abs(float(r["probability_<=50K"]) + float(r["probability_>50K"]) - 1) < 1e-5 for r in rows)
+    classes = TabularModel(trained_model_path).classes
+    with result.local_path.open(newline="") as output:
+        header = next(csv.reader(output))
+    assert header == [*FEATURES, PREDICTION_COLUMN, *map(probability_column, classes)]
+    assert result.local_path.read_bytes() == scored_here(trained_model_path, sample_csv)
 
 
-def test_course_batch_through_the_lambda(lab_stack: Lab, course_batch_path: Path, tmp_path: Path) -> None:
-    """The course's 10,090 real rows, scored by the deployed function with the lab's own model."""
+def test_multi_chunk_file_through_the_lambda(lab_stack: Lab, trained_model_path: Path, tmp_path: Path) -> None:
+    """A file of more rows than the function's CHUNK_ROWS (so scored in several chunks by the deployed function)
+    comes out exactly as scoring it here in one chunk: no row lost, repeated or paired with another's prediction."""
+    settings, aws = lab_stack.settings, lab_stack.aws
+    environment = aws.client("lambda").get_function_configuration(FunctionName=settings.function_name)["Environment"]
+    chunk_rows = int(environment["Variables"]["CHUNK_ROWS"])
+    rows = 2 * chunk_rows + 101 if chunk_rows < 4000 else chunk_rows + 1001
+    path = tmp_path / "multi-chunk.csv"
+    generate(rows, seed=29, with_label=False).to_csv(path, index=False)
+    assert path.stat().st_size < settings.max_input_mb * 1024 * 1024, "the file must stay under the input limit"
+    result = ops.predict_file(settings, aws, path, key="pipeline/multi-chunk.csv", out_dir=tmp_path / "out")
+    assert result.status == "ok", result.error
+    assert result.rows == rows
+    assert result.local_path.read_bytes() == scored_here(trained_model_path, path, chunk_rows=rows + 1)
+
+
+def test_course_batch_through_the_lambda(
+    lab_stack: Lab, course_batch_path: Path, trained_model_path: Path, tmp_path: Path
+) -> None:
+    """The course's 10,090 real rows (more than one chunk), scored by the deployed function with the lab's model."""
     result = ops.predict_file(
         lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv", out_dir=tmp_path
     )
@@ -53,22 +80,23 @@ def test_course_batch_through_the_lambda(lab_stack: Lab, course_batch_path: Path
     assert result.rows == 10090
     assert sum(result.label_counts.values()) == 10090
     assert 0.05 < result.label_counts[">50K"] / 10090 < 0.5
+    assert result.local_path.read_bytes() == scored_here(trained_model_path, course_batch_path, chunk_rows=20000)
 
 
 def test_keys_with_spaces_and_folders(lab_stack: Lab, sample_csv: Path) -> None:
     key = "folder one/März batch (1).csv"
     lab_stack.s3().upload_file(str(sample_csv), lab_stack.settings.input_bucket, key)
-    head = wait_for(lab_stack, f"predictions/{key}")
-    assert head["Metadata"]["rows"] == "500"
+    head = wait_for_output(lab_stack, prediction_key(key))
+    assert head["Metadata"][META_ROWS] == "500"
 
 
 def test_non_csv_keys_do_not_trigger(lab_stack: Lab, sample_csv: Path) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     s3.upload_file(str(sample_csv), settings.input_bucket, "notes/readme.txt")
     s3.upload_file(str(sample_csv), settings.input_bucket, "notes/marker.csv")
-    wait_for(lab_stack, "predictions/notes/marker.csv")  # a later .csv was processed ...
-    with pytest.raises(ClientError):  # ... and the .txt never was
-        s3.head_object(Bucket=settings.output_bucket, Key="predictions/notes/readme.txt")
+    wait_for_output(lab_stack, prediction_key("notes/marker.csv"))  # a later .csv was processed ...
+    assert_absent(s3, settings.output_bucket, prediction_key("notes/readme.txt"))  # ... and the .txt never was
+    assert_absent(s3, settings.output_bucket, error_key("notes/readme.txt"))
 
 
 # -- bad input: an error report, no predictions, the input untouched --------------------------------------------
@@ -110,21 +138,20 @@ def bad_uploads(lab_stack: Lab) -> dict[str, str]:
 @pytest.mark.parametrize("name", [*BAD_INPUTS, "oversized.csv"])
 def test_bad_input_gets_an_error_report(lab_stack: Lab, bad_uploads: dict[str, str], name: str) -> None:
     key = f"bad/{name}"
-    wait_for(lab_stack, f"errors/{key}.json")
-    report = json.loads(read_output(lab_stack, f"errors/{key}.json"))
+    wait_for_output(lab_stack, error_key(key))
+    report = json.loads(read_output(lab_stack, error_key(key)))
     expected = "file too large" if name == "oversized.csv" else BAD_INPUTS[name][1]
     assert expected in report["reason"]
     assert report["input"] == f"s3://{lab_stack.settings.input_bucket}/{key}"
     s3 = lab_stack.s3()
-    with pytest.raises(ClientError):
-        s3.head_object(Bucket=lab_stack.settings.output_bucket, Key=f"predictions/{key}")
+    assert_absent(s3, lab_stack.settings.output_bucket, prediction_key(key))
     # The input is untouched.
     assert s3.head_object(Bucket=lab_stack.settings.input_bucket, Key=key)["ETag"] == bad_uploads[key]
 
 
 def test_error_report_names_rows_and_columns(lab_stack: Lab, bad_uploads: dict[str, str]) -> None:
-    wait_for(lab_stack, "errors/bad/wrong-type.csv.json")
-    report = json.loads(read_output(lab_stack, "errors/bad/wrong-type.csv.json"))
+    wait_for_output(lab_stack, error_key("bad/wrong-type.csv"))
+    report = json.loads(read_output(lab_stack, error_key("bad/wrong-type.csv")))
     assert report["columns"] == ["age"]
     assert report["rows"] == [{"row": 3, "column": "age", "value": "forty"}]
 
@@ -136,8 +163,8 @@ def test_redelivered_event_overwrites_instead_of_duplicating(lab_stack: Lab, sam
     s3, settings = lab_stack.s3(), lab_stack.settings
     key = "redelivery/batch.csv"
     s3.upload_file(str(sample_csv), settings.input_bucket, key)
-    wait_for(lab_stack, f"predictions/{key}")
-    first = read_output(lab_stack, f"predictions/{key}")
+    wait_for_output(lab_stack, prediction_key(key))
+    first = read_output(lab_stack, prediction_key(key))
     # Deliver the same event again, as S3 may: invoke the function directly with an identical record.
     event = {
         "Records": [
@@ -148,10 +175,13 @@ def test_redelivered_event_overwrites_instead_of_duplicating(lab_stack: Lab, sam
         ]
     }
     response = lab_stack.aws.client("lambda").invoke(FunctionName=settings.function_name, Payload=json.dumps(event))
-    assert "FunctionError" not in response, response["Payload"].read()
-    listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix="predictions/redelivery/")
-    assert [item["Key"] for item in listing["Contents"]] == [f"predictions/{key}"]
-    assert read_output(lab_stack, f"predictions/{key}") == first
+    payload = response["Payload"].read()
+    assert "FunctionError" not in response, payload
+    (answer,) = json.loads(payload)["results"]  # the redelivered record was scored again ...
+    assert (answer["status"], answer["output"]) == ("ok", f"s3://{settings.output_bucket}/{prediction_key(key)}")
+    listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=prediction_key("redelivery/"))
+    assert [item["Key"] for item in listing["Contents"]] == [prediction_key(key)]  # ... into the same object
+    assert read_output(lab_stack, prediction_key(key)) == first
 
 
 def test_fifty_concurrent_uploads_none_lost(lab_stack: Lab, tmp_path: Path) -> None:
@@ -163,11 +193,11 @@ def test_fifty_concurrent_uploads_none_lost(lab_stack: Lab, tmp_path: Path) -> N
     deadline = time.monotonic() + 240
     done: set[str] = set()
     while len(done) < len(keys) and time.monotonic() < deadline:
-        listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix="predictions/burst/")
+        listing = s3.list_objects_v2(Bucket=settings.output_bucket, Prefix=prediction_key("burst/"))
         done = {item["Key"] for item in listing.get("Contents", [])}
         time.sleep(0.5)
-    assert done == {f"predictions/{k}" for k in keys}
-    assert all(len(read_output(lab_stack, f"predictions/{k}").splitlines()) == 201 for k in keys[:5])
+    assert done == {prediction_key(k) for k in keys}
+    assert all(len(read_output(lab_stack, prediction_key(k)).splitlines()) == 201 for k in keys[:5])
 
 
 # -- IAM: the function's role may do exactly what it needs ------------------------------------------------------
@@ -202,16 +232,16 @@ def test_role_can_do_what_the_function_needs(lab_stack: Lab, role_s3, sample_csv
     lab_stack.s3().upload_file(str(sample_csv), settings.input_bucket, "iam/in.csv")
     assert role_s3.get_object(Bucket=settings.input_bucket, Key="iam/in.csv")["Body"].read()
     assert role_s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)["Body"].read()
-    role_s3.put_object(Bucket=settings.output_bucket, Key="predictions/iam/probe.csv", Body=b"x")
-    role_s3.put_object(Bucket=settings.output_bucket, Key="errors/iam/probe.csv.json", Body=b"{}")
+    role_s3.put_object(Bucket=settings.output_bucket, Key=prediction_key("iam/probe.csv"), Body=b"x")
+    role_s3.put_object(Bucket=settings.output_bucket, Key=error_key("iam/probe.csv"), Body=b"{}")
 
 
 def test_role_cannot_do_anything_else(lab_stack: Lab, role_s3) -> None:  # type: ignore[no-untyped-def]
     settings = lab_stack.settings
-    lab_stack.s3().put_object(Bucket=settings.output_bucket, Key="predictions/iam/secret.csv", Body=b"x")
+    lab_stack.s3().put_object(Bucket=settings.output_bucket, Key=prediction_key("iam/secret.csv"), Body=b"x")
     assert _denied(lambda: role_s3.put_object(Bucket=settings.input_bucket, Key="iam/overwrite.csv", Body=b"x"))
     assert _denied(lambda: role_s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=b"x"))
-    assert _denied(lambda: role_s3.get_object(Bucket=settings.output_bucket, Key="predictions/iam/secret.csv"))
+    assert _denied(lambda: role_s3.get_object(Bucket=settings.output_bucket, Key=prediction_key("iam/secret.csv")))
     assert _denied(lambda: role_s3.put_object(Bucket=settings.output_bucket, Key="elsewhere.csv", Body=b"x"))
     assert _denied(lambda: role_s3.delete_object(Bucket=settings.input_bucket, Key="iam/in.csv"))
     assert _denied(lambda: role_s3.list_objects_v2(Bucket=settings.input_bucket))
@@ -260,15 +290,17 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     aws = lab_stack.aws
     layer = ops.build_lambda_layer(settings)
     created = bootstrap(settings, aws, layer)
-    assert {c.action for c in created} <= {"created", "published"}
-    aws.client("s3").put_object(Bucket=settings.output_bucket, Key="predictions/x.csv", Body=b"x")
+    assert {c.action for c in created} == {"created", "published"}, created
+    aws.client("s3").put_object(Bucket=settings.output_bucket, Key=prediction_key("x.csv"), Body=b"x")
     removed = teardown(settings, aws)
     assert {c.action for c in removed} == {"deleted"}, removed
     assert not [b for b in aws.client("s3").list_buckets()["Buckets"] if b["Name"].startswith("lab-teardown-")]
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as caught:
         aws.client("lambda").get_function(FunctionName=settings.function_name)
-    with pytest.raises(ClientError):
+    assert error_code(caught.value) == "ResourceNotFoundException", caught.value.response
+    with pytest.raises(ClientError) as caught:
         aws.client("iam").get_role(RoleName=settings.role_name)
+    assert error_code(caught.value) == "NoSuchEntity", caught.value.response
     assert not aws.client("lambda").list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]
     assert {c.action for c in teardown(settings, aws)} == {"absent"}
 
