@@ -272,16 +272,35 @@ def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
     assert len(changes) == 9
 
 
+NOTIFICATION_KEYS = ("LambdaFunctionConfigurations", "QueueConfigurations", "TopicConfigurations")
+
+
 def test_bootstrap_repairs_drift(lab_stack: Lab) -> None:
+    """Drift made by hand on the session's own function and bucket; put back in ``finally`` whatever bootstrap does,
+    so a failure here does not leave the other tests a 3 s function that no upload triggers."""
     aws, settings = lab_stack.aws, lab_stack.settings
-    lam = aws.client("lambda")
-    lam.update_function_configuration(FunctionName=settings.function_name, Timeout=3)
-    lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
-    aws.client("s3").put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration={})
-    changes = {c.kind: c for c in ops.run_bootstrap(settings, aws)}
-    assert changes["function"].action == "updated" and "timeout" in changes["function"].detail
-    assert changes["notification"].action == "created"
-    assert {c.action for c in ops.run_bootstrap(settings, aws)} == {"unchanged"}
+    lam, s3 = aws.client("lambda"), aws.client("s3")
+    timeout = lam.get_function_configuration(FunctionName=settings.function_name)["Timeout"]
+    notification = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
+    notification = {key: notification[key] for key in NOTIFICATION_KEYS if notification.get(key)}
+    assert notification and timeout != 3
+    try:
+        lam.update_function_configuration(FunctionName=settings.function_name, Timeout=3)
+        lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+        s3.put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration={})
+        changes = {c.kind: c for c in ops.run_bootstrap(settings, aws)}
+        assert changes["function"].action == "updated" and "timeout" in changes["function"].detail
+        assert changes["notification"].action == "created"
+        assert {c.action for c in ops.run_bootstrap(settings, aws)} == {"unchanged"}
+    finally:
+        if lam.get_function_configuration(FunctionName=settings.function_name)["Timeout"] != timeout:
+            lam.update_function_configuration(FunctionName=settings.function_name, Timeout=timeout)
+            lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+        current = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
+        if {key: current[key] for key in NOTIFICATION_KEYS if current.get(key)} != notification:
+            s3.put_bucket_notification_configuration(
+                Bucket=settings.input_bucket, NotificationConfiguration=notification
+            )
 
 
 def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
