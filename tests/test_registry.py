@@ -19,13 +19,12 @@ import httpx
 import pytest
 
 from mlops_lab import model, ops, registry, stack
+from mlops_lab.contract import META_MODEL_VERSION, prediction_key
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
-from tests.support import Lab, free_port
+from tests.support import Lab, free_port, wait_for_output
 
-pytestmark = pytest.mark.integration
-
-WAIT = {"Delay": 0.2, "MaxAttempts": 300}
+# Tests using mlflow_lab (or the api fixture) are marked integration by tests/conftest.py; the last one needs no server.
 
 
 @dataclass
@@ -72,10 +71,9 @@ def wait_for_version(api: httpx.Client, version: str, timeout: float = 30) -> No
 
 def lambda_output_version(lab: Lab, sample_csv: Path, key: str) -> str:
     s3, settings = lab.s3(), lab.settings
-    s3.delete_object(Bucket=settings.output_bucket, Key=f"predictions/{key}")
+    s3.delete_object(Bucket=settings.output_bucket, Key=prediction_key(key))
     s3.upload_file(str(sample_csv), settings.input_bucket, key)
-    s3.get_waiter("object_exists").wait(Bucket=settings.output_bucket, Key=f"predictions/{key}", WaiterConfig=WAIT)
-    return s3.head_object(Bucket=settings.output_bucket, Key=f"predictions/{key}")["Metadata"].get("model-version", "")
+    return wait_for_output(lab, prediction_key(key))["Metadata"].get(META_MODEL_VERSION, "")
 
 
 # -- tracking ---------------------------------------------------------------------------------------------------
@@ -95,16 +93,21 @@ def test_run_has_metrics_params_and_artifacts_in_s3(mlflow_lab: Lab, versions: V
     assert info.signature is not None and "age" in info.signature.inputs.input_names()
     assert info.saved_input_example_info is not None
     # Every artifact went through the server into the emulator's model bucket.
-    keys = [
-        o["Key"]
-        for o in mlflow_lab.s3().list_objects_v2(
-            Bucket=settings.model_bucket, Prefix=settings.mlflow_artifacts_prefix + "/"
-        )["Contents"]
-    ]
+    pages = (
+        mlflow_lab.s3()
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=settings.model_bucket, Prefix=settings.mlflow_artifacts_prefix + "/")
+    )
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
     run_keys = [k for k in keys if versions.first.run_id in k]
     assert any(k.endswith(registry.HOLDOUT_ARTIFACT) for k in run_keys)
-    assert sum(k.endswith("/model.onnx") for k in keys) >= 2  # one per version
-    assert sum(k.endswith("/model.skops") for k in keys) >= 2  # the sklearn pipelines
+    for logged in (versions.first, versions.second):  # each version's own ONNX and sklearn pipeline, in S3
+        tags = client.get_run(logged.run_id).data.tags
+        for tag, artifact in (("lab.onnx_model_uri", "model.onnx"), ("lab.sklearn_model_uri", "model.skops")):
+            location = client.get_logged_model(tags[tag].removeprefix("models:/")).artifact_location
+            # mlflow-artifacts:/<experiment>/models/<id>/artifacts: served from <mlflow artifacts prefix>/<that>
+            prefix = f"{settings.mlflow_artifacts_prefix}/{location.split(':/', 1)[-1].strip('/')}/"
+            assert any(k.startswith(prefix) and k.endswith("/" + artifact) for k in keys), (tag, location, prefix)
 
 
 def test_models_lists_versions(mlflow_lab: Lab, versions: Versions) -> None:

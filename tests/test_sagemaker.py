@@ -21,7 +21,7 @@ from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
 from tests.support import Lab, free_port
 
-pytestmark = pytest.mark.integration
+# Every test here uses mlflow_lab or moto_url: tests/conftest.py marks them integration.
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,9 @@ def test_mlflow_deploy_client_predict(containers, champion, deployment: sagemake
     assert predictions.get_predictions()["prediction"].tolist() == expected_labels(champion)
 
 
+BOX_RULES = str.maketrans(dict.fromkeys("│┃|", " "))
+
+
 # -- the CLI ------------------------------------------------------------------------------------------------------
 
 
@@ -226,7 +229,11 @@ def test_cli_models_promote_and_deploy(
     try:
         listed = runner.invoke(app, ["models"])
         assert listed.exit_code == 0, listed.output
-        assert champion.version in listed.output and "champion" in listed.output and "live" in listed.output
+        table = [line.translate(BOX_RULES).split() for line in listed.output.splitlines()]
+        versions = {cells[0]: cells for cells in table if cells and cells[0].isdigit()}
+        # (a substring test would match the "live" column header, or a "3" anywhere in the table)
+        assert versions[champion.version][1:3] == ["champion", "live"], listed.output
+        assert [v for v, cells in versions.items() if "live" in cells] == [champion.version]
         promoted = runner.invoke(app, ["promote", champion.version])
         assert promoted.exit_code == 0, promoted.output
         assert f"version {champion.version} is now @champion" in promoted.output
