@@ -5,21 +5,20 @@
 published defaults. Run them by hand against your own stack:
 
     COMPOSE_STACK_URL=http://127.0.0.1:4566 .venv/bin/python -m pytest tests/compose
+
+Fixtures and hooks only: the helpers the tests share are in tests/support.py and test_stack.py.
 """
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 STACK_URL = os.environ.get("COMPOSE_STACK_URL", "")
 API_URL = os.environ.get("COMPOSE_API_URL", "http://127.0.0.1:8000")
@@ -67,32 +66,3 @@ def buckets() -> dict[str, str]:
 @pytest.fixture
 def unique_key() -> str:
     return f"compose-ci/{uuid.uuid4().hex[:12]}.csv"
-
-
-def wait_for_object(s3: Any, bucket: str, keys: list[str], timeout: float = 120) -> tuple[str, bytes]:
-    """The first of ``keys`` to appear in ``bucket`` (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for key in keys:
-            try:
-                return key, s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404", "NotFound"}:
-                    raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"none of {keys} appeared in s3://{bucket} within {timeout:.0f} s")
-        time.sleep(0.25)
-
-
-def wait_http(url: str, timeout: float = 60) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            response = httpx.get(url, timeout=5)
-            if response.status_code == 200:
-                return response
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s")
-        time.sleep(0.5)
