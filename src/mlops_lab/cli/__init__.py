@@ -17,6 +17,3 @@ for commands in (lab.app, resources.app, models.app, batch.app):
     app.add_typer(commands)  # no name: their commands sit at the top level
 app.add_typer(deploy.image_app, name="image")
 app.add_typer(deploy.deploy_app, name="deploy")
-
-if __name__ == "__main__":
-    app()
