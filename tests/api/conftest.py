@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from tests.support import free_port
 
 COURSE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "course"
 COURSE_MODEL = COURSE_DIR / "model.onnx"
@@ -162,12 +163,6 @@ def make_client(settings_factory, small_model: Path):
 
 
 # -- a real server -------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -20,7 +20,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: ERRORS[code] for code in codes}
 
 

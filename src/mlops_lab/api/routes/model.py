@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from mlops_lab.api.deps import SnapshotDep, current_snapshot, read_body_limited
 from mlops_lab.api.predict import predict_json
-from mlops_lab.api.responses import JSONBytes, errors
+from mlops_lab.api.responses import JSONBytes, error_responses
 from mlops_lab.api.schemas import Metadata, PredictResponse
 
 router = APIRouter()
@@ -22,7 +22,7 @@ router = APIRouter()
     response_model=Metadata,
     tags=["model"],
     summary="model name, version, source, input schema, classes",
-    responses=errors(401, 503),
+    responses=error_responses(401, 503),
 )
 async def metadata(snapshot: SnapshotDep) -> Response:
     info = snapshot.info
@@ -46,7 +46,7 @@ async def metadata(snapshot: SnapshotDep) -> Response:
     response_model=PredictResponse,
     tags=["model"],
     summary="score one record or a list of records",
-    responses=errors(401, 413, 422, 503),
+    responses=error_responses(401, 413, 422, 503),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -11,7 +11,7 @@ from mlops_lab.api import payloads
 from mlops_lab.api.deps import BodyDep, SnapshotDep
 from mlops_lab.api.model_store import Snapshot
 from mlops_lab.api.predict import score
-from mlops_lab.api.responses import JSONBytes, errors
+from mlops_lab.api.responses import JSONBytes, error_responses
 from mlops_lab.api.schemas import ErrorResponse
 from mlops_lab.inference import Prediction
 
@@ -31,7 +31,7 @@ router = APIRouter()
             "description": "predictions; CSV when `Accept: text/csv`",
         },
         415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
-        **errors(401, 413, 422, 503),
+        **error_responses(401, 413, 422, 503),
     },
     openapi_extra={
         "requestBody": {
