@@ -8,15 +8,13 @@ import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest
 
 from mlops_lab.api.app import create_app
 from mlops_lab.inference import TabularModel, score_csv_text
-
-COURSE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "course"
+from tests.support import COURSE_DIR
 
 
 def predict(client, body, **kwargs):

@@ -23,8 +23,7 @@ from mlops_lab.api import access_log
 from mlops_lab.api.app import create_app
 from mlops_lab.api.predict import PredictFastPath
 from mlops_lab.inference import SMALL_BATCH, InputError, TabularModel
-
-from .conftest import make_rows
+from tests.api.support import make_rows
 
 
 def rows_as_records(n: int, seed: int) -> list[dict]:

@@ -5,7 +5,6 @@ Kept import-light: ``from mlops_lab.api import serve`` does not build an app unt
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,16 +17,6 @@ def create_app(settings: Settings | None = None, model_source: Any = None) -> Fa
     from mlops_lab.api.app import create_app as factory
 
     return factory(settings, model_source)
-
-
-def command(host: str | None = None, port: int | None = None) -> list[str]:
-    """The argv that runs the API in its own process (for the embedded stack's supervisor)."""
-    argv = [sys.executable, "-m", "mlops_lab.api"]
-    if host:
-        argv += ["--host", host]
-    if port:
-        argv += ["--port", str(port)]
-    return argv
 
 
 def serve(
