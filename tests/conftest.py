@@ -31,19 +31,14 @@ SERVER_FIXTURES = frozenset(
         "api",  # the API as `up` runs it (tests/test_registry.py; it uses mlflow_lab too)
     }
 )
-# Tests that start a server in their own body, with no fixture to say so. Better: mark such a test
-# `@pytest.mark.integration` where it is written (then its entry here can go).
-SERVER_TESTS = frozenset(
-    {
-        "tests/test_cli.py::test_up_that_fails_stops_what_it_started",  # runs `up`: emulator + mlflow
-    }
-)
+# A test that starts a server in its own body, with no such fixture, says so itself: `@pytest.mark.integration`
+# (tests/test_cli.py does); the guard below fails it otherwise.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & SERVER_FIXTURES or item.nodeid.split("[")[0] in SERVER_TESTS:
+        if fixtures & SERVER_FIXTURES:
             item.add_marker(pytest.mark.integration)
 
 
