@@ -23,10 +23,9 @@ RUN python3 -c 'import tomllib; deps = tomllib.load(open("/tmp/wheels/pyproject.
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/venv /opt/venv
-# `mlops-lab` is pyproject.toml's console script (mlops_lab.cli:app) run from the source tree (PYTHONPATH below).
+# `mlops-lab`, run from the source tree (PYTHONPATH below), as pyproject.toml's console script does.
 RUN useradd --create-home --uid 10001 lab \
- && printf '%s\n' '#!/bin/sh' "exec python3 -c 'from mlops_lab.cli import app; app(prog_name=\"mlops-lab\")' \"\$@\"" \
-        > /usr/local/bin/mlops-lab \
+ && printf '#!/bin/sh\nexec python3 -m mlops_lab.cli "$@"\n' > /usr/local/bin/mlops-lab \
  && chmod 755 /usr/local/bin/mlops-lab
 COPY pyproject.toml README.md /app/
 COPY src/ /app/src/
