@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from mlops_lab import stack
 from mlops_lab.settings import Settings
 from tests.support import COURSE_DIR, HANDLER_PATH, Lab, LambdaContext, free_port
 
@@ -29,10 +30,11 @@ SERVER_FIXTURES = frozenset(
         "live_server",  # `python -m mlops_lab.api` (tests/api/conftest.py)
         "moto_url",  # moto's threaded server for SageMaker's control plane (tests/test_sagemaker.py)
         "api",  # the API as `up` runs it (tests/test_registry.py; it uses mlflow_lab too)
+        "own_stack_env",  # settings for a stack the test brings up itself with `mlops-lab up` (tests/test_cli.py)
     }
 )
-# A test that starts a server in its own body, with no such fixture, says so itself: `@pytest.mark.integration`
-# (tests/test_cli.py does); the guard below fails it otherwise.
+# A test that starts a server in its own body, with none of these fixtures, says so itself
+# (`@pytest.mark.integration`); the guard below fails it otherwise.
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,11 +51,6 @@ def _no_server_outside_integration_tests(request: pytest.FixtureRequest) -> Iter
     if request.node.get_closest_marker("integration"):
         yield
         return
-    try:
-        from mlops_lab import stack
-    except ImportError:  # (the package mid-restructuring: the test itself will say what is wrong)
-        yield
-        return
 
     def refuse(_settings: object, service: object, *args: object, **kwargs: object) -> int:
         name = getattr(service, "name", service)
@@ -63,8 +60,7 @@ def _no_server_outside_integration_tests(request: pytest.FixtureRequest) -> Iter
         )
 
     with pytest.MonkeyPatch.context() as patch:
-        if hasattr(stack, "launch"):
-            patch.setattr(stack, "launch", refuse)
+        patch.setattr(stack, "launch", refuse)
         yield
 
 

@@ -167,7 +167,6 @@ def test_image_push_without_an_engine_says_what_is_missing(
     assert lab_stack.settings.api_repository in {r["repositoryName"] for r in repositories}
 
 
-@pytest.mark.integration
 def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None:
     result = runner.invoke(app, ["up", "--no-mlflow"])
     assert result.exit_code == 0, result.output
@@ -193,7 +192,6 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
     assert not stack.healthy(emulator.service(settings).health_url)
 
 
-@pytest.mark.integration
 def test_up_that_fails_stops_what_it_started(own_stack_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bootstrap failure leaves no half stack: the emulator and the (already launched) mlflow server are stopped."""
 
