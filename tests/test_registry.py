@@ -27,6 +27,23 @@ from tests.support import Lab, free_port, wait_for_output
 # Tests using mlflow_lab (or the api fixture) are marked integration by tests/conftest.py; the last one needs no server.
 
 
+# One applicant, as a client sends it to /predict.
+RECORD = {
+    "age": 39,
+    "work_class": "Private",
+    "education": "Bachelors",
+    "marital_status": "Married",
+    "occupation": "Professional",
+    "relationship": "Husband",
+    "race": "White",
+    "sex": "Male",
+    "capital_gain": 0,
+    "capital_loss": 0,
+    "hours_per_week": 40,
+    "native_country": "United-States",
+}
+
+
 @dataclass
 class Versions:
     first: registry.LoggedVersion
@@ -133,26 +150,12 @@ def test_promote_switches_lambda_and_api_then_rolls_back(
     failures: list[str] = []
     seen: set[str] = set()
     stop = threading.Event()
-    record = {
-        "age": 39,
-        "work_class": "Private",
-        "education": "Bachelors",
-        "marital_status": "Married",
-        "occupation": "Professional",
-        "relationship": "Husband",
-        "race": "White",
-        "sex": "Male",
-        "capital_gain": 0,
-        "capital_loss": 0,
-        "hours_per_week": 40,
-        "native_country": "United-States",
-    }
 
     def hammer() -> None:
         with httpx.Client(base_url=str(api.base_url), timeout=10) as client:
             while not stop.is_set():
                 try:
-                    answer = client.post("/predict", json=record)
+                    answer = client.post("/predict", json=RECORD)
                     if answer.status_code != 200:
                         failures.append(f"{answer.status_code} {answer.text[:200]}")
                     else:
@@ -212,20 +215,7 @@ def test_api_can_serve_a_registry_alias(mlflow_lab: Lab, versions: Versions) -> 
                 time.sleep(0.1)
             answer = client.post(
                 "/predict",
-                json={
-                    "age": 39,
-                    "work_class": "Private",
-                    "education": "Bachelors",
-                    "marital_status": "Married",
-                    "occupation": "Professional",
-                    "relationship": "Husband",
-                    "race": "White",
-                    "sex": "Male",
-                    "capital_gain": 0,
-                    "capital_loss": 0,
-                    "hours_per_week": 40,
-                    "native_country": "United-States",
-                },
+                json=RECORD,
             )
             assert answer.status_code == 200 and answer.json()["model"]["version"] == second
         finally:
