@@ -153,7 +153,10 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
     if unknown:
         raise ValueError(f"unknown services {sorted(unknown)}: choose from {SERVICES}")
     already = {name for name in services if stack.pid_of(settings, name)}
-    started_here = lambda: [n for n in services if n not in already and stack.pid_of(settings, n)]  # noqa: E731
+
+    def started_here() -> list[str]:
+        return [name for name in services if name not in already and stack.pid_of(settings, name)]
+
     try:
         if emulator.SERVICE_NAME in services:
             with report.step("Starting the emulator (first run installs it into its own venv)..."):
@@ -169,8 +172,9 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
         report.note(f"[bold]Bootstrap[/] against {target()}")
         changes = run_bootstrap(settings, aws, on_change=report.change)
         with report.step("Training / publishing the model..."):
-            # Under compose the tracking server is already up: the first model is registered and promoted there.
-            register = mlflow is None and registry.server_reachable(settings)
+            # With the services elsewhere (compose), their tracking server is up: the first model is registered and
+            # promoted there. The embedded lab trains one locally (its mlflow is still starting).
+            register = not services and registry.server_reachable(settings)
             model_changes = ensure_model(settings, aws, register=register)
         for change in model_changes:
             report.change(change)
@@ -192,7 +196,8 @@ def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: 
     """Leave a live model alone; otherwise make one live: register + promote a newly trained version when
     ``register`` (the tracking server answers), else publish ``settings.model_path`` (trained first if absent)."""
     if model.is_published(settings, aws):
-        return [Change("model", model.uri(settings), "unchanged", f"version {model.live_version(settings, aws)}")]
+        version = model.live_version(settings, aws)
+        return [Change("model", model.uri(settings), "unchanged", f"version {version}" if version else "")]
     if register:
         logged = registry.train_and_log(settings, rows=rows, seed=42)
         promotion = registry.promote(settings, aws, logged.version)
