@@ -40,14 +40,15 @@ def publish(settings: Settings, aws: Aws, model: bytes, *, version: str | None =
     return Change("model", uri(settings), "published", f"{len(model) / 1e6:.1f} MB")
 
 
-def is_published(settings: Settings, aws: Aws) -> bool:
-    return _head(settings, aws) is not None
+def published_metadata(settings: Settings, aws: Aws) -> dict[str, str] | None:
+    """The published model object's S3 metadata (empty when published unversioned), or None when none is published."""
+    head = _head(settings, aws)
+    return None if head is None else head.get("Metadata", {})
 
 
 def live_version(settings: Settings, aws: Aws) -> str | None:
     """The registry version the model bucket serves now, or None (not published, or published unversioned)."""
-    head = _head(settings, aws)
-    return None if head is None else head.get("Metadata", {}).get(META_MODEL_VERSION)
+    return (published_metadata(settings, aws) or {}).get(META_MODEL_VERSION)
 
 
 def _head(settings: Settings, aws: Aws) -> dict | None:

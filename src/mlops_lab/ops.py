@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from mlops_lab import emulator, model, registry, sagemaker, stack
 from mlops_lab.aws import Aws, Change, is_not_found
 from mlops_lab.bootstrap import bootstrap
-from mlops_lab.contract import error_key, prediction_key
+from mlops_lab.contract import META_MODEL_VERSION, error_key, prediction_key
 from mlops_lab.inference import PREDICTION_COLUMN
 from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interpreter_target
 from mlops_lab.settings import Settings
@@ -195,8 +195,9 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
 def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: int = 20000) -> list[Change]:
     """Leave a live model alone; otherwise make one live: register + promote a newly trained version when
     ``register`` (the tracking server answers), else publish ``settings.model_path`` (trained first if absent)."""
-    if model.is_published(settings, aws):
-        version = model.live_version(settings, aws)
+    live = model.published_metadata(settings, aws)
+    if live is not None:
+        version = live.get(META_MODEL_VERSION)
         return [Change("model", model.uri(settings), "unchanged", f"version {version}" if version else "")]
     if register:
         logged = registry.train_and_log(settings, rows=rows, seed=42)

@@ -317,9 +317,8 @@ def invoke_through_api(settings: Settings, endpoint: str, url: str) -> list[tupl
     import boto3
 
     from mlops_lab.data import generate
-    from mlops_lab.stack import healthy
 
-    if not healthy(settings.api_url + "/health"):
+    if not stack.healthy(settings.api_url + "/health"):
         return None
     session = boto3.session.Session()
     sample = generate(3, seed=5, with_label=False)

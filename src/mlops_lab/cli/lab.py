@@ -38,7 +38,8 @@ def up(
 
 def _up(*, api: bool, mlflow: bool, external: bool = False) -> ops.Lab:
     settings = get_settings()
-    services = () if external else (emulator.SERVICE_NAME, *(["mlflow"] if mlflow else []), *(["api"] if api else []))
+    wanted = {emulator.SERVICE_NAME: True, registry.SERVICE_NAME: mlflow, ops.API: api}
+    services = [] if external else [name for name, on in wanted.items() if on]
     lab = ops.bring_up(settings, services=services, report=render.Report())
     render.summary(lab.changes)
     if not external:
