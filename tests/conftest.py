@@ -19,7 +19,7 @@ import pytest
 
 from mlops_lab import stack
 from mlops_lab.settings import Settings
-from tests.support import COURSE_DIR, HANDLER_PATH, Lab, LambdaContext, free_port
+from tests.support import COURSE_DIR, HANDLER_PATH, REPORTED, Lab, LambdaContext, free_port
 
 # Fixtures that start a server (an emulator, mlflow, the API, moto) for the tests that use them, directly or through
 # another fixture. A test whose fixture closure holds one of these is an integration test.
@@ -30,7 +30,8 @@ SERVER_FIXTURES = frozenset(
         "live_server",  # `python -m mlops_lab.api` (tests/api/conftest.py)
         "moto_url",  # moto's threaded server for SageMaker's control plane (tests/test_sagemaker.py)
         "api",  # the API as `up` runs it (tests/test_registry.py; it uses mlflow_lab too)
-        "own_stack_env",  # settings for a stack the test brings up itself with `mlops-lab up` (tests/test_cli.py)
+        "own_stack_env",
+        "durable_lab",  # a stack of its own that the test stops, kills and restarts (tests/test_durability.py)  # settings for a stack the test brings up itself with `mlops-lab up` (tests/test_cli.py)
     }
 )
 # A test that starts a server in its own body, with none of these fixtures, says so itself
@@ -42,6 +43,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & SERVER_FIXTURES:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the soak and fault tests measured (peak memory, how many events were recovered), in every run's log."""
+    if REPORTED:
+        terminalreporter.section("measured")
+        for line in REPORTED:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +88,51 @@ def wait_for_output(lab: Lab, key: str) -> dict[str, Any]:
 
 def read_output(lab: Lab, key: str) -> bytes:
     return lab.s3().get_object(Bucket=lab.settings.output_bucket, Key=key)["Body"].read()
+
+
+# -- what a run measured ---------------------------------------------------------------------------------------------
+
+REPORTED: list[str] = []  # lines shown at the end of the pytest run (conftest's terminal summary)
+
+
+def report(line: str) -> None:
+    REPORTED.append(line)
+
+
+class ProcessGroupMemory:
+    """Samples, while in use, the summed resident memory of a process group (a service and every worker it
+    spawned) and keeps the peak."""
+
+    def __init__(self, pgid: int | None, interval: float = 0.2) -> None:
+        assert pgid is not None, "the service is not running"
+        self.pgid, self.interval = pgid, interval
+        self.peak_bytes = self.peak_processes = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._done.is_set():
+            total = count = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    if int(fields[2]) == self.pgid:
+                        total += int((stat.parent / "statm").read_text().split()[1]) * page
+                        count += 1
+                except (OSError, IndexError, ValueError):
+                    continue
+            if total > self.peak_bytes:
+                self.peak_bytes, self.peak_processes = total, count
+            self._done.wait(self.interval)
+
+    def __enter__(self) -> ProcessGroupMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +26,14 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from mlops_lab.contract import META_MODEL_ETAG, META_MODEL_VERSION, META_ROWS, error_key, prediction_key
+from mlops_lab.contract import (
+    META_INPUT_ETAG,
+    META_MODEL_ETAG,
+    META_MODEL_VERSION,
+    META_ROWS,
+    error_key,
+    prediction_key,
+)
 from mlops_lab.inference import InputError, TabularModel, score_csv
 
 
@@ -71,6 +79,9 @@ def log(level: int, message: str, **fields: Any) -> None:
     logger.log(level, message, extra={"fields": fields})
 
 
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024  # the input is streamed to /tmp in blocks of this size
+
+
 # -- pure helpers -------------------------------------------------------------------------------------------------
 
 
@@ -79,6 +90,7 @@ class S3Object:
     bucket: str
     key: str
     size: int | None
+    etag: str | None = None  # as the event reported it (the handler records the ETag of what it actually read)
 
 
 def objects_created(event: dict[str, Any]) -> list[S3Object]:
@@ -91,7 +103,8 @@ def objects_created(event: dict[str, Any]) -> list[S3Object]:
         key = urllib.parse.unquote_plus(s3.get("object", {}).get("key", ""))
         bucket = s3.get("bucket", {}).get("name", "")
         if bucket and key:
-            found.append(S3Object(bucket, key, s3.get("object", {}).get("size")))
+            details = s3.get("object", {})
+            found.append(S3Object(bucket, key, details.get("size"), details.get("eTag")))
     return found
 
 
@@ -141,8 +154,9 @@ def process(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[
     started = time.perf_counter()
     source = f"s3://{obj.bucket}/{obj.key}"
     error_uri = f"s3://{config.output_bucket}/{error_key(obj.key)}"
+    read: dict[str, str] = {}  # the input's ETag once it is known: recorded on whichever output is written
     try:
-        result = _score_object(s3, obj, config, models)
+        result = _score_object(s3, obj, config, models, read)
     except InputError as problem:
         report = {"input": source, **problem.to_dict()}
         s3.put_object(
@@ -150,6 +164,7 @@ def process(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[
             Key=error_key(obj.key),
             Body=json.dumps(report, indent=2).encode(),
             ContentType="application/json",
+            Metadata=_input_metadata(read.get("etag") or obj.etag),
         )
         log(
             logging.WARNING,
@@ -169,21 +184,19 @@ def process(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[
     return result
 
 
-def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache) -> dict[str, Any]:
+def _input_metadata(etag: str | None) -> dict[str, str]:
+    return {META_INPUT_ETAG: etag.strip('"')} if etag else {}
+
+
+def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache, read: dict[str, str]) -> dict[str, Any]:
     if not obj.key.lower().endswith(".csv"):
         raise InputError(f"not a CSV file: {obj.key!r} (expected a .csv key)")
-    size = obj.size if obj.size is not None else _head_size(s3, obj)
-    if size > config.max_input_bytes:
-        raise InputError(f"file too large: {size:,} bytes > limit of {config.max_input_bytes:,} bytes (split it)")
+    if obj.size is not None and obj.size > config.max_input_bytes:
+        raise InputError(_too_large(obj.size, config))
     model, etag = models.get(s3, config.model_bucket, config.model_key)
     with tempfile.TemporaryDirectory(prefix="batch-predict-") as tmp:
         source_path, output_path = os.path.join(tmp, "input.csv"), os.path.join(tmp, "output.csv")
-        try:
-            s3.download_file(obj.bucket, obj.key, source_path)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                raise InputError("the object no longer exists (deleted before it was processed)") from None
-            raise
+        _download(s3, obj, config, source_path, read)
         try:
             # utf-8-sig: spreadsheet exports often start with a byte-order mark.
             with (
@@ -199,7 +212,7 @@ def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache) ->
             if isinstance(error, InputError):
                 raise
             raise InputError(f"could not read this file as CSV: {error}") from None
-        metadata = {META_MODEL_ETAG: etag.strip('"'), META_ROWS: str(summary.rows)}
+        metadata = {META_MODEL_ETAG: etag.strip('"'), META_ROWS: str(summary.rows), **_input_metadata(read["etag"])}
         if model.metadata.get("version"):
             metadata[META_MODEL_VERSION] = model.metadata["version"]
         s3.upload_file(
@@ -217,13 +230,25 @@ def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache) ->
     }
 
 
-def _head_size(s3: Any, obj: S3Object) -> int:
+def _too_large(size: int, config: Config) -> str:
+    return f"file too large: {size:,} bytes > limit of {config.max_input_bytes:,} bytes (split it)"
+
+
+def _download(s3: Any, obj: S3Object, config: Config, path: str, read: dict[str, str]) -> None:
+    """The object as it is now (one GET: its size and ETag come with the body) into ``path``; its ETag into ``read``."""
     try:
-        return int(s3.head_object(Bucket=obj.bucket, Key=obj.key)["ContentLength"])
+        response = s3.get_object(Bucket=obj.bucket, Key=obj.key)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             raise InputError("the object no longer exists (deleted before it was processed)") from None
         raise
+    read["etag"] = response["ETag"]
+    body = response["Body"]
+    with body:
+        if response["ContentLength"] > config.max_input_bytes:  # replaced by a larger file since the event
+            raise InputError(_too_large(response["ContentLength"], config))
+        with open(path, "wb") as sink:
+            shutil.copyfileobj(body, sink, DOWNLOAD_CHUNK_BYTES)
 
 
 def handle(event: dict[str, Any], config: Config, s3: Any, models: ModelCache) -> dict[str, Any]:

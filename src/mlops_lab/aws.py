@@ -75,6 +75,8 @@ def is_not_found(error: ClientError) -> bool:
         "NoSuchBucket",
         "NoSuchEntity",
         "ResourceNotFoundException",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
     }
 
 

@@ -1,6 +1,7 @@
 """Create (idempotently) and delete everything the batch-prediction path needs.
 
-Buckets -> execution role + least-privilege policy -> layer -> function -> S3 invoke permission -> notification.
+Buckets -> failure queue -> execution role + least-privilege policy -> layer -> function -> its asynchronous invocation
+(retries, then the failure queue) -> S3 invoke permission -> notification.
 Each step compares what exists with what is wanted and changes only the difference, so a second run reports
 "unchanged" everywhere. Works the same against the emulator and real AWS.
 """
@@ -22,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from mlops_lab.aws import Aws, Change, error_code, is_not_found
 from mlops_lab.aws import ensure_role as ensure_iam_role
+from mlops_lab.contract import INPUT_SUFFIX
 from mlops_lab.layer import LayerArtifact, write_deterministic_zip
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
@@ -29,6 +31,8 @@ POLICY_DIR = Path(__file__).parent / "policies"
 HANDLER_DIR = PROJECT_ROOT / "lambda" / "batch_predict"
 INLINE_POLICY_NAME = "batch-predict"
 NOTIFICATION_ID = "batch-predict-csv"
+# SQS keeps a message at most 14 days: failures wait that long for `mlops-lab redrive` (the default is 4 days).
+FAILURE_RETENTION_S = 14 * 24 * 3600
 
 
 class BootstrapError(RuntimeError):
@@ -54,6 +58,7 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
             OutputBucket=settings.output_bucket,
             ModelBucket=settings.model_bucket,
             ModelKey=settings.model_key,
+            FailureQueue=settings.failure_queue_name,
         )
     )
 
@@ -90,6 +95,15 @@ def function_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def async_invocation(settings: Settings, queue_arn: str) -> dict[str, Any]:
+    """How Lambda handles an event S3 hands it: this many retries, this maximum age, then the failure queue."""
+    return {
+        "MaximumRetryAttempts": settings.lambda_retry_attempts,
+        "MaximumEventAgeInSeconds": settings.lambda_max_event_age_s,
+        "DestinationConfig": {"OnFailure": {"Destination": queue_arn}},
+    }
+
+
 def notification_configuration(function_arn: str) -> dict[str, Any]:
     # An explicit Id and a lower-case rule name: that is how S3 returns them, so a re-run can compare for equality.
     return {
@@ -98,7 +112,7 @@ def notification_configuration(function_arn: str) -> dict[str, Any]:
                 "Id": NOTIFICATION_ID,
                 "LambdaFunctionArn": function_arn,
                 "Events": ["s3:ObjectCreated:*"],
-                "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".csv"}]}},
+                "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": INPUT_SUFFIX}]}},
             }
         ]
     }
@@ -118,6 +132,8 @@ def bootstrap(
 
     for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
         record(ensure_bucket(aws, bucket))
+    queue_arn, queue_change = ensure_failure_queue(settings, aws)
+    record(queue_change)
     role_arn, role_changes = ensure_role(settings, aws)
     for change in role_changes:
         record(change)
@@ -128,6 +144,7 @@ def bootstrap(
         record(layer_change)
         function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn, function_package())
     record(function_change)
+    record(ensure_async_invocation(settings, aws, queue_arn))
     record(ensure_invoke_permission(settings, aws, function_arn))
     record(ensure_notification(settings, aws, function_arn))
     return changes
@@ -147,6 +164,53 @@ def ensure_bucket(aws: Aws, bucket: str) -> Change:
     s3.create_bucket(**kwargs)
     s3.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     return Change("bucket", bucket, "created")
+
+
+def ensure_failure_queue(settings: Settings, aws: Aws) -> tuple[str, Change]:
+    """The SQS queue the function's failed events go to; its ARN."""
+    sqs = aws.client("sqs")
+    name, wanted = settings.failure_queue_name, {"MessageRetentionPeriod": str(FAILURE_RETENTION_S)}
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        action = "unchanged"
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        url, action = sqs.create_queue(QueueName=name, Attributes=wanted)["QueueUrl"], "created"
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn", *wanted])["Attributes"]
+    if any(attributes.get(key) != value for key, value in wanted.items()):
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=wanted)
+        action = "updated" if action == "unchanged" else action
+    return attributes["QueueArn"], Change("queue", name, action, "failed events, kept 14 days")
+
+
+def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str) -> Change:
+    """The function's asynchronous-invocation settings: retries, maximum event age, on-failure destination."""
+    lam = aws.client("lambda")
+    wanted = async_invocation(settings, queue_arn)
+    try:
+        current = lam.get_function_event_invoke_config(FunctionName=settings.function_name)
+        action = "updated"
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        current, action = {}, "created"
+    current_failure = current.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+    if (
+        current.get("MaximumRetryAttempts") == wanted["MaximumRetryAttempts"]
+        and current.get("MaximumEventAgeInSeconds") == wanted["MaximumEventAgeInSeconds"]
+        and current_failure == queue_arn
+    ):
+        return Change("async invocation", settings.function_name, "unchanged")
+    # Put, not Update: Put replaces the whole configuration (and MiniStack has no Update). On AWS the role must already
+    # allow sqs:SendMessage on the queue, which can take seconds to propagate after the policy changes.
+    _retry_role_propagation(lambda: lam.put_function_event_invoke_config(FunctionName=settings.function_name, **wanted))
+    return Change(
+        "async invocation",
+        settings.function_name,
+        action,
+        f"{settings.lambda_retry_attempts} retries, then {settings.failure_queue_name}",
+    )
 
 
 def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
@@ -333,8 +397,13 @@ def teardown(settings: Settings, aws: Aws, *, on_change: Callable[[Change], None
         changes.append(change)
         on_change(change)
 
-    s3, lam, iam = aws.client("s3"), aws.client("lambda"), aws.client("iam")
+    s3, lam, iam, sqs = aws.client("s3"), aws.client("lambda"), aws.client("iam"), aws.client("sqs")
     record("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
+    record(
+        "async invocation",
+        settings.function_name,
+        lambda: lam.delete_function_event_invoke_config(FunctionName=settings.function_name),
+    )
     record("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
     record("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
     record(
@@ -343,6 +412,11 @@ def teardown(settings: Settings, aws: Aws, *, on_change: Callable[[Change], None
         lambda: iam.delete_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME),
     )
     record("role", settings.role_name, lambda: iam.delete_role(RoleName=settings.role_name))
+    record(
+        "queue",
+        settings.failure_queue_name,
+        lambda: sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]),
+    )
     for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
         record("bucket", bucket, lambda bucket=bucket: _delete_bucket(s3, bucket))
     return changes

@@ -7,10 +7,14 @@ the core that writes them: ``mlops_lab.inference.PREDICTION_COLUMN`` and ``proba
 Output keys are derived from the input key alone, so a redelivered event overwrites instead of duplicating.
 """
 
+INPUT_SUFFIX = ".csv"  # the keys whose upload invokes the function (the notification's filter; S3 matches it exactly)
 PREDICTIONS_PREFIX = "predictions/"
 ERRORS_PREFIX = "errors/"
 ERROR_SUFFIX = ".json"
 
+# S3 metadata of a predictions object and of an error report: the ETag of the input they were written for, so that
+# `reconcile` can tell an output of this very input from one of an earlier upload under the same key.
+META_INPUT_ETAG = "input-etag"
 # S3 metadata of a predictions object.
 META_ROWS = "rows"  # rows scored
 META_MODEL_ETAG = "model-etag"  # the published model object that scored them

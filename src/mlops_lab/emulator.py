@@ -94,6 +94,25 @@ def ensure_installed(settings: Settings) -> EmulatorInstall:
     return install
 
 
+@dataclass(frozen=True)
+class StateDirs:
+    """Where MiniStack keeps what it persists. S3 objects are written as they arrive; every other service's state
+    (IAM, Lambda, SQS, ECR, bucket settings such as the notification) only when it stops on SIGTERM, so after a
+    crash those come back as they were at the last clean stop, and bootstrap repairs the rest."""
+
+    services: Path
+    s3: Path
+
+    @property
+    def all(self) -> tuple[Path, Path]:
+        return (self.services, self.s3)
+
+
+def state_dirs(settings: Settings) -> StateDirs:
+    root = settings.state_dir / "emulator"
+    return StateDirs(services=root / "state", s3=root / "s3")
+
+
 def service(settings: Settings) -> Service:
     """MiniStack as a supervised process: its own venv's server, on the configured loopback port."""
     install = EmulatorInstall(settings.emulator_venv)
@@ -126,10 +145,18 @@ def _server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
             "TMPDIR": str(tmp_dir),
             # Handlers reach the emulator itself (an inherited endpoint pointing elsewhere would win otherwise).
             "AWS_ENDPOINT_URL": settings.emulator_url,
+            # As AWS limits an account's concurrent executions; MiniStack's own default scales with memory (~585 here).
+            "LAMBDA_ACCOUNT_CONCURRENCY": str(settings.emulator_lambda_concurrency),
+            "LAMBDA_ASYNC_RETRY_BASE_SECONDS": str(settings.emulator_async_retry_base_s),
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if settings.emulator_persist:
+        dirs = state_dirs(settings)
+        env.update(
+            {"PERSIST_STATE": "1", "STATE_DIR": str(dirs.services), "S3_PERSIST": "1", "S3_DATA_DIR": str(dirs.s3)}
+        )
     return env
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -106,6 +107,52 @@ def write_env_file(settings: Settings) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"export {key}={value}\n" for key, value in emulator.sdk_environment(settings).items()))
     return path
+
+
+# -- reset ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredData:
+    """A folder of the lab's state that `reset` deletes, what it holds, and its size."""
+
+    path: Path
+    holds: str
+    bytes: int
+
+
+class ResetError(RuntimeError):
+    pass
+
+
+def stored_data(settings: Settings) -> list[StoredData]:
+    """The emulator's state and mlflow's, which only go together: mlflow's registry points into the model bucket."""
+    dirs = emulator.state_dirs(settings)
+    folders = [
+        (dirs.s3, "S3: every bucket and object (uploads, predictions, error reports, models, mlflow's artifacts)"),
+        (dirs.services, "IAM, Lambda, SQS (failure records), ECR and bucket settings"),
+        (settings.state_dir / "mlflow", "mlflow: experiments, runs, metrics, registered model versions"),
+    ]
+    return [StoredData(path, holds, _size(path)) for path, holds in folders if path.exists()]
+
+
+def _size(path: Path) -> int:
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def reset(settings: Settings) -> tuple[list[str], list[StoredData]]:
+    """Stop the embedded services and delete the emulator's state and mlflow's together; (stopped, deleted)."""
+    if settings.mlflow_backend_uri:
+        raise ResetError(
+            f"mlflow's database is {settings.mlflow_backend_uri}, outside {settings.state_dir}: resetting the emulator "
+            "alone would leave its registry pointing at deleted artifacts. Empty that database too, or unset "
+            "LAB_MLFLOW_BACKEND_URI."
+        )
+    stopped = stop_services(settings)  # first: the emulator writes its state when it stops
+    deleted = stored_data(settings)
+    for data in deleted:
+        shutil.rmtree(data.path)
+    return stopped, deleted
 
 
 # -- bring up -----------------------------------------------------------------------------------------------------

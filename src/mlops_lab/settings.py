@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     emulator_port: int = 4566
     emulator_python: str | None = None  # interpreter for the emulator's venv; default: a 3.12 if one exists
     emulator_auth: bool = True  # enforce IAM in the emulator, as AWS does
+    # Keep buckets, objects, IAM, Lambda, SQS... under state_dir/emulator across `down`/`up` (`mlops-lab reset` wipes).
+    emulator_persist: bool = True
+    # Lambda executions the emulator runs at once, account-wide: AWS's limit for a new account. MiniStack has no cap of
+    # its own that fits a laptop (one ~100 MB worker per concurrent invocation); above it invocations are throttled
+    # as on AWS, and throttled events that run out of retries land in the failure queue.
+    emulator_lambda_concurrency: int = Field(10, ge=1, le=1000)
+    # Wait before the emulator's first retry of a failed or throttled event (then twice that). AWS waits about a
+    # minute and keeps retrying throttled events for hours; MiniStack's 1 s lets a burst of 50 uploads on 10 slots
+    # exhaust its retries while the first workers are still starting.
+    emulator_async_retry_base_s: float = Field(5.0, ge=0.1, le=60)
 
     # The batch-predict Lambda.
     lambda_runtime: str = "python3.12"
@@ -44,6 +54,10 @@ class Settings(BaseSettings):
     # Put the layer's files into the function's own code zip instead of attaching a layer: for emulators that accept
     # layers but do not apply them at run time (LocalStack's free 4.14.0). Unzipped limits are the same (250 MB).
     lambda_bundle_layer: bool = False
+    # S3 invokes the function asynchronously: after this many retries (AWS allows 0-2), or once an event is this old,
+    # the event goes to the failure queue (`mlops-lab failures`, `mlops-lab redrive`).
+    lambda_retry_attempts: int = Field(2, ge=0, le=2)
+    lambda_max_event_age_s: int = Field(3600, ge=60, le=21600)
     max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
     chunk_rows: int = Field(8192, ge=1)
 
@@ -108,6 +122,11 @@ class Settings(BaseSettings):
     @property
     def role_name(self) -> str:
         return f"{self.prefix}-batch-predict-role"
+
+    @property
+    def failure_queue_name(self) -> str:
+        """The SQS queue that receives the events the function failed on (its on-failure destination)."""
+        return f"{self.prefix}-batch-predict-failures"
 
     @property
     def layer_name(self) -> str:

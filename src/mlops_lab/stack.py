@@ -36,6 +36,10 @@ class StartError(RuntimeError):
     pass
 
 
+RUN_MARKER = "=== mlops-lab: started"  # a line written to a service's log before each start
+_launched: set[int] = set()  # pids this process started
+
+
 def run_dir(settings: Settings) -> Path:
     return settings.state_dir / "run"
 
@@ -48,12 +52,25 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return run_dir(settings) / f"{name}.pid"
 
 
-def pid_of(settings: Settings, name: str) -> int | None:
-    path = _pid_file(settings, name)
+def _recorded_pid(settings: Settings, name: str) -> int | None:
     try:
-        pid = int(path.read_text())
+        return int(_pid_file(settings, name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def pid_of(settings: Settings, name: str) -> int | None:
+    """The service's pid while it runs; None once it exited (a killed process that nobody reaped yet, a zombie,
+    still answers ``kill -0``: it counts as exited, and is reaped if it is our child)."""
+    pid = _recorded_pid(settings, name)
+    if pid is None:
+        return None
+    try:
         os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+    except (ProcessLookupError, PermissionError):
+        return None
+    if _is_zombie(pid):
+        _exited(pid)
         return None
     return pid
 
@@ -74,6 +91,7 @@ def launch(settings: Settings, service: Service) -> int:
     """Start a service unless it already runs, without waiting for it (``wait_healthy`` does); its pid."""
     pid = pid_of(settings, service.name)
     if pid is None:
+        _end_orphans(settings, service.name)
         if healthy(service.health_url):
             raise StartError(
                 f"{service.name}: something else already answers at {service.health_url} (port taken); "
@@ -85,6 +103,8 @@ def launch(settings: Settings, service: Service) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
         run_dir(settings).mkdir(parents=True, exist_ok=True)
         with log.open("ab") as sink:
+            sink.write(f"{RUN_MARKER} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            sink.flush()
             process = subprocess.Popen(
                 service.command,
                 env=service.env,
@@ -94,16 +114,23 @@ def launch(settings: Settings, service: Service) -> int:
                 start_new_session=True,  # its own process group: `down` stops it and every worker it spawned
             )
         pid = process.pid
+        _launched.add(pid)
         _pid_file(settings, service.name).write_text(str(pid))
     return pid
 
 
 def wait_healthy(settings: Settings, service: Service, pid: int, *, timeout: float = 60) -> int:
-    """Wait until a launched service's health URL answers 200; stop it and raise StartError if it dies or times out."""
+    """Wait until a launched service's health URL answers 200; stop it and raise StartError if it dies or times out.
+
+    A process of an earlier run that was dying as this one looked (killed a moment ago, not yet gone) passed for a
+    running service: once it is gone, the service is started afresh, once."""
     deadline = time.monotonic() + timeout
     while not healthy(service.health_url):
         if pid_of(settings, service.name) is None or _exited(pid):
-            tail = log_path(settings, service.name).read_text(errors="replace")[-3000:]
+            if pid not in _launched:
+                pid = launch(settings, service)
+                continue
+            tail = _this_run_log(settings, service.name)[-3000:]
             stop(settings, service)
             raise StartError(f"{service.name} exited during start-up; the end of its log:\n{tail}")
         if time.monotonic() > deadline:
@@ -111,6 +138,24 @@ def wait_healthy(settings: Settings, service: Service, pid: int, *, timeout: flo
             raise StartError(f"{service.name} was not healthy at {service.health_url} after {timeout:.0f} s")
         time.sleep(0.1)
     return pid
+
+
+def _this_run_log(settings: Settings, name: str) -> str:
+    """The log of the latest start only (the file keeps every run's; an earlier crash's tail would mislead)."""
+    text = log_path(settings, name).read_text(errors="replace")
+    return text[text.rfind(RUN_MARKER) :] if RUN_MARKER in text else text
+
+
+def _end_orphans(settings: Settings, name: str) -> None:
+    """A service that died without ``stop`` (killed, crashed) can leave children running in its process group, e.g.
+    the emulator's Lambda workers. They belong to a run that is over: end them before starting a new one."""
+    pid = _recorded_pid(settings, name)
+    if pid is not None and _has_other_members(pid):
+        _signal_group(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _has_other_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    _pid_file(settings, name).unlink(missing_ok=True)
 
 
 def _exited(pid: int) -> bool:
@@ -136,6 +181,8 @@ def stop(settings: Settings, service: Service | str, *, timeout: float = 10) -> 
             _signal_group(pid, signal.SIGKILL)
         _exited(pid)
         stopped = True
+    else:
+        _end_orphans(settings, name)  # its leader is gone; children it left behind are not
     _pid_file(settings, name).unlink(missing_ok=True)
     if not isinstance(service, str):
         for folder in service.cleanup:

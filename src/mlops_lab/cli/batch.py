@@ -1,4 +1,5 @@
-"""Batch predictions through the Lambda: upload a CSV, wait for its output."""
+"""Batch predictions through the Lambda: upload a CSV and wait for its output; list, redrive and reconcile what
+did not complete."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from mlops_lab import ops
+from mlops_lab import ops, recovery
 from mlops_lab.aws import Aws
+from mlops_lab.cli import render
 from mlops_lab.cli.render import console
 from mlops_lab.settings import get_settings
 
@@ -41,3 +44,47 @@ def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.Batch
         f"  labels: {counts}\n  downloaded to {result.local_path}"
     )
     return result
+
+
+@app.command()
+def failures() -> None:
+    """List the events the function failed on (the failure queue): input, error, attempts, when."""
+    found = recovery.list_failures(get_settings(), Aws())
+    if not found:
+        console.print("No failures: every event the function received completed.")
+        return
+    table = Table(title=f"{len(found)} failed event(s)")
+    for column in ("when (UTC)", "input", "attempts", "error"):
+        table.add_column(column, overflow="fold")
+    for failure in found:
+        table.add_row(
+            failure.when.strftime("%Y-%m-%d %H:%M:%S") if failure.when else "?",
+            ", ".join(failure.input_uris) or "?",
+            str(failure.attempts or "?"),
+            failure.error,
+        )
+    console.print(table)
+    console.print("Fix the cause, then `mlops-lab redrive` runs them again.")
+
+
+@app.command()
+def redrive() -> None:
+    """Run every failed event again; remove each that now completes, keep (and show) the ones still failing."""
+    result = recovery.redrive(get_settings(), Aws(), on_rerun=render.rerun)
+    console.print(
+        f"[bold]{len(result.completed)} completed[/] and removed from the failure queue, "
+        f"{len(result.still_failing)} still failing (kept)."
+    )
+    if result.still_failing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be done.")] = False,
+) -> None:
+    """Re-run every input whose output is missing or stale; remove outputs a later run superseded. Safe any time."""
+    result = recovery.reconcile(get_settings(), Aws(), dry_run=dry_run, on_rerun=render.rerun)
+    render.reconciliation(result)
+    if any(rerun.status == "failed" for rerun in result.reruns):
+        raise typer.Exit(1)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import emulator, ops, registry
+from mlops_lab import emulator, ops, recovery, registry
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.batch import predict_and_render
@@ -42,6 +42,7 @@ def _up(*, api: bool, mlflow: bool, external: bool = False) -> ops.Lab:
     services = [] if external else [name for name, on in wanted.items() if on]
     lab = ops.bring_up(settings, services=services, report=render.Report())
     render.summary(lab.changes)
+    render.backlog(recovery.backlog(settings, lab.aws))
     if not external:
         render.services(settings, ops.service_states(settings))
         console.print(f"Point your shell at the lab: [bold]source {lab.env_file}[/]")
@@ -50,9 +51,34 @@ def _up(*, api: bool, mlflow: bool, external: bool = False) -> ops.Lab:
 
 @app.command()
 def down() -> None:
-    """Stop every embedded service and remove the emulator's temporary files."""
-    stopped = ops.stop_services(get_settings())
+    """Stop every embedded service (their state stays in the state dir: `up` brings it all back)."""
+    settings = get_settings()
+    stopped = ops.stop_services(settings)
     console.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing was running.")
+    if ops.stored_data(settings):
+        console.print(
+            f"Buckets, functions and mlflow's registry are kept in {settings.state_dir}: `mlops-lab reset` wipes them."
+        )
+
+
+@app.command()
+def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Stop the embedded lab and delete its state: the emulator's (buckets, objects, functions...) and mlflow's."""
+    settings = get_settings()
+    data = ops.stored_data(settings)
+    if not data:
+        console.print(f"Nothing to reset: no lab state in {settings.state_dir}.")
+        return
+    console.print("This deletes, for good:")
+    for item in data:
+        console.print(f"  {item.path}  [dim]({item.bytes / 1e6:,.1f} MB)[/]  {item.holds}")
+    if not yes and not typer.confirm("Stop the lab and delete all of this?"):
+        raise typer.Abort()
+    stopped, deleted = ops.reset(settings)
+    console.print(
+        (f"Stopped {', '.join(stopped)}. " if stopped else "")
+        + f"Deleted {len(deleted)} folder(s). `mlops-lab up` starts an empty lab."
+    )
 
 
 @app.command()

@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import ops
+from mlops_lab import ops, recovery
 from mlops_lab.aws import Change
 from mlops_lab.registry import Promotion
 from mlops_lab.settings import Settings
@@ -81,3 +81,35 @@ def services(settings: Settings, states: list[ops.ServiceState]) -> None:
         f"buckets: s3://{settings.input_bucket} (upload CSVs) -> s3://{settings.output_bucket}/predictions/ ; "
         f"model: s3://{settings.model_bucket}/{settings.model_key}"
     )
+
+
+_RERUN_STYLE = {"ok": "green", "rejected": "yellow", "failed": "red"}
+
+
+def rerun(rerun: recovery.Rerun) -> None:
+    style = _RERUN_STYLE.get(rerun.status, "")
+    console.print(f"  [{style}]{rerun.status:>9}[/]  s3://{rerun.bucket}/{rerun.key}  [dim]{rerun.detail}[/]")
+
+
+def reconciliation(result: recovery.ReconcileResult) -> None:
+    verb = "would" if result.dry_run else "did"
+    if result.dry_run:
+        for action in result.actions:
+            console.print(f"  [yellow]{action.action:>24}[/]  {action.key}  [dim]({action.reason})[/]")
+    reruns = sum(action.action == "rerun" for action in result.actions)
+    removals = len(result.actions) - reruns
+    console.print(
+        f"[bold]{result.inputs} input(s)[/]: {result.up_to_date} up to date; {verb} re-run {reruns} "
+        f"and remove {removals} superseded output(s)."
+        + (f" Cleared {result.cleared_failures} failure record(s) now resolved." if result.cleared_failures else "")
+    )
+
+
+def backlog(backlog: recovery.Backlog) -> None:
+    if backlog.inputs_without_output:
+        console.print(
+            f"[yellow]{backlog.inputs_without_output} input(s) have no output yet[/] (still running, or lost in a "
+            "crash): `mlops-lab reconcile` completes them."
+        )
+    if backlog.failures:
+        console.print(f"[yellow]{backlog.failures} failed event(s)[/]: `mlops-lab failures` shows them.")

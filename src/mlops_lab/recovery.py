@@ -1,0 +1,517 @@
+"""Every upload ends in one output or one captured failure: list and redrive failures, reconcile inputs with outputs.
+
+S3 invokes the function asynchronously. An event the function fails on (or that stays throttled) is retried, then
+Lambda sends it to the failure queue (bootstrap sets that up): ``failures`` lists those, ``redrive`` re-runs them and
+removes each that then succeeds. ``reconcile`` covers what no queue saw (an emulator killed mid-run, an event dropped):
+it compares the input bucket with the output bucket and re-runs every input whose output is missing or stale.
+
+Re-running means invoking the function synchronously with the S3 event it would have received, a few at a time. It
+is always safe: outputs are keyed by their input, so a second run overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from mlops_lab.aws import Aws, error_code, is_not_found
+from mlops_lab.contract import (
+    ERRORS_PREFIX,
+    INPUT_SUFFIX,
+    META_INPUT_ETAG,
+    PREDICTIONS_PREFIX,
+    error_key,
+    prediction_key,
+)
+from mlops_lab.settings import Settings
+
+# Re-runs at a time: well under the account's concurrency (a new AWS account has 10, the emulator is set the same),
+# so the uploads still arriving keep room.
+RERUN_WORKERS = 4
+HEAD_WORKERS = 8  # outputs' metadata is read with this many HEADs in flight
+THROTTLE_PATIENCE_S = 120  # how long one re-run keeps retrying while the function is throttled
+
+
+# -- re-running one input -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """One synchronous run of the function on one input: its outcome as the handler reported it."""
+
+    bucket: str
+    key: str
+    status: str  # ok | rejected | failed
+    detail: str = ""
+
+
+def s3_event(region: str, bucket: str, key: str, *, size: int | None = None, etag: str | None = None) -> dict:
+    """The ObjectCreated event S3 sends for ``key`` (keys arrive URL-encoded, as from S3)."""
+    details: dict[str, Any] = {"key": urllib.parse.quote_plus(key, safe="/")}
+    if size is not None:
+        details["size"] = size
+    if etag:
+        details["eTag"] = etag.strip('"')
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": region,
+                "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": details},
+            }
+        ]
+    }
+
+
+def event_inputs(event: dict) -> list[tuple[str, str]]:
+    """(bucket, key) of each object an S3 event names."""
+    found = []
+    for record in event.get("Records", []) if isinstance(event, dict) else []:
+        s3 = record.get("s3", {})
+        bucket, key = s3.get("bucket", {}).get("name"), s3.get("object", {}).get("key")
+        if bucket and key:
+            found.append((bucket, urllib.parse.unquote_plus(key)))
+    return found
+
+
+class _Invoker:
+    """Synchronous invokes of the function, waiting out throttling (it is shared with the uploads still arriving)."""
+
+    def __init__(self, settings: Settings, aws: Aws) -> None:
+        self.settings = settings
+        # A run can take the function's whole timeout; the client must wait that long for the answer.
+        config = Config(read_timeout=settings.lambda_timeout_s + 30, retries={"mode": "standard", "max_attempts": 3})
+        self.client = aws.session.client("lambda", region_name=aws.region, config=config)
+
+    def run(self, event: dict) -> tuple[str, dict | str]:
+        """("ok", the handler's answer) or ("failed", why)."""
+        deadline = time.monotonic() + THROTTLE_PATIENCE_S
+        delay = 0.5
+        while True:
+            try:
+                response = self.client.invoke(
+                    FunctionName=self.settings.function_name,
+                    InvocationType="RequestResponse",
+                    Payload=json.dumps(event).encode(),
+                )
+                break
+            except ClientError as error:
+                if error_code(error) != "TooManyRequestsException" or time.monotonic() > deadline:
+                    return "failed", f"{error_code(error)}: {error}"
+                time.sleep(delay)
+                delay = min(delay * 2, 5)
+        payload = response["Payload"].read()
+        try:
+            answer = json.loads(payload or b"null")
+        except json.JSONDecodeError:
+            answer = payload.decode(errors="replace")
+        if response.get("FunctionError"):
+            return "failed", _error_text(answer)
+        return "ok", answer
+
+
+def _rerun(invoker: _Invoker, region: str, bucket: str, key: str, event: dict | None = None) -> list[Rerun]:
+    status, answer = invoker.run(event or s3_event(region, bucket, key))
+    if status == "failed":
+        return [Rerun(b, k, "failed", str(answer)) for b, k in (event_inputs(event) if event else [(bucket, key)])]
+    results = answer.get("results", []) if isinstance(answer, dict) else []
+    reruns = []
+    for result in results:
+        source = result.get("input", "").removeprefix("s3://")
+        rerun_bucket, _, rerun_key = source.partition("/")
+        detail = f"{result.get('rows', 0):,} rows" if result.get("status") == "ok" else result.get("reason", "")
+        reruns.append(Rerun(rerun_bucket or bucket, rerun_key or key, result.get("status", "failed"), detail))
+    return reruns or [Rerun(bucket, key, "failed", f"the function answered {answer!r}")]
+
+
+def _error_text(payload: Any) -> str:
+    """The error a function (or Lambda itself) reported: its type and message."""
+    if not isinstance(payload, dict):
+        return str(payload)
+    kind = payload.get("errorType") or payload.get("__type") or "Error"
+    message = payload.get("errorMessage") or payload.get("message") or json.dumps(payload)
+    return f"{kind}: {message}"
+
+
+# -- the failure queue --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed event in the failure queue (Lambda's on-failure record)."""
+
+    message_id: str
+    receipt_handle: str
+    inputs: tuple[tuple[str, str], ...]  # (bucket, key) of each object the event named
+    error: str
+    attempts: int | None
+    when: datetime | None
+    event: dict | None  # the original event (None when the message is not a Lambda failure record)
+
+    @property
+    def input_uris(self) -> list[str]:
+        return [f"s3://{bucket}/{key}" for bucket, key in self.inputs]
+
+
+def failure_from_message(message: dict) -> Failure:
+    """Read Lambda's on-failure record: ``requestPayload`` (the event), ``responsePayload`` (the error),
+    ``requestContext.approximateInvokeCount``; when it failed is the record's timestamp (else when it was queued)."""
+    try:
+        record = json.loads(message.get("Body", ""))
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        record = {}
+    event = record.get("requestPayload") if isinstance(record.get("requestPayload"), dict) else None
+    sent = message.get("Attributes", {}).get("SentTimestamp")
+    when = _parse_time(record.get("timestamp")) or (
+        datetime.fromtimestamp(int(sent) / 1000, UTC) if sent and sent.isdigit() else None
+    )
+    error = (
+        _error_text(record.get("responsePayload"))
+        if record
+        else "not a Lambda failure record: " + message.get("Body", "")[:200]
+    )
+    if record and not record.get("responsePayload"):
+        condition = record.get("requestContext", {}).get("condition") or "failed"
+        error = f"{condition}: {record.get('responseContext', {}).get('functionError') or 'no response'}"
+    attempts = record.get("requestContext", {}).get("approximateInvokeCount")
+    return Failure(
+        message_id=message["MessageId"],
+        receipt_handle=message["ReceiptHandle"],
+        inputs=tuple(event_inputs(event or {})),
+        error=error,
+        attempts=attempts if isinstance(attempts, int) else None,
+        when=when,
+        event=event,
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class FailureQueue:
+    """The failure queue, read without consuming: messages are held while looked at, then released (or deleted)."""
+
+    def __init__(self, settings: Settings, aws: Aws) -> None:
+        self.sqs = aws.client("sqs")
+        self.name = settings.failure_queue_name
+        try:
+            self.url = self.sqs.get_queue_url(QueueName=self.name)["QueueUrl"]
+        except ClientError as error:
+            if is_not_found(error):
+                raise RecoveryError(f"no failure queue {self.name}: run `mlops-lab bootstrap` first") from None
+            raise
+
+    def hold_all(self, hold_s: int) -> list[Failure]:
+        """Every message now in the queue, each hidden from other readers for ``hold_s`` s (or until released)."""
+        failures: dict[str, Failure] = {}
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=hold_s,
+                WaitTimeSeconds=1,  # a long poll asks every SQS server; a short one may answer empty while some hold
+                AttributeNames=["SentTimestamp"],
+            ).get("Messages", [])
+            if not batch:
+                return sorted(failures.values(), key=lambda f: f.when or datetime.min.replace(tzinfo=UTC))
+            for message in batch:
+                failures[message["MessageId"]] = failure_from_message(message)
+
+    def release(self, failures: Iterable[Failure]) -> None:
+        for chunk in _chunks(list(failures), 10):
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": f.receipt_handle, "VisibilityTimeout": 0}
+                    for i, f in enumerate(chunk)
+                ],
+            )
+
+    def delete(self, failures: Iterable[Failure]) -> None:
+        for chunk in _chunks(list(failures), 10):
+            self.sqs.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": f.receipt_handle} for i, f in enumerate(chunk)],
+            )
+
+    def capture(self, function_arn: str, event: dict, error: str) -> None:
+        """Record a failure the way Lambda's on-failure destination does (a re-run that failed lands here too)."""
+        kind, _, message = error.partition(": ")
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "functionArn": function_arn,
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": 1,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+            "responsePayload": {"errorType": kind, "errorMessage": message or kind},
+        }
+        self.sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(record))
+
+
+class RecoveryError(RuntimeError):
+    pass
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def list_failures(settings: Settings, aws: Aws) -> list[Failure]:
+    """The failure queue's records, oldest first; they stay in the queue."""
+    queue = FailureQueue(settings, aws)
+    failures = queue.hold_all(hold_s=30)
+    queue.release(failures)
+    return failures
+
+
+@dataclass
+class RedriveResult:
+    completed: list[tuple[Failure, list[Rerun]]] = field(default_factory=list)  # removed from the queue
+    still_failing: list[tuple[Failure, list[Rerun]]] = field(default_factory=list)  # kept in the queue
+
+
+def redrive(settings: Settings, aws: Aws, *, on_rerun: Callable[[Rerun], None] = lambda _: None) -> RedriveResult:
+    """Re-run every failed event; remove each that now completes (predictions or an error report), keep the rest."""
+    queue = FailureQueue(settings, aws)
+    # Held for as long as re-running all of them could take, so no other reader redrives them meanwhile.
+    failures = queue.hold_all(hold_s=min(43200, settings.lambda_timeout_s * 4 + 120))
+    invoker = _Invoker(settings, aws)
+    result = RedriveResult()
+
+    def one(failure: Failure) -> tuple[Failure, list[Rerun]]:
+        if failure.event is None or not failure.inputs:
+            return failure, [Rerun("", "", "failed", failure.error)]
+        reruns = _rerun(invoker, aws.region, *failure.inputs[0], event=failure.event)
+        for rerun in reruns:
+            on_rerun(rerun)
+        return failure, reruns
+
+    try:
+        with ThreadPoolExecutor(RERUN_WORKERS) as pool:
+            for failure, reruns in pool.map(one, failures):
+                done = all(rerun.status in ("ok", "rejected") for rerun in reruns)
+                (result.completed if done else result.still_failing).append((failure, reruns))
+    finally:
+        completed = {failure.message_id for failure, _ in result.completed}
+        queue.delete(f for f in failures if f.message_id in completed)
+        queue.release(f for f in failures if f.message_id not in completed)
+    return result
+
+
+# -- at a glance --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What is left to recover, from listings only (cheap enough for `up` and `status`)."""
+
+    inputs_without_output: int
+    failures: int  # records in the failure queue (approximate, as SQS counts)
+
+
+def backlog(settings: Settings, aws: Aws) -> Backlog:
+    s3 = aws.client("s3")
+    inputs = [key for key in _list(s3, settings.input_bucket) if key.endswith(INPUT_SUFFIX)]
+    outputs = set(_list(s3, settings.output_bucket, PREDICTIONS_PREFIX)) | set(
+        _list(s3, settings.output_bucket, ERRORS_PREFIX)
+    )
+    missing = sum(1 for key in inputs if prediction_key(key) not in outputs and error_key(key) not in outputs)
+    queue = FailureQueue(settings, aws)
+    counts = queue.sqs.get_queue_attributes(
+        QueueUrl=queue.url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return Backlog(missing, sum(int(value) for value in counts.values()))
+
+
+# -- reconcile ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    etag: str  # without quotes
+    last_modified: datetime
+    size: int = 0
+    input_etag: str | None = None  # outputs only: the ETag of the input they were written for
+
+
+@dataclass(frozen=True)
+class Action:
+    """What reconcile does (or, in a dry run, would do) about one input key."""
+
+    key: str
+    action: str  # rerun | remove-error-report | remove-stale-predictions
+    reason: str  # missing | stale | superseded
+
+
+@dataclass
+class ReconcileResult:
+    inputs: int = 0
+    up_to_date: int = 0
+    actions: list[Action] = field(default_factory=list)
+    reruns: list[Rerun] = field(default_factory=list)
+    cleared_failures: int = 0  # failure records whose input now has its output
+    dry_run: bool = False
+
+
+def _is_current(output: StoredObject | None, source: StoredObject) -> bool:
+    """Was this output written for this very input? By the input ETag it records; an output without one (an older
+    handler's) counts if it is not older than the input."""
+    if output is None:
+        return False
+    if output.input_etag:
+        return output.input_etag == source.etag
+    return output.last_modified >= source.last_modified
+
+
+def plan(inputs: dict[str, StoredObject], outputs: dict[str, StoredObject]) -> list[Action]:
+    """The actions that leave each input with exactly one current output (pure: the buckets' listings in, actions
+    out)."""
+    actions = []
+    for key, source in sorted(inputs.items()):
+        predictions, report = outputs.get(prediction_key(key)), outputs.get(error_key(key))
+        good = predictions if _is_current(predictions, source) else None
+        bad = report if _is_current(report, source) else None
+        if good is None and bad is None:
+            actions.append(Action(key, "rerun", "stale" if predictions or report else "missing"))
+        elif good is not None and report is not None and (bad is None or report.last_modified <= good.last_modified):
+            actions.append(Action(key, "remove-error-report", "superseded"))
+        elif (
+            bad is not None
+            and predictions is not None
+            and (good is None or predictions.last_modified < bad.last_modified)
+        ):
+            actions.append(Action(key, "remove-stale-predictions", "superseded"))
+    return actions
+
+
+def _list(s3: Any, bucket: str, prefix: str = "") -> dict[str, StoredObject]:
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = StoredObject(
+                item["Key"], item["ETag"].strip('"'), item["LastModified"], int(item.get("Size", 0))
+            )
+    return found
+
+
+def _with_input_etags(s3: Any, bucket: str, outputs: dict[str, StoredObject]) -> dict[str, StoredObject]:
+    """The outputs with the input ETag each records (a HEAD each: listings carry no metadata)."""
+
+    def head(item: StoredObject) -> StoredObject:
+        try:
+            metadata = s3.head_object(Bucket=bucket, Key=item.key).get("Metadata", {})
+        except ClientError as error:
+            if is_not_found(error):  # deleted since the listing
+                return item
+            raise
+        return StoredObject(item.key, item.etag, item.last_modified, item.size, metadata.get(META_INPUT_ETAG))
+
+    with ThreadPoolExecutor(HEAD_WORKERS) as pool:
+        return {item.key: item for item in pool.map(head, outputs.values())}
+
+
+def reconcile(
+    settings: Settings, aws: Aws, *, dry_run: bool = False, on_rerun: Callable[[Rerun], None] = lambda _: None
+) -> ReconcileResult:
+    """Compare the input bucket with the output bucket and put right every difference (see ``plan``); then remove
+    the failure records whose input now has its output."""
+    s3 = aws.client("s3")
+    inputs = {key: item for key, item in _list(s3, settings.input_bucket).items() if key.endswith(INPUT_SUFFIX)}
+    outputs = _list(s3, settings.output_bucket, PREDICTIONS_PREFIX) | _list(s3, settings.output_bucket, ERRORS_PREFIX)
+    actions = plan(inputs, _with_input_etags(s3, settings.output_bucket, outputs))
+    result = ReconcileResult(
+        inputs=len(inputs), up_to_date=len(inputs) - len({a.key for a in actions}), actions=actions, dry_run=dry_run
+    )
+    if dry_run:
+        return result
+    for action in actions:
+        if action.action == "remove-error-report":
+            s3.delete_object(Bucket=settings.output_bucket, Key=error_key(action.key))
+        elif action.action == "remove-stale-predictions":
+            s3.delete_object(Bucket=settings.output_bucket, Key=prediction_key(action.key))
+    invoker = _Invoker(settings, aws)
+    queue = FailureQueue(settings, aws)
+    function_arn = ""
+
+    def one(action: Action) -> list[Rerun]:
+        source = inputs[action.key]
+        event = s3_event(aws.region, settings.input_bucket, action.key, size=source.size, etag=source.etag)
+        reruns = _rerun(invoker, aws.region, settings.input_bucket, action.key, event=event)
+        for rerun in reruns:
+            if rerun.status == "failed":  # captured like any failed event, so `failures`/`redrive` see it
+                queue.capture(function_arn, event, rerun.detail)
+            else:  # the run wrote one output; one of the other kind, from an earlier upload, no longer stands
+                other = error_key(action.key) if rerun.status == "ok" else prediction_key(action.key)
+                s3.delete_object(Bucket=settings.output_bucket, Key=other)
+            on_rerun(rerun)
+        return reruns
+
+    to_rerun = [action for action in actions if action.action == "rerun"]
+    if to_rerun:
+        function_arn = aws.client("lambda").get_function(FunctionName=settings.function_name)["Configuration"][
+            "FunctionArn"
+        ]
+        with ThreadPoolExecutor(RERUN_WORKERS) as pool:
+            for reruns in pool.map(one, to_rerun):
+                result.reruns.extend(reruns)
+    result.cleared_failures = _clear_resolved_failures(settings, s3, queue)
+    return result
+
+
+def _clear_resolved_failures(settings: Settings, s3: Any, queue: FailureQueue) -> int:
+    """Remove failure records whose every input now has a current output (the failure no longer stands)."""
+    failures = queue.hold_all(hold_s=60)
+    resolved = {
+        failure.message_id
+        for failure in failures
+        if failure.inputs and all(_has_current_output(settings, s3, bucket, key) for bucket, key in failure.inputs)
+    }
+    queue.delete(f for f in failures if f.message_id in resolved)
+    queue.release(f for f in failures if f.message_id not in resolved)
+    return len(resolved)
+
+
+def _has_current_output(settings: Settings, s3: Any, bucket: str, key: str) -> bool:
+    try:
+        source = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if is_not_found(error):
+            return False  # the input is gone: nothing will ever complete it, but a redrive will say so
+        raise
+    for output_key in (prediction_key(key), error_key(key)):
+        try:
+            output = s3.head_object(Bucket=settings.output_bucket, Key=output_key)
+        except ClientError as error:
+            if is_not_found(error):
+                continue
+            raise
+        recorded = output.get("Metadata", {}).get(META_INPUT_ETAG)
+        if recorded == source["ETag"].strip('"') or (not recorded and output["LastModified"] >= source["LastModified"]):
+            return True
+    return False
