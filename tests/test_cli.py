@@ -85,6 +85,10 @@ def test_help_lists_the_pipeline_steps() -> None:
         "promote",
         "models",
         "predict",
+        "failures",
+        "redrive",
+        "reconcile",
+        "reset",
         "image",
         "deploy",
     }
@@ -182,14 +186,25 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
 
     removed = runner.invoke(app, ["teardown", "--yes"])
     assert removed.exit_code == 0, removed.output
-    # notification, function, layer, role policy, role, three buckets
-    assert "8 deleted" in removed.output, removed.output
+    # notification, async invocation, function, layer, role policy, role, queue, three buckets
+    assert "10 deleted" in removed.output, removed.output
     assert settings.input_bucket not in {b["Name"] for b in ops.Aws().client("s3").list_buckets()["Buckets"]}
 
     stopped = runner.invoke(app, ["down"])
     assert stopped.exit_code == 0 and "Stopped: api, emulator" in stopped.output, stopped.output
     assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)
+    assert "`mlops-lab reset` wipes them" in stopped.output, stopped.output
+
+    kept = [data.path for data in ops.stored_data(settings)]
+    assert emulator.state_dirs(settings).services in kept  # the emulator saved its state as it stopped
+    refused = runner.invoke(app, ["reset"], input="n\n")
+    assert refused.exit_code != 0 and all(path.exists() for path in kept), refused.output
+    assert "This deletes, for good" in refused.output and str(kept[0]) in refused.output, refused.output
+    wiped = runner.invoke(app, ["reset", "--yes"])
+    assert wiped.exit_code == 0, wiped.output
+    assert not any(path.exists() for path in kept) and ops.stored_data(settings) == []
+    assert "Nothing to reset" in runner.invoke(app, ["reset", "--yes"]).output
 
 
 def test_up_that_fails_stops_what_it_started(own_stack_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mlops_lab.contract import META_MODEL_ETAG, META_ROWS, error_key, prediction_key
+from mlops_lab.contract import META_INPUT_ETAG, META_MODEL_ETAG, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, score_csv
 from tests.support import Lab
 
@@ -96,16 +96,20 @@ def test_handler_scores_every_record(
         answer = s3.get_object(Bucket=settings.output_bucket, Key=prediction_key(key))
         assert answer["Body"].read().decode() == expected
         assert answer["Metadata"][META_ROWS] == "500"
+        # The input it was written for: `reconcile` tells it from an output of an earlier upload under this key.
+        assert answer["Metadata"][META_INPUT_ETAG] == s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
 
 
 def test_bad_file_does_not_stop_the_good_one(handler: Handler, lab_stack: Lab, sample_csv: Path) -> None:
     s3, settings = lab_stack.s3(), lab_stack.settings
     bucket = settings.model_bucket
-    s3.put_object(Bucket=bucket, Key="direct/bad.csv", Body=b"age\n1\n")
+    bad_etag = s3.put_object(Bucket=bucket, Key="direct/bad.csv", Body=b"age\n1\n")["ETag"]
     s3.upload_file(str(sample_csv), bucket, "direct/good.csv")
     result = handler(s3_event(bucket, "direct/bad.csv", "direct/good.csv"))
     assert [r["status"] for r in result["results"]] == ["rejected", "ok"]
-    report = json.loads(s3.get_object(Bucket=settings.output_bucket, Key=error_key("direct/bad.csv"))["Body"].read())
+    stored = s3.get_object(Bucket=settings.output_bucket, Key=error_key("direct/bad.csv"))
+    assert stored["Metadata"][META_INPUT_ETAG] == bad_etag.strip('"')
+    report = json.loads(stored["Body"].read())
     assert report["input"] == f"s3://{bucket}/direct/bad.csv"
     assert report["reason"].startswith("missing columns: work_class")
     assert s3.head_object(Bucket=settings.output_bucket, Key=prediction_key("direct/good.csv"))

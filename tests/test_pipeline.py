@@ -260,6 +260,7 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
         "logs:PutLogEvents",
         "s3:GetObject",
         "s3:PutObject",
+        "sqs:SendMessage",
     }
 
 
@@ -269,7 +270,7 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
 def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
     changes = ops.run_bootstrap(lab_stack.settings, lab_stack.aws)
     assert {c.action for c in changes} == {"unchanged"}, changes
-    assert len(changes) == 9
+    assert len(changes) == 11
 
 
 NOTIFICATION_KEYS = ("LambdaFunctionConfigurations", "QueueConfigurations", "TopicConfigurations")
@@ -321,6 +322,9 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
         aws.client("iam").get_role(RoleName=settings.role_name)
     assert error_code(caught.value) == "NoSuchEntity", caught.value.response
     assert not aws.client("lambda").list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]
+    with pytest.raises(ClientError) as caught:
+        aws.client("sqs").get_queue_url(QueueName=settings.failure_queue_name)
+    assert error_code(caught.value) in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
     assert {c.action for c in teardown(settings, aws)} == {"absent"}
 
 

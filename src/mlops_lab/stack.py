@@ -37,7 +37,7 @@ class StartError(RuntimeError):
 
 
 RUN_MARKER = "=== mlops-lab: started"  # a line written to a service's log before each start
-_launched: set[int] = set()  # pids this process started
+_starting: set[int] = set()  # pids this process started that have not been healthy yet
 
 
 def run_dir(settings: Settings) -> Path:
@@ -114,7 +114,7 @@ def launch(settings: Settings, service: Service) -> int:
                 start_new_session=True,  # its own process group: `down` stops it and every worker it spawned
             )
         pid = process.pid
-        _launched.add(pid)
+        _starting.add(pid)
         _pid_file(settings, service.name).write_text(str(pid))
     return pid
 
@@ -122,12 +122,12 @@ def launch(settings: Settings, service: Service) -> int:
 def wait_healthy(settings: Settings, service: Service, pid: int, *, timeout: float = 60) -> int:
     """Wait until a launched service's health URL answers 200; stop it and raise StartError if it dies or times out.
 
-    A process of an earlier run that was dying as this one looked (killed a moment ago, not yet gone) passed for a
-    running service: once it is gone, the service is started afresh, once."""
+    A process that was running before (not one this process is starting) and dies now was dying as ``launch``
+    looked, killed a moment ago: it passed for a running service. Once it is gone, the service is started afresh."""
     deadline = time.monotonic() + timeout
     while not healthy(service.health_url):
         if pid_of(settings, service.name) is None or _exited(pid):
-            if pid not in _launched:
+            if pid not in _starting:
                 pid = launch(settings, service)
                 continue
             tail = _this_run_log(settings, service.name)[-3000:]
@@ -137,6 +137,7 @@ def wait_healthy(settings: Settings, service: Service, pid: int, *, timeout: flo
             stop(settings, service)
             raise StartError(f"{service.name} was not healthy at {service.health_url} after {timeout:.0f} s")
         time.sleep(0.1)
+    _starting.discard(pid)
     return pid
 
 
