@@ -213,24 +213,25 @@ def test_down_up_keeps_the_promoted_model_its_registry_and_rollback(durable_lab:
     assert model.live_version(settings, lab.aws) == first.version
 
 
-def test_failing_handler_lands_in_the_failure_queue_and_redrive_completes_it(durable_lab: Lab) -> None:
+def test_failing_handler_lands_in_the_failure_queue_and_redrive_completes_it(durable_lab: Lab, tmp_path: Path) -> None:
     settings, aws = durable_lab.settings, durable_lab.aws
     s3 = aws.client("s3")
     published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
     body, metadata = published["Body"].read(), published["Metadata"]
     s3.delete_object(Bucket=settings.model_bucket, Key=settings.model_key)
     try:
-        data = generate(25, seed=9, with_label=False).to_csv(index=False).encode()
-        s3.put_object(Bucket=settings.input_bucket, Key="redrive/in.csv", Body=data)
-        failure = wait_until(
-            lambda: [f for f in recovery.list_failures(settings, aws) if ("redrive/in.csv" in str(f.inputs))],
-            timeout=120,
-            interval=1,
-        )[0]
+        data = tmp_path / "in.csv"
+        data.write_bytes(generate(25, seed=9, with_label=False).to_csv(index=False).encode())
+        # `mlops-lab predict` stops waiting as soon as the event lands in the failure queue, and says why.
+        with pytest.raises(ops.PredictFailed) as caught:
+            ops.predict_file(settings, aws, data, key="redrive/in.csv", out_dir=tmp_path, timeout=120)
+        failure = caught.value.failure
+        assert "redrive" in str(caught.value) and "s3://durable-input/redrive/in.csv" in str(caught.value)
         assert failure.inputs == ((settings.input_bucket, "redrive/in.csv"),)
         assert failure.attempts == settings.lambda_retry_attempts + 1
         assert "404" in failure.error or "Not Found" in failure.error, failure.error
         assert failure.when is not None
+        assert [f.message_id for f in recovery.list_failures(settings, aws)] == [failure.message_id]
         assert outputs_under(durable_lab, "redrive/") == {}
         # Still failing: the record is kept.
         still = recovery.redrive(settings, aws)

@@ -204,14 +204,12 @@ def test_fifty_concurrent_uploads_none_lost(lab_stack: Lab, tmp_path: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def role_s3(lab_stack: Lab):  # type: ignore[no-untyped-def]
-    """An S3 client holding the execution role's credentials (the emulator enforces IAM: AUTH=true)."""
+def role_session(lab_stack: Lab) -> boto3.session.Session:
+    """A session holding the execution role's credentials (the emulator enforces IAM: AUTH=true)."""
     aws, settings = lab_stack.aws, lab_stack.settings
     role_arn = aws.client("iam").get_role(RoleName=settings.role_name)["Role"]["Arn"]
     credentials = aws.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="least-privilege-test")["Credentials"]
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+    return boto3.session.Session(
         region_name=aws.region,
         aws_access_key_id=credentials["AccessKeyId"],
         aws_secret_access_key=credentials["SecretAccessKey"],
@@ -219,12 +217,40 @@ def role_s3(lab_stack: Lab):  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.fixture(scope="module")
+def role_s3(role_session: boto3.session.Session):  # type: ignore[no-untyped-def]
+    return role_session.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+
+@pytest.fixture(scope="module")
+def role_sqs(role_session: boto3.session.Session):  # type: ignore[no-untyped-def]
+    return role_session.client("sqs", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+
 def _denied(call) -> bool:  # type: ignore[no-untyped-def]
     try:
         call()
     except ClientError as error:
-        return error.response["Error"]["Code"] == "AccessDenied"
+        return error.response["Error"]["Code"] in {"AccessDenied", "AccessDeniedException"}
     return False
+
+
+def test_role_may_only_send_to_its_failure_queue(lab_stack: Lab, role_sqs) -> None:  # type: ignore[no-untyped-def]
+    """The on-failure destination needs sqs:SendMessage on that one queue; reading or emptying it is for the user."""
+    sqs, settings = lab_stack.aws.client("sqs"), lab_stack.settings
+    url = sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]
+    other = sqs.create_queue(QueueName=f"{settings.prefix}-not-the-failure-queue")["QueueUrl"]
+    sent = {"MessageId": None}
+    try:
+        sent = role_sqs.send_message(QueueUrl=url, MessageBody='{"probe": true}')
+        assert _denied(lambda: role_sqs.receive_message(QueueUrl=url))
+        assert _denied(lambda: role_sqs.purge_queue(QueueUrl=url))
+        assert _denied(lambda: role_sqs.send_message(QueueUrl=other, MessageBody="x"))
+    finally:
+        sqs.delete_queue(QueueUrl=other)
+        for received in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            if received["MessageId"] == sent["MessageId"]:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=received["ReceiptHandle"])
 
 
 def test_role_can_do_what_the_function_needs(lab_stack: Lab, role_s3, sample_csv: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab import emulator, model, registry, sagemaker, stack
+from mlops_lab import emulator, model, recovery, registry, sagemaker, stack
 from mlops_lab.aws import Aws, Change, is_not_found
 from mlops_lab.bootstrap import bootstrap
 from mlops_lab.contract import META_MODEL_VERSION, error_key, prediction_key
@@ -309,6 +309,20 @@ class PredictTimeout(TimeoutError):
     pass
 
 
+class PredictFailed(RuntimeError):
+    """The function failed on the upload after its retries: the event is in the failure queue."""
+
+    def __init__(self, failure: recovery.Failure) -> None:
+        self.failure = failure
+        super().__init__(
+            f"the function failed on {', '.join(failure.input_uris)} after {failure.attempts or '?'} attempt(s): "
+            f"{failure.error}. The event is kept in the failure queue: fix the cause, then `mlops-lab redrive`."
+        )
+
+
+FAILURE_CHECK_S = 2.0  # while waiting for an output, how often to look in the failure queue as well
+
+
 def predict_file(
     settings: Settings,
     aws: Aws,
@@ -319,7 +333,8 @@ def predict_file(
     timeout: float = 300,
     on_wait: Callable[[float], None] = lambda _: None,
 ) -> BatchResult:
-    """Upload a CSV to the input bucket and wait for the Lambda's predictions (or error report)."""
+    """Upload a CSV to the input bucket and wait for the Lambda's predictions (or error report); PredictFailed as soon
+    as the event lands in the failure queue instead."""
     s3 = aws.client("s3")
     key = key or path.name
     outputs = (prediction_key(key), error_key(key))
@@ -330,7 +345,13 @@ def predict_file(
     out_dir = out_dir or settings.state_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + timeout
+    next_failure_check = started + FAILURE_CHECK_S
     while True:
+        if time.perf_counter() >= next_failure_check:
+            failed = recovery.find_failure(settings, aws, settings.input_bucket, key)
+            if failed is not None:
+                raise PredictFailed(failed)
+            next_failure_check = time.perf_counter() + FAILURE_CHECK_S
         for found in outputs:
             if _exists(s3, settings.output_bucket, found):
                 seconds = time.perf_counter() - started
@@ -339,8 +360,9 @@ def predict_file(
                 return _result(settings, key, found, local, seconds)
         if time.perf_counter() > deadline:
             raise PredictTimeout(
-                f"no predictions for s3://{settings.input_bucket}/{key} after {timeout:.0f} s: "
-                f"check the function's logs (mlops-lab logs) and that bootstrap ran"
+                f"no predictions for s3://{settings.input_bucket}/{key} after {timeout:.0f} s and no failure recorded: "
+                f"is the notification in place (`mlops-lab bootstrap`)? The function's log: CloudWatch group "
+                f"/aws/lambda/{settings.function_name} (embedded: {settings.state_dir / 'logs' / 'emulator.log'})"
             )
         on_wait(time.perf_counter() - started)
         time.sleep(0.1)

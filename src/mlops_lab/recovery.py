@@ -221,7 +221,7 @@ class FailureQueue:
                 raise RecoveryError(f"no failure queue {self.name}: run `mlops-lab bootstrap` first") from None
             raise
 
-    def hold_all(self, hold_s: int) -> list[Failure]:
+    def hold_all(self, hold_s: int, *, wait_s: int = 1) -> list[Failure]:
         """Every message now in the queue, each hidden from other readers for ``hold_s`` s (or until released)."""
         failures: dict[str, Failure] = {}
         while True:
@@ -229,7 +229,7 @@ class FailureQueue:
                 QueueUrl=self.url,
                 MaxNumberOfMessages=10,
                 VisibilityTimeout=hold_s,
-                WaitTimeSeconds=1,  # a long poll asks every SQS server; a short one may answer empty while some hold
+                WaitTimeSeconds=wait_s,  # a long poll asks every SQS server; a short one may miss some
                 AttributeNames=["SentTimestamp"],
             ).get("Messages", [])
             if not batch:
@@ -287,6 +287,17 @@ def list_failures(settings: Settings, aws: Aws) -> list[Failure]:
     failures = queue.hold_all(hold_s=30)
     queue.release(failures)
     return failures
+
+
+def find_failure(settings: Settings, aws: Aws, bucket: str, key: str) -> Failure | None:
+    """The failure record of this input, if there is one now (a quick look: a short poll, released at once)."""
+    try:
+        queue = FailureQueue(settings, aws)
+    except RecoveryError:  # bootstrapped before failures were captured: nothing to find
+        return None
+    failures = queue.hold_all(hold_s=5, wait_s=0)
+    queue.release(failures)
+    return next((failure for failure in failures if (bucket, key) in failure.inputs), None)
 
 
 @dataclass

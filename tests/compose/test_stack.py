@@ -101,6 +101,13 @@ def test_bootstrap_wired_the_pipeline(aws, buckets):
     assert [rule["LambdaFunctionArn"] for rule in rules] == [function["FunctionArn"]]
     head = s3.head_object(Bucket=buckets["model"], Key=MODEL_KEY)  # raises (404) when no model is published
     assert head["ContentLength"] > 0
+    # Failed events go to the failure queue (`mlops-lab failures`), after the retries the settings ask for.
+    sqs = aws("sqs")
+    queue = sqs.get_queue_url(QueueName=f"{prefix}-batch-predict-failures")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    invoke = lam.get_function_event_invoke_config(FunctionName=function["FunctionName"])
+    assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == queue_arn
+    assert invoke["MaximumRetryAttempts"] == 2
 
 
 def test_upload_gets_predictions(aws, buckets, unique_key, sample_csv_bytes, sample_rows):

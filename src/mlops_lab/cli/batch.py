@@ -32,9 +32,14 @@ def predict(
 def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.BatchResult:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"Uploaded {file.name}; waiting for the Lambda's output...", total=None)
-        result = ops.predict_file(
-            get_settings(), Aws(), file, key=key, timeout=timeout, on_wait=lambda _: bar.update(task)
-        )
+        try:
+            result = ops.predict_file(
+                get_settings(), Aws(), file, key=key, timeout=timeout, on_wait=lambda _: bar.update(task)
+            )
+        except (ops.PredictFailed, ops.PredictTimeout) as problem:
+            bar.stop()
+            console.print(f"[red]No predictions[/]: {problem}")
+            raise typer.Exit(1) from None
     if result.status == "rejected":
         console.print(f"[red]Rejected[/]: {result.error['reason'] if result.error else ''} -> {result.output_uri}")
         raise typer.Exit(1)
