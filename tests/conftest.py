@@ -7,6 +7,7 @@ in tests/support.py. Every test whose fixtures start a server is marked ``integr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -15,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import httpx
 import pytest
 
-from mlops_lab import stack
-from mlops_lab.settings import Settings
+from mlops_lab import ops, stack
+from mlops_lab.settings import Settings, get_settings
 from tests.support import COURSE_DIR, HANDLER_PATH, REPORTED, Lab, LambdaContext, free_port
 
 # Fixtures that start a server (an emulator, mlflow, the API, moto) for the tests that use them, directly or through
@@ -130,8 +132,6 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path
 
     The developer's own ``LAB_*`` variables and ``.env`` are kept out: the session's stack is the same everywhere.
     """
-    from mlops_lab import ops
-
     saved = dict(os.environ)
     for name in [name for name in os.environ if name.startswith("LAB_")]:
         del os.environ[name]
@@ -161,7 +161,7 @@ def mlflow_lab(lab_stack: Lab) -> Iterator[Lab]:
     Its settings are the session stack's plus a free mlflow port. Whatever model the session published is put back
     afterwards, so promotions made by these tests do not leak into other modules' expectations.
     """
-    from mlops_lab import ops, registry
+    from mlops_lab import registry
 
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     settings = lab_stack.settings.model_copy(update={"mlflow_port": free_port()})
@@ -173,6 +173,36 @@ def mlflow_lab(lab_stack: Lab) -> Iterator[Lab]:
             yield Lab(settings, lab_stack.aws)
     finally:
         s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=original, Metadata=original_metadata)
+
+
+@pytest.fixture(scope="module")
+def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The API as `up` runs it (its own process), reading the model bucket, polling for a new model every 0.2 s."""
+    settings = mlflow_lab.settings.model_copy(
+        update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
+    )
+    env = {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2", "LAB_API_ACCESS_LOG": "false"}
+    service = ops.api_service(settings)
+    service = dataclasses.replace(service, env={**service.env, **env})
+    stack.start(settings, service)
+    try:
+        with httpx.Client(base_url=service.url, timeout=10) as client:
+            yield client
+    finally:
+        stack.stop(settings, service)
+
+
+@pytest.fixture
+def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Point the CLI's settings at the session's stack."""
+    settings = lab_stack.settings
+    monkeypatch.setenv("LAB_PREFIX", settings.prefix)
+    monkeypatch.setenv("LAB_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAB_EMULATOR_PORT", str(settings.emulator_port))
+    monkeypatch.setenv("LAB_MAX_INPUT_MB", str(settings.max_input_mb))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 # == end of the mlflow section ===================================================================================

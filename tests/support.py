@@ -161,3 +161,43 @@ def parse_csv(text: str | bytes | Path) -> list[list[str]]:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return list(csv.reader(io.StringIO(text, newline="")))
+
+
+# -- models of other kinds (scikit-learn's bundled data sets, exported with skl2onnx) ---------------------------------
+
+
+def diabetes_regressor(folder: Path) -> tuple[Path, Path]:
+    """A regressor with one [N, 10] float input and no metadata (so no feature names), and a CSV of its rows with
+    named columns: (model.onnx, rows.csv)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import RandomForestRegressor
+
+    data = load_diabetes(as_frame=True)
+    regressor = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0).fit(
+        data.data.to_numpy(), data.target
+    )
+    model = convert_sklearn(regressor, initial_types=[("input", FloatTensorType([None, 10]))], target_opset=18)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "diabetes.onnx").write_bytes(model.SerializeToString())
+    data.data.head(60).to_csv(folder / "diabetes.csv", index=False)
+    return folder / "diabetes.onnx", folder / "diabetes.csv"
+
+
+def iris_classifier(folder: Path) -> tuple[Path, Path]:
+    """A 3-class classifier with integer labels, one [N, 4] float input, ZipMap probabilities and no metadata, and
+    a CSV of rows with named columns: (model.onnx, rows.csv)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_iris(as_frame=True)
+    classifier = LogisticRegression(max_iter=500).fit(data.data.to_numpy(), data.target)
+    model = convert_sklearn(classifier, initial_types=[("input", FloatTensorType([None, 4]))], target_opset=18)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "iris.onnx").write_bytes(model.SerializeToString())
+    frame = data.data.rename(columns=lambda name: name.replace(" (cm)", "").replace(" ", "_"))
+    frame.sample(40, random_state=1).to_csv(folder / "iris.csv", index=False)
+    return folder / "iris.onnx", folder / "iris.csv"

@@ -23,19 +23,6 @@ SDK_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY
 
 
 @pytest.fixture
-def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Point the CLI's settings at the session's stack."""
-    settings = lab_stack.settings
-    monkeypatch.setenv("LAB_PREFIX", settings.prefix)
-    monkeypatch.setenv("LAB_STATE_DIR", str(settings.state_dir))
-    monkeypatch.setenv("LAB_EMULATOR_PORT", str(settings.emulator_port))
-    monkeypatch.setenv("LAB_MAX_INPUT_MB", str(settings.max_input_mb))
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def own_stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model_path: Path) -> Iterator[Path]:
     """Settings for a stack of the test's own (fresh state dir, free ports, the session's trained model in place so
     `up` publishes it instead of training); the SDK variables `up` sets are put back afterwards."""

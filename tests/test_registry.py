@@ -7,7 +7,6 @@ refused. The API keeps serving when the tracking server is down.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops_lab import model, ops, registry, stack
+from mlops_lab import model, registry, stack
 from mlops_lab.contract import META_MODEL_VERSION, prediction_key
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
@@ -56,23 +55,6 @@ def versions(mlflow_lab: Lab) -> Versions:
     first = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=1, run_name="seed-1")
     second = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=2, run_name="seed-2")
     return Versions(first, second)
-
-
-@pytest.fixture(scope="module")
-def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The API as `up` runs it (its own process), reading the model bucket, polling for a new model every 0.2 s."""
-    settings = mlflow_lab.settings.model_copy(
-        update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
-    )
-    env = {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2", "LAB_API_ACCESS_LOG": "false"}
-    service = ops.api_service(settings)
-    service = dataclasses.replace(service, env={**service.env, **env})
-    stack.start(settings, service)
-    try:
-        with httpx.Client(base_url=service.url, timeout=10) as client:
-            yield client
-    finally:
-        stack.stop(settings, service)
 
 
 def served_version(api: httpx.Client) -> str:

@@ -29,6 +29,8 @@ from botocore.exceptions import ClientError
 from mlops_lab.contract import (
     META_INPUT_ETAG,
     META_MODEL_ETAG,
+    META_MODEL_KIND,
+    META_MODEL_NAME,
     META_MODEL_VERSION,
     META_ROWS,
     error_key,
@@ -212,9 +214,15 @@ def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache, re
             if isinstance(error, InputError):
                 raise
             raise InputError(f"could not read this file as CSV: {error}") from None
-        metadata = {META_MODEL_ETAG: etag.strip('"'), META_ROWS: str(summary.rows), **_input_metadata(read["etag"])}
-        if model.metadata.get("version"):
-            metadata[META_MODEL_VERSION] = model.metadata["version"]
+        metadata = {
+            META_MODEL_ETAG: etag.strip('"'),
+            META_MODEL_KIND: model.kind,
+            META_ROWS: str(summary.rows),
+            **_input_metadata(read["etag"]),
+        }
+        for key, stamped in ((META_MODEL_NAME, "model_name"), (META_MODEL_VERSION, "version")):
+            if model.metadata.get(stamped):  # the model's own identity, as promote/publish stamped it
+                metadata[key] = model.metadata[stamped]
         s3.upload_file(
             output_path,
             config.output_bucket,
@@ -226,7 +234,8 @@ def _score_object(s3: Any, obj: S3Object, config: Config, models: ModelCache, re
         "status": "ok",
         "output": f"s3://{config.output_bucket}/{prediction_key(obj.key)}",
         "rows": summary.rows,
-        "labels": summary.label_counts,
+        **({"labels": summary.label_counts} if summary.label_counts else {}),
+        **({"range": list(summary.value_range)} if summary.value_range else {}),
     }
 
 

@@ -19,9 +19,10 @@ META_INPUT_ETAG = "input-etag"
 META_ROWS = "rows"  # rows scored
 META_MODEL_ETAG = "model-etag"  # the published model object that scored them
 # Shared by a predictions object (the model that scored it) and the published model object (what it is).
+META_MODEL_NAME = "model-name"  # its registered name
 META_MODEL_VERSION = "model-version"
+META_MODEL_KIND = "model-kind"  # classifier | regressor (a predictions object)
 # S3 metadata of the published model object.
-META_MODEL_NAME = "model-name"
 META_RUN_ID = "run-id"
 
 

@@ -1,4 +1,5 @@
-"""The inference core: an ONNX tabular model's schema -> typed inputs -> labels and class probabilities.
+"""The inference core: an ONNX tabular model's schema -> typed inputs -> labels and class probabilities (a classifier)
+or one number per row (a regressor).
 
 Shared unchanged by the Lambda (it ships inside the layer) and the API, so it imports numpy and onnxruntime only.
 
@@ -7,9 +8,10 @@ Two input layouts are understood:
 - one 2-D numeric tensor [None, n_features], whose column names come from the model's metadata (``feature_names``)
   or default to ``f0..f{n-1}``.
 
-Two output layouts are understood: a label tensor plus either a ZipMap (``seq(map(string|int64, float))``) or a
-probability tensor [None, n_classes]. Class names come from the model's metadata (``classes``), from the ZipMap's
-keys, or default to ``0..k-1``.
+Output layouts: a classifier's label tensor, alone or followed by a ZipMap (``seq(map(string|int64, float))``) or a
+probability tensor [None, n_classes]; or a regressor's one numeric tensor ([None] or [None, 1]). Class names come from
+the model's metadata (``classes``), from the ZipMap's keys, or default to ``0..k-1``. The metadata's ``kind``
+(``classifier``/``regressor``), written by `mlops-lab publish`, settles a single output that could be either.
 
 Models the lab exports also carry ``categories`` in their metadata (the vocabulary each categorical column was
 trained on), so an unknown category is reported as bad input instead of being silently encoded as all zeros.
@@ -37,6 +39,10 @@ PREDICTION_COLUMN = "prediction"
 PROBABILITY_PREFIX = "probability_"
 
 
+CLASSIFIER = "classifier"
+REGRESSOR = "regressor"
+
+
 def probability_column(label: object) -> str:
     return f"{PROBABILITY_PREFIX}{label}"
 
@@ -44,6 +50,8 @@ def probability_column(label: object) -> str:
 MAX_REPORTED_PROBLEMS = 20
 # predict_small takes up to this many records; with more, the column-wise numpy casting is as fast.
 SMALL_BATCH = 16
+
+_LABEL_TYPES = ("tensor(string)", "tensor(int64)", "tensor(int32)", "tensor(bool)")
 
 _ONNX_TO_NUMPY = {
     "tensor(string)": np.object_,
@@ -108,35 +116,55 @@ class Feature:
 
 @dataclass(frozen=True)
 class Prediction:
-    labels: np.ndarray  # shape (n,), str objects
-    probabilities: np.ndarray  # shape (n, len(classes)), float32
-    classes: tuple[str, ...]
+    labels: np.ndarray  # shape (n,): a classifier's labels as str objects; a regressor's values as floats
+    probabilities: np.ndarray  # shape (n, len(classes)), float32; (n, 0) when the model gives none
+    classes: tuple[str, ...]  # the probability columns' classes, in order (empty: no probabilities)
+    kind: str = CLASSIFIER
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def records(self) -> list[dict[str, Any]]:
-        """JSON-friendly rows: ``{"label": ..., "probabilities": {class: p}}``."""
+        """JSON-friendly rows: ``{"label": ..., "probabilities": {class: p}}`` (no probabilities: the label alone);
+        a regressor's ``{"prediction": value}``."""
+        if self.kind == REGRESSOR:
+            return [{PREDICTION_COLUMN: value} for value in self.labels.tolist()]
+        if not self.classes:
+            return [{"label": label} for label in self.labels.tolist()]
         return [
             {"label": label, "probabilities": dict(zip(self.classes, map(float, probs), strict=True))}
             for label, probs in zip(self.labels.tolist(), self.probabilities, strict=True)
         ]
 
+    def label_texts(self) -> list[str]:
+        """The prediction column as CSV text: labels as they are, values in their shortest exact decimal form."""
+        if self.kind == REGRESSOR:
+            return self.labels.astype(str).tolist()
+        return self.labels.tolist()
+
 
 @dataclass
 class ScoreSummary:
     rows: int = 0
-    label_counts: dict[str, int] = field(default_factory=dict)
+    label_counts: dict[str, int] = field(default_factory=dict)  # classifiers
+    value_range: tuple[float, float] | None = None  # regressors: the smallest and largest prediction
 
     def add(self, prediction: Prediction) -> None:
         self.rows += len(prediction)
+        if prediction.kind == REGRESSOR:
+            if len(prediction):
+                low, high = float(np.nanmin(prediction.labels)), float(np.nanmax(prediction.labels))
+                if self.value_range is not None:
+                    low, high = min(low, self.value_range[0]), max(high, self.value_range[1])
+                self.value_range = (low, high)
+            return
         values, counts = np.unique(prediction.labels.astype(str), return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             self.label_counts[value] = self.label_counts.get(value, 0) + count
 
 
 class TabularModel:
-    """An ONNX classifier over named tabular columns."""
+    """An ONNX classifier or regressor over named tabular columns."""
 
     def __init__(self, model: bytes | str | Path, *, threads: int | None = None) -> None:
         options = ort.SessionOptions()
@@ -151,12 +179,14 @@ class TabularModel:
         self._categories: dict[str, list[str]] = json.loads(self.metadata.get("categories", "{}"))
         self._inputs = self.session.get_inputs()
         self.features, self.per_column = self._read_features()
-        self._label_output, self._probability_output, self._zipmap = self._read_outputs()
+        self.kind, self._label_output, self._probability_output, self._zipmap = self._read_outputs()
         self._classes: tuple[str, ...] | None = (
             tuple(json.loads(self.metadata["classes"])) if "classes" in self.metadata else None
         )
+        if self._probability_output is None:  # no probability columns (a regressor; a classifier giving labels only)
+            self._classes = ()
         # For the small-batch fast path (predict_small): built once per model, not per request.
-        self._output_names = [self._label_output, self._probability_output]
+        self._output_names = [self._label_output] + ([self._probability_output] if self._probability_output else [])
         self._casters = [(f.name, f.dtype, _scalar_caster(f)) for f in self.features]
         # InferenceSession.run re-validates the feed's names on every call; the fast path builds complete feeds
         # itself, so it calls the binding directly when this onnxruntime has one (same arguments, same errors).
@@ -199,15 +229,33 @@ class TabularModel:
             )
         return features, True
 
-    def _read_outputs(self) -> tuple[str, str, bool]:
+    def _read_outputs(self) -> tuple[str, str, str | None, bool]:
+        """(kind, label or value output, probability output or None, probabilities as ZipMap?)."""
         outputs = self.session.get_outputs()
-        if len(outputs) < 2:
-            raise ValueError("expected a classifier with a label output and a probability output")
-        label, probability = outputs[0], outputs[1]
+        first = outputs[0]
+        declared = self.metadata.get("kind")
+        numeric = first.type in ("tensor(float)", "tensor(double)")
+        if len(outputs) == 1 or declared == REGRESSOR:
+            if declared == REGRESSOR or (declared is None and numeric):
+                if not numeric or not _is_single_value(first.shape):
+                    raise ValueError(
+                        f"a regressor needs one numeric output of shape [N] or [N, 1]; {first.name!r} is "
+                        f"{first.type} {first.shape}"
+                    )
+                return REGRESSOR, first.name, None, False
+            if first.type not in _LABEL_TYPES or len(first.shape or []) > 2:
+                raise ValueError(f"unsupported output {first.name!r}: {first.type} {first.shape}")
+            return CLASSIFIER, first.name, None, False
+        probability = outputs[1]
+        if first.type not in _LABEL_TYPES:
+            raise ValueError(
+                f"expected a classifier (a label output, then probabilities) or a regressor (one numeric output); "
+                f"the first of {len(outputs)} outputs, {first.name!r}, is {first.type}"
+            )
         zipmap = probability.type.startswith("seq(map(")
-        if not zipmap and not probability.type.startswith("tensor("):
+        if not zipmap and probability.type not in ("tensor(float)", "tensor(double)"):
             raise ValueError(f"unsupported probability output type {probability.type}")
-        return label.name, probability.name, zipmap
+        return CLASSIFIER, first.name, probability.name, zipmap
 
     @property
     def feature_names(self) -> list[str]:
@@ -257,16 +305,22 @@ class TabularModel:
     def run(self, feeds: Mapping[str, np.ndarray]) -> Prediction:
         """Score prepared inputs. ONNX Runtime releases the GIL meanwhile, which score_csv uses to overlap chunks."""
         try:
-            labels, probabilities = self.session.run([self._label_output, self._probability_output], dict(feeds))
+            outputs = self.session.run(self._output_names, dict(feeds))
         except Exception as error:  # ORT's own exception types; a value the model's operators cannot take
             raise InputError(f"the model could not score this input: {error}") from None
+        labels = np.asarray(outputs[0]).reshape(-1)
+        if self.kind == REGRESSOR:
+            return Prediction(labels, np.empty((len(labels), 0), np.float32), (), REGRESSOR)
+        if self._probability_output is None:
+            return Prediction(labels.astype(str).astype(object), np.empty((len(labels), 0), np.float32), ())
+        probabilities = outputs[1]
         if self._classes is None:  # learned from the first output when the metadata did not say
             if self._zipmap and probabilities:
                 self._classes = tuple(str(key) for key in probabilities[0])
             elif not self._zipmap:
                 self._classes = tuple(str(i) for i in range(np.asarray(probabilities).shape[1]))
         matrix = self._probability_matrix(probabilities)
-        return Prediction(np.asarray(labels).reshape(-1).astype(str).astype(object), matrix, self.classes)
+        return Prediction(labels.astype(str).astype(object), matrix, self.classes)
 
     def _probability_matrix(self, probabilities: Any) -> np.ndarray:
         """ORT's probability output (ZipMap dicts or a tensor) as an (n, classes) float32 matrix in class order."""
@@ -314,12 +368,16 @@ class TabularModel:
                 outputs = None if feeds is None else self._run_small(feeds)
         if outputs is None:
             return self.predict_records(records).records()
-        labels, probabilities = outputs
+        labels = np.asarray(outputs[0]).reshape(-1).tolist()
+        if self.kind == REGRESSOR:
+            return [{PREDICTION_COLUMN: value} for value in labels]
         classes = self._classes
-        rows = self._probability_matrix(probabilities).tolist()
+        if not classes:
+            return [{"label": str(label)} for label in labels]
+        rows = self._probability_matrix(outputs[1]).tolist()
         return [
             {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
-            for label, row in zip(np.asarray(labels).reshape(-1).tolist(), rows, strict=True)
+            for label, row in zip(labels, rows, strict=True)
         ]
 
     def _run_small(self, feeds: dict[str, np.ndarray]) -> list[Any]:
@@ -440,6 +498,11 @@ def _check_header(header: list[str], feature_names: Sequence[str]) -> None:
         raise InputError("; ".join(problems) + f" (expected: {', '.join(feature_names)})", columns=missing + extra)
 
 
+def output_columns(model: TabularModel) -> list[str]:
+    """The columns scoring adds: ``prediction``, then ``probability_<class>`` per class when the model gives them."""
+    return [PREDICTION_COLUMN, *map(probability_column, model.classes)]
+
+
 def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows: int = 8192) -> ScoreSummary:
     """Score a CSV stream chunk by chunk; write input columns + ``prediction`` + ``probability_<class>``.
 
@@ -459,7 +522,7 @@ def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows
             )
             scoring = scorer.submit(model.run, feeds)
             if pending is None:
-                writer.writerow([*header, PREDICTION_COLUMN, *map(probability_column, model.classes)])
+                writer.writerow([*header, *output_columns(model)])
             else:
                 _write_scored(sink, writer, summary, *pending)
             pending = (rows, lines, scoring)
@@ -477,10 +540,24 @@ def _write_scored(
     scoring: Future[Prediction],
 ) -> None:
     prediction = scoring.result()
+    labels = prediction.label_texts()
+    if not prediction.classes:  # a regressor's value, or a label alone
+        if lines is None:
+            writer.writerows([*row, label] for row, label in zip(rows, labels, strict=True))
+        else:
+            sink.write(
+                "".join(
+                    [
+                        f"{line.rstrip(_LINE_END)},{_csv_field(label)}\n"
+                        for line, label in zip(lines, labels, strict=True)
+                    ]
+                )
+            )
+        summary.add(prediction)
+        return
     # Python's own float formatting is ~2.5x faster than np.char.mod here.
     flat = iter([f"{p:.6f}" for p in prediction.probabilities.ravel().tolist()])
     probabilities = list(zip(*[flat] * len(prediction.classes), strict=True))  # one tuple of strings per row
-    labels = prediction.labels.tolist()
     if lines is None:
         writer.writerows([*row, label, *probs] for row, label, probs in zip(rows, labels, probabilities, strict=True))
     else:
@@ -665,6 +742,13 @@ def _numpy_dtype(onnx_type: str, name: str) -> type:
         return _ONNX_TO_NUMPY[onnx_type]
     except KeyError:
         raise ValueError(f"input {name!r} has unsupported type {onnx_type}") from None
+
+
+def _is_single_value(shape: Sequence[Any] | None) -> bool:
+    """[N] or [N, 1] (or a width ONNX leaves open): one number per row."""
+    if not shape or len(shape) == 1:
+        return True
+    return len(shape) == 2 and (shape[1] == 1 or not isinstance(shape[1], int))
 
 
 def _is_matrix(shape: Sequence[Any]) -> bool:

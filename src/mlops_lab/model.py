@@ -19,17 +19,26 @@ def uri(settings: Settings) -> str:
     return f"s3://{settings.model_bucket}/{settings.model_key}"
 
 
-def publish(settings: Settings, aws: Aws, model: bytes, *, version: str | None = None, run_id: str = "") -> Change:
+def publish(
+    settings: Settings,
+    aws: Aws,
+    model: bytes,
+    *,
+    version: str | None = None,
+    run_id: str = "",
+    name: str | None = None,
+) -> Change:
     """Put the ONNX model where the Lambda (and the API) read it, unless that exact file is already there.
-    ``version``/``run_id``: the registry version it is (recorded in its metadata)."""
+    ``name``/``version``/``run_id``: the registered model it is (recorded in its metadata; the name defaults to the
+    demo model's)."""
     s3 = aws.client("s3")
     digest = hashlib.md5(model, usedforsecurity=False).hexdigest()
     head = _head(settings, aws)
     if head is not None and head["ETag"].strip('"') == digest:
         return Change("model", uri(settings), "unchanged")
-    metadata = (
-        {META_MODEL_VERSION: version, META_MODEL_NAME: settings.model_name, META_RUN_ID: run_id} if version else {}
-    )
+    metadata = {META_MODEL_NAME: name or settings.model_name}
+    if version:
+        metadata |= {META_MODEL_VERSION: version, META_RUN_ID: run_id}
     s3.put_object(
         Bucket=settings.model_bucket,
         Key=settings.model_key,
@@ -44,6 +53,12 @@ def published_metadata(settings: Settings, aws: Aws) -> dict[str, str] | None:
     """The published model object's S3 metadata (empty when published unversioned), or None when none is published."""
     head = _head(settings, aws)
     return None if head is None else head.get("Metadata", {})
+
+
+def live_name(settings: Settings, aws: Aws) -> str | None:
+    """The registered name of the model the bucket serves (None: nothing published, or published before names were
+    recorded)."""
+    return (published_metadata(settings, aws) or {}).get(META_MODEL_NAME)
 
 
 def live_version(settings: Settings, aws: Aws) -> str | None:

@@ -25,8 +25,8 @@ from botocore.exceptions import ClientError
 from mlops_lab import emulator, model, recovery, registry, sagemaker, stack
 from mlops_lab.aws import Aws, Change, is_not_found
 from mlops_lab.bootstrap import bootstrap
-from mlops_lab.contract import META_MODEL_VERSION, error_key, prediction_key
-from mlops_lab.inference import PREDICTION_COLUMN
+from mlops_lab.contract import META_MODEL_KIND, META_MODEL_NAME, META_MODEL_VERSION, error_key, prediction_key
+from mlops_lab.inference import PREDICTION_COLUMN, REGRESSOR
 from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interpreter_target
 from mlops_lab.settings import Settings
 
@@ -301,7 +301,9 @@ class BatchResult:
     seconds: float
     local_path: Path
     rows: int = 0
-    label_counts: dict[str, int] | None = None
+    label_counts: dict[str, int] | None = None  # a classifier's predictions
+    value_range: tuple[float, float] | None = None  # a regressor's
+    model: str = ""  # the name and version that scored it
     error: dict | None = None
 
 
@@ -357,7 +359,8 @@ def predict_file(
                 seconds = time.perf_counter() - started
                 local = out_dir / Path(found).name
                 s3.download_file(settings.output_bucket, found, str(local))
-                return _result(settings, key, found, local, seconds)
+                metadata = s3.head_object(Bucket=settings.output_bucket, Key=found).get("Metadata", {})
+                return _result(settings, key, found, local, seconds, metadata)
         if time.perf_counter() > deadline:
             raise PredictTimeout(
                 f"no predictions for s3://{settings.input_bucket}/{key} after {timeout:.0f} s and no failure recorded: "
@@ -378,7 +381,9 @@ def _exists(s3: Any, bucket: str, key: str) -> bool:
         raise
 
 
-def _result(settings: Settings, key: str, found_key: str, local: Path, seconds: float) -> BatchResult:
+def _result(
+    settings: Settings, key: str, found_key: str, local: Path, seconds: float, metadata: dict[str, str]
+) -> BatchResult:
     base = {
         "input_uri": f"s3://{settings.input_bucket}/{key}",
         "output_uri": f"s3://{settings.output_bucket}/{found_key}",
@@ -387,9 +392,15 @@ def _result(settings: Settings, key: str, found_key: str, local: Path, seconds: 
     }
     if found_key == error_key(key):
         return BatchResult(status="rejected", error=json.loads(local.read_text()), **base)
+    identity = " ".join(filter(None, (metadata.get(META_MODEL_NAME), metadata.get(META_MODEL_VERSION))))
     with local.open(newline="") as handle:
-        labels = Counter(row[PREDICTION_COLUMN] for row in csv.DictReader(handle))
-    return BatchResult(status="ok", rows=sum(labels.values()), label_counts=dict(labels), **base)
+        predictions = [row[PREDICTION_COLUMN] for row in csv.DictReader(handle)]
+    if metadata.get(META_MODEL_KIND) == REGRESSOR:
+        values = [float(value) for value in predictions]
+        value_range = (min(values), max(values)) if values else None
+        return BatchResult(status="ok", rows=len(values), value_range=value_range, model=identity, **base)
+    labels = Counter(predictions)
+    return BatchResult(status="ok", rows=len(predictions), label_counts=dict(labels), model=identity, **base)
 
 
 # -- the demo's steps ---------------------------------------------------------------------------------------------

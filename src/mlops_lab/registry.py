@@ -27,10 +27,14 @@ import httpx
 
 from mlops_lab import model
 from mlops_lab.aws import Aws, Change
+from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.settings import Settings
 from mlops_lab.stack import Service
 
 ALIAS = "champion"
+SOURCE_TAG = "lab.source"  # on a model version: how it came to the registry
+IMPORTED = "import"  # `mlops-lab publish`: a user's own model, checked on sample rows (not trained here)
+LISTED_METRICS = ("accuracy", "roc_auc", "f1")
 ONNX_MODEL = "onnx-model"  # the registered pyfunc (ONNX + the inference core)
 SKLEARN_MODEL = "sklearn-model"  # the pipeline the ONNX was exported from (agreement checks)
 HOLDOUT_ARTIFACT = "holdout/holdout.parquet"
@@ -239,6 +243,46 @@ def log_version(
     )
 
 
+def log_imported(
+    settings: Settings, name: str, onnx_bytes: bytes, example: Any, *, kind: str, origin: str
+) -> LoggedVersion:
+    """Log a user's own ONNX model (as the lab's ONNX pyfunc: the same core scores it everywhere) with a signature
+    and an input example, in an experiment named after it, and register it as a new version of ``name``."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
+
+    mlflow_client = client(settings)
+    mlflow.set_experiment(name)
+    scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in example.columns})
+    output = {PREDICTION_COLUMN: scored.labels if kind == "regressor" else scored.labels.astype(str)} | {
+        probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="mlops-lab-import-") as tmp,
+        mlflow.start_run(run_name=f"publish {name}") as run,
+    ):
+        mlflow.set_tags({"lab.model_name": name, "lab.kind": kind, "lab.origin": origin, SOURCE_TAG: IMPORTED})
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file.write_bytes(onnx_bytes)
+        info = mlflow.pyfunc.log_model(
+            name=ONNX_MODEL,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"onnx": str(onnx_file)},
+            code_paths=[str(INFERENCE_CODE)],
+            signature=infer_signature(example, pd.DataFrame(output)),
+            input_example=example,
+            pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
+            registered_model_name=name,
+            metadata={"format": "onnx", "kind": kind, "origin": origin},
+        )
+    version = str(info.registered_model_version)
+    mlflow_client.set_model_version_tag(name, version, SOURCE_TAG, IMPORTED)
+    return LoggedVersion(name, version, run.info.run_id, {}, f"models:/{name}/{version}", Path())
+
+
 def _requirements(*names: str) -> list[str]:
     """Pinned to what is installed here (explicit: mlflow's own inference of them runs a slow subprocess)."""
     from importlib.metadata import version
@@ -268,10 +312,10 @@ def stamp(onnx_bytes: bytes, **properties: str) -> bytes:
     return proto.SerializeToString()
 
 
-def version_onnx(settings: Settings, version: str | int) -> bytes:
-    """The ONNX file registered as ``version`` (downloaded through the tracking server)."""
+def version_onnx(settings: Settings, version: str | int, name: str | None = None) -> bytes:
+    """The ONNX file registered as ``version`` of ``name`` (default: the demo model), through the tracking server."""
     client(settings)
-    return registered_onnx(settings.model_name, version, settings.mlflow_tracking_uri)
+    return registered_onnx(name or settings.model_name, version, settings.mlflow_tracking_uri)
 
 
 def registered_onnx(name: str, version: str | int, tracking_uri: str) -> bytes:
@@ -289,20 +333,31 @@ def registered_onnx(name: str, version: str | int, tracking_uri: str) -> bytes:
         return found[0].read_bytes()
 
 
-def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = True) -> Promotion:
-    """Verify, stamp and publish ``version`` and make it the ``champion``. Raises AgreementError on a mismatch."""
+def served_name(settings: Settings, aws: Aws | None) -> str:
+    """The registered model `promote` and `models` work on by default: the live model's, else the demo model's."""
+    return (model.live_name(settings, aws) if aws is not None else None) or settings.model_name
+
+
+def promote(
+    settings: Settings, aws: Aws, version: str | int, *, name: str | None = None, check: bool = True
+) -> Promotion:
+    """Verify, stamp and publish ``version`` of ``name`` (default: the live model's name) and make it the
+    ``champion``. A version trained by the lab is checked against its sklearn pipeline on its holdout (AgreementError
+    on a mismatch); an imported one was checked on its sample when `publish` registered it."""
     import mlflow.sklearn
     import pandas as pd
 
     from mlops_lab.train import check_agreement
 
     mlflow_client = client(settings)
+    name = name or served_name(settings, aws)
     version = str(version)
-    model_version = get_version(mlflow_client, settings.model_name, version)
+    model_version = get_version(mlflow_client, name, version)
     run_id = model_version.run_id
-    onnx_bytes = version_onnx(settings, version)
+    onnx_bytes = version_onnx(settings, version, name)
     report = None
-    if check:
+    imported = (model_version.tags or {}).get(SOURCE_TAG) == IMPORTED
+    if check and not imported:
         sklearn_uri = (model_version.tags or {}).get("sklearn_model_uri") or mlflow_client.get_run(
             run_id
         ).data.tags.get("lab.sklearn_model_uri")
@@ -314,14 +369,15 @@ def promote(settings: Settings, aws: Aws, version: str | int, *, check: bool = T
                 mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)
             )
         report = check_agreement(pipeline, onnx_bytes, holdout)  # raises AgreementError: nothing published
-    stamped = stamp(onnx_bytes, version=version, model_name=settings.model_name, run_id=run_id)
-    previous = model.live_version(settings, aws)
-    change = model.publish(settings, aws, stamped, version=version, run_id=run_id)
-    mlflow_client.set_registered_model_alias(settings.model_name, ALIAS, version)
-    mlflow_client.set_model_version_tag(
-        settings.model_name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
-    )
-    return Promotion(settings.model_name, version, previous, change, report)
+    stamped = stamp(onnx_bytes, version=version, model_name=name, run_id=run_id)
+    live = model.published_metadata(settings, aws) or {}
+    previous = live.get(META_MODEL_VERSION)
+    if previous and live.get(META_MODEL_NAME, name) != name:
+        previous = f"{live[META_MODEL_NAME]} {previous}"
+    change = model.publish(settings, aws, stamped, version=version, run_id=run_id, name=name)
+    mlflow_client.set_registered_model_alias(name, ALIAS, version)
+    mlflow_client.set_model_version_tag(name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds"))
+    return Promotion(name, version, previous, change, report)
 
 
 def get_version(mlflow_client: Any, name: str, version: str) -> Any:
@@ -348,13 +404,16 @@ class VersionRow:
     live: bool = False
 
 
-def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow]:
+def list_versions(settings: Settings, aws: Aws | None = None, *, name: str | None = None) -> list[VersionRow]:
+    """The versions of ``name`` (default: the live model's name), newest first, and which one is live."""
     mlflow_client = client(settings)
-    live = model.live_version(settings, aws) if aws is not None else None
+    name = name or served_name(settings, aws)
+    live_metadata = (model.published_metadata(settings, aws) or {}) if aws is not None else {}
+    live = live_metadata.get(META_MODEL_VERSION) if live_metadata.get(META_MODEL_NAME, name) == name else None
     from mlflow.exceptions import MlflowException
 
     try:
-        registered = mlflow_client.get_registered_model(settings.model_name)
+        registered = mlflow_client.get_registered_model(name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return []  # nothing trained (with mlflow) yet
@@ -363,10 +422,10 @@ def list_versions(settings: Settings, aws: Aws | None = None) -> list[VersionRow
     for alias, version in (registered.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     rows = []
-    for mv in mlflow_client.search_model_versions(f"name = '{settings.model_name}'"):
+    for mv in mlflow_client.search_model_versions(f"name = '{name}'"):
         run = mlflow_client.get_run(mv.run_id)
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
-        metrics = {k: v for k, v in run.data.metrics.items() if k in ("accuracy", "roc_auc", "f1")}
+        metrics = {k: v for k, v in run.data.metrics.items() if k in LISTED_METRICS}
         rows.append(
             VersionRow(
                 str(mv.version),

@@ -43,10 +43,16 @@ def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.Batch
     if result.status == "rejected":
         console.print(f"[red]Rejected[/]: {result.error['reason'] if result.error else ''} -> {result.output_uri}")
         raise typer.Exit(1)
-    counts = ", ".join(f"{label}: {count:,}" for label, count in sorted((result.label_counts or {}).items()))
+    if result.value_range is not None:
+        summary = f"predictions from {result.value_range[0]:,.6g} to {result.value_range[1]:,.6g}"
+    else:
+        summary = "labels: " + ", ".join(
+            f"{label}: {count:,}" for label, count in sorted((result.label_counts or {}).items())
+        )
+    scored_by = f" by {result.model}" if result.model else ""
     console.print(
-        f"[green]{result.rows:,} rows scored[/] in {result.seconds:.2f} s -> {result.output_uri}\n"
-        f"  labels: {counts}\n  downloaded to {result.local_path}"
+        f"[green]{result.rows:,} rows scored[/]{scored_by} in {result.seconds:.2f} s -> {result.output_uri}\n"
+        f"  {summary}\n  downloaded to {result.local_path}"
     )
     return result
 

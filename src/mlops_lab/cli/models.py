@@ -57,15 +57,24 @@ def train(
         render.change(trained.published)
 
 
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Registered model name (default: the live model's, else the demo's).", show_default=False
+    ),
+]
+
+
 @app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Registry version to serve (an older one rolls back).")],
+    name: NameOption = None,
 ) -> None:
-    """Check a version's ONNX against its sklearn pipeline, publish it to the model bucket, set @champion."""
+    """Check a version's ONNX (against its sklearn pipeline, for one trained here), publish it, set @champion."""
     from mlops_lab.train import AgreementError  # scikit-learn takes ~1 s to import: only where needed
 
     try:
-        promotion = registry.promote(get_settings(), Aws(), version)
+        promotion = registry.promote(get_settings(), Aws(), version, name=name)
     except (AgreementError, registry.RegistryError) as error:
         console.print(f"[red]Refused[/]: {error}")
         raise typer.Exit(1) from None
@@ -73,15 +82,17 @@ def promote(
 
 
 @app.command()
-def models() -> None:
-    """List the registered versions, their aliases and metrics, and which one the Lambda and API serve."""
+def models(name: NameOption = None) -> None:
+    """List a registered model's versions, their aliases and metrics, and which one the Lambda and API serve."""
     settings = get_settings()
+    aws = Aws()
+    name = name or registry.served_name(settings, aws)
     try:
-        rows = registry.list_versions(settings, Aws())
+        rows = registry.list_versions(settings, aws, name=name)
     except registry.RegistryError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
-    table = Table(title=f"{settings.model_name} ({settings.mlflow_tracking_uri})")
+    table = Table(title=f"{name} ({settings.mlflow_tracking_uri})")
     for column in ("version", "aliases", "live", "accuracy", "roc_auc", "f1", "created", "run"):
         table.add_column(column)
     for row in rows:
@@ -93,4 +104,61 @@ def models() -> None:
             row.created,
             row.run_id[:12],
         )
-    console.print(table if rows else "No versions yet: `mlops-lab train` logs and registers one.")
+    console.print(
+        table if rows else f"No versions of {name} yet: `mlops-lab train` or `mlops-lab publish` registers one."
+    )
+
+
+@app.command()
+def publish(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A .onnx file, or an mlflow model: models:/<name>/<version>, models:/<name>@<alias>, runs:/<id>/<path>.",
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Registered model name (default: from the file or URI).", show_default=False)
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="a,b,c: names of a single-tensor model's columns, in order.", show_default=False)
+    ] = None,
+    features_from: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Take those names from this CSV's header.", show_default=False),
+    ] = None,
+    sample: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="CSV rows to prove the model on (default: rows from its schema).",
+            show_default=False,
+        ),
+    ] = None,
+    mlflow: Annotated[
+        bool | None,
+        typer.Option(
+            help="Register a version in mlflow (default: when the tracking server answers).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Serve your own model: check it, describe it in the published copy, score sample rows, register it, make it
+    live (the Lambda and the API pick it up without a redeploy)."""
+    from mlops_lab import model_import
+
+    if features and features_from:
+        raise typer.BadParameter("give --features or --features-from, not both")
+    names = [n.strip() for n in features.split(",")] if features else None
+    if features_from is not None:
+        names = model_import.header_of(features_from)
+    try:
+        with console.status(f"Publishing {source}..."):
+            imported = model_import.import_model(
+                get_settings(), Aws(), source, name=name, features=names, sample=sample, mlflow=mlflow
+            )
+    except (model_import.ImportRefused, registry.RegistryError) as error:
+        console.print(f"[red]Refused[/]: {error}")
+        raise typer.Exit(1) from None
+    render.imported(imported)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -63,6 +64,27 @@ def promotion(promotion: Promotion) -> None:
     console.print(
         f"{checked}[bold]{promotion.name} version {promotion.version}[/] is now @champion and live "
         f"(was {promotion.previous or 'unversioned/none'}). The Lambda and the API pick it up without a redeploy."
+    )
+
+
+def imported(imported: Any) -> None:
+    """`mlops-lab publish`'s result (a model_import.Imported)."""
+    described = imported.description
+    change(imported.change)
+    shown = ", ".join(described.features[:12]) + (
+        f", … ({len(described.features)})" if len(described.features) > 12 else ""
+    )
+    what = described.kind + (f" of {', '.join(described.classes)}" if described.classes else "")
+    console.print(f"  {what}; inputs: {shown}")
+    if described.categories:
+        console.print(f"  categories read from the graph for: {', '.join(sorted(described.categories))}")
+    for note in described.notes:
+        console.print(f"  [yellow]note[/]: {note}")
+    console.print(f"  {imported.checked} ({imported.sample_from})")
+    version = f" version {imported.version}" if imported.version else " (not registered: mlflow not used)"
+    was = f" (was {imported.previous})" if imported.previous else ""
+    console.print(
+        f"[bold]{imported.name}{version}[/] is now live{was}. The Lambda and the API pick it up without a redeploy."
     )
 
 
