@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mlops_lab import emulator, ops, stack
+from mlops_lab import emulator, model, ops, stack
 from mlops_lab.cli import app
 from mlops_lab.contract import prediction_key
 from mlops_lab.settings import get_settings
@@ -71,6 +71,7 @@ def test_help_lists_the_pipeline_steps() -> None:
         "train",
         "promote",
         "models",
+        "publish",
         "predict",
         "failures",
         "redrive",
@@ -106,11 +107,13 @@ def test_predict_reports_rejected_input(cli_env: None, tmp_path: Path) -> None:
     assert "Rejected" in result.output and "missing columns" in result.output
 
 
-def test_status_shows_the_emulator_healthy_and_the_rest_stopped(cli_env: None) -> None:
+def test_status_shows_the_emulator_healthy_and_the_rest_stopped(cli_env: None, lab_stack: Lab) -> None:
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0
     assert _healthy(_row(result.output, "emulator")), result.output
     assert "stopped" in _row(result.output, "api") and not _healthy(_row(result.output, "api")), result.output
+    live = model.live_name(lab_stack.settings, lab_stack.aws)
+    assert live and f"live model: {live}" in result.output, result.output  # the served model under its own name
 
 
 def test_predict_missing_file_is_a_usage_error() -> None:

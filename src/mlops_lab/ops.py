@@ -96,6 +96,18 @@ def service_states(settings: Settings) -> list[ServiceState]:
     return states
 
 
+def embedded_live_model(settings: Settings) -> dict[str, str] | None:
+    """The embedded emulator's live model (its published metadata: name, version), or None when the emulator is not
+    running or serves none. Talks to this checkout's emulator whatever the shell's SDK variables say."""
+    if not stack.healthy(emulator.service(settings).health_url):
+        return None
+    os.environ.update(emulator.sdk_environment(settings))
+    try:
+        return model.published_metadata(settings, Aws())
+    except ClientError:  # not bootstrapped yet
+        return None
+
+
 def target() -> str:
     """Where the SDK sends this process's calls, in words."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
@@ -248,7 +260,7 @@ def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: 
         return [Change("model", model.uri(settings), "unchanged", f"version {version}" if version else "")]
     if register:
         logged = registry.train_and_log(settings, rows=rows, seed=42)
-        promotion = registry.promote(settings, aws, logged.version)
+        promotion = registry.promote(settings, aws, logged.version, name=logged.name)
         return [Change("model version", f"{logged.name} {logged.version}", "created", "registered"), promotion.change]
     changes = []
     if not settings.model_path.exists():
@@ -463,7 +475,7 @@ def train(
         mlflow = registry.server_reachable(settings)
     if mlflow:
         logged = registry.train_and_log(settings, data, rows=rows, seed=seed)
-        promotion = registry.promote(settings, Aws(), logged.version) if publish else None
+        promotion = registry.promote(settings, Aws(), logged.version, name=logged.name) if publish else None
         return Trained(logged.metrics, settings.model_path, logged=logged, promotion=promotion)
     from mlops_lab.train import train_and_export
 

@@ -334,15 +334,14 @@ def registered_onnx(name: str, version: str | int, tracking_uri: str) -> bytes:
 
 
 def served_name(settings: Settings, aws: Aws | None) -> str:
-    """The registered model `promote` and `models` work on by default: the live model's, else the demo model's."""
+    """The registered model the CLI's `promote` and `models` work on by default: the live model's, else the demo's."""
     return (model.live_name(settings, aws) if aws is not None else None) or settings.model_name
 
 
 def promote(
     settings: Settings, aws: Aws, version: str | int, *, name: str | None = None, check: bool = True
 ) -> Promotion:
-    """Verify, stamp and publish ``version`` of ``name`` (default: the live model's name) and make it the
-    ``champion``. A version trained by the lab is checked against its sklearn pipeline on its holdout (AgreementError
+    """Verify, stamp and publish ``version`` of ``name`` (default: the demo model's) and make it the ``champion``. A version trained by the lab is checked against its sklearn pipeline on its holdout (AgreementError
     on a mismatch); an imported one was checked on its sample when `publish` registered it."""
     import mlflow.sklearn
     import pandas as pd
@@ -350,7 +349,7 @@ def promote(
     from mlops_lab.train import check_agreement
 
     mlflow_client = client(settings)
-    name = name or served_name(settings, aws)
+    name = name or settings.model_name
     version = str(version)
     model_version = get_version(mlflow_client, name, version)
     run_id = model_version.run_id
@@ -405,9 +404,9 @@ class VersionRow:
 
 
 def list_versions(settings: Settings, aws: Aws | None = None, *, name: str | None = None) -> list[VersionRow]:
-    """The versions of ``name`` (default: the live model's name), newest first, and which one is live."""
+    """The versions of ``name`` (default: the demo model's), newest first, and which one is live."""
     mlflow_client = client(settings)
-    name = name or served_name(settings, aws)
+    name = name or settings.model_name
     live_metadata = (model.published_metadata(settings, aws) or {}) if aws is not None else {}
     live = live_metadata.get(META_MODEL_VERSION) if live_metadata.get(META_MODEL_NAME, name) == name else None
     from mlflow.exceptions import MlflowException

@@ -83,9 +83,10 @@ def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confir
 
 @app.command()
 def status() -> None:
-    """Show the embedded services, their endpoints and health."""
+    """Show the embedded services, their endpoints and health, and the model they serve."""
     settings = get_settings()
     render.services(settings, ops.service_states(settings))
+    render.live_model(ops.embedded_live_model(settings))
 
 
 @app.command("install-emulator")
@@ -127,7 +128,7 @@ def _demo_pipeline(lab: ops.Lab, rows: int) -> None:
         f"Logged run {logged.run_id[:12]} (ROC AUC {logged.metrics['roc_auc']:.3f}) and registered "
         f"{logged.name} version {logged.version}"
     )
-    render.promotion(registry.promote(settings, Aws(), logged.version))
+    render.promotion(registry.promote(settings, Aws(), logged.version, name=logged.name))
 
     console.rule("Batch: S3 upload -> Lambda -> S3")
     sample, record = ops.write_sample(settings, rows)

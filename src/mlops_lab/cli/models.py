@@ -73,8 +73,9 @@ def promote(
     """Check a version's ONNX (against its sklearn pipeline, for one trained here), publish it, set @champion."""
     from mlops_lab.train import AgreementError  # scikit-learn takes ~1 s to import: only where needed
 
+    settings, aws = get_settings(), Aws()
     try:
-        promotion = registry.promote(get_settings(), Aws(), version, name=name)
+        promotion = registry.promote(settings, aws, version, name=name or registry.served_name(settings, aws))
     except (AgreementError, registry.RegistryError) as error:
         console.print(f"[red]Refused[/]: {error}")
         raise typer.Exit(1) from None

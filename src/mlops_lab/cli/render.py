@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mlops_lab import ops, recovery
 from mlops_lab.aws import Change
+from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.registry import Promotion
 from mlops_lab.settings import Settings
 
@@ -86,6 +87,14 @@ def imported(imported: Any) -> None:
     console.print(
         f"[bold]{imported.name}{version}[/] is now live{was}. The Lambda and the API pick it up without a redeploy."
     )
+
+
+def live_model(metadata: dict[str, str] | None) -> None:
+    if metadata is None:
+        return
+    name, version = metadata.get(META_MODEL_NAME), metadata.get(META_MODEL_VERSION)
+    shown = f"{name or 'a model'}" + (f" version {version}" if version else " (unregistered)")
+    console.print(f"live model: [bold]{shown}[/]")
 
 
 def services(settings: Settings, states: list[ops.ServiceState]) -> None:
