@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.support import COURSE_MODEL, Server, build_model
+from tests.api.support import (
+    COURSE_MODEL,
+    Server,
+    build_iris,
+    build_label_only,
+    build_model,
+    build_regressor,
+    model_case,
+)
 from tests.support import free_port
 
 
@@ -30,6 +38,45 @@ def small_model(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_model_v2(models_dir: Path) -> Path:
     return build_model(models_dir / "small-v2.onnx", seed=1, version="2")
+
+
+@pytest.fixture(scope="session")
+def regressor_model(models_dir: Path) -> Path:
+    """diabetes-regressor version 7: one [None, 10] float input, named by its metadata; one numeric output."""
+    return build_regressor(models_dir / "diabetes.onnx")
+
+
+@pytest.fixture(scope="session")
+def iris_model(models_dir: Path) -> Path:
+    """iris version 3: multi-class on one [None, 4] float input; integer labels, probabilities as a tensor."""
+    return build_iris(models_dir / "iris.onnx", zipmap=False)
+
+
+@pytest.fixture(scope="session")
+def iris_zipmap_model(models_dir: Path) -> Path:
+    """iris version 3 with species names for labels and its probabilities as a ZipMap."""
+    return build_iris(models_dir / "iris-zipmap.onnx", zipmap=True, string_labels=True)
+
+
+@pytest.fixture(scope="session")
+def label_only_model(models_dir: Path) -> Path:
+    """iris-labels version 4: species names, no probability output."""
+    return build_label_only(models_dir / "iris-labels.onnx")
+
+
+MODEL_KINDS = {
+    "regressor": "regressor_model",
+    "iris": "iris_model",
+    "iris-zipmap": "iris_zipmap_model",
+    "label-only": "label_only_model",
+}
+
+
+@pytest.fixture(params=list(MODEL_KINDS))
+def case(request: pytest.FixtureRequest):
+    """Each kind of model the API serves besides the lab's own (a ``support.ModelCase``): a regressor, a multi-class
+    classifier (probabilities as a tensor, as a ZipMap), a classifier giving labels only."""
+    return model_case(request.param, request.getfixturevalue(MODEL_KINDS[request.param]))
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,18 @@ def test_predict_small_single_tensor_models(tmp_path, zipmap):
     )
 
 
+@pytest.mark.parametrize("n", [1, 2, SMALL_BATCH, SMALL_BATCH + 1])
+def test_predict_small_equals_predict_records_for_every_kind(case, n):
+    """A regressor's values, a multi-class model's probabilities (tensor or ZipMap), labels alone: the same rows."""
+    model = TabularModel(case.path)
+    model.classes  # noqa: B018
+    for start in (0, 1):
+        records = case.records[start : start + n]
+        assert same(model.predict_small(records), model.predict_records(records).records())
+    odd = case.records[0] | {case.features[0]: "1.5"}  # the general path casts the string
+    assert same(outcome(model, "predict_small", [odd]), outcome(model, "predict_records", [odd]))
+
+
 def test_predict_small_from_many_threads(small_model):
     """The one-row tensors are reused under a lock; concurrent callers must still each get their own row's answer."""
     model = TabularModel(small_model)
@@ -166,8 +178,8 @@ def observed(settings_factory, small_model):
     """``observed(**settings)`` → a started client of an app that records which layer answered each request."""
     clients = []
 
-    def make(**overrides) -> Observed:
-        app = create_app(settings_factory(**overrides), model_source=small_model)
+    def make(source=None, **overrides) -> Observed:
+        app = create_app(settings_factory(**overrides), model_source=source or small_model)
         answered: list[str] = []
         app.add_middleware(WhoAnswered, answered=answered)
         client = TestClient(app)
@@ -223,6 +235,35 @@ def test_fast_path_answers_like_the_route(observed, body, status):
     assert fast.json() == routed.json()
     assert fast.headers["content-type"] == routed.headers["content-type"]
     assert fast.headers["content-length"] == routed.headers["content-length"]
+
+
+def test_fast_path_answers_like_the_route_for_every_kind(observed, case):
+    """Byte for byte, for a regressor, multi-class models on one 2-D tensor (probabilities as a tensor, as a ZipMap)
+    and a label-only classifier: successes from the fast path, every error from the route."""
+    client = observed(source=case.path)
+    good = case.records
+    first, last = case.features[0], case.features[-1]
+    for body, status in [
+        (good[0], 200),
+        (good[:2], 200),
+        (good[: SMALL_BATCH + 1], 200),  # the general scoring path
+        (good[0] | {first: 1}, 200),  # an int for a float column
+        (good[0] | {first: "1.5"}, 422),
+        (good[0] | {first: None}, 422),
+        (good[0] | {first: True}, 422),
+        ({k: v for k, v in good[0].items() if k != last}, 422),
+        (good[0] | {"target": 1.0}, 422),
+        ([good[0], good[1] | {first: "x"}], 422),
+    ]:
+        fast, routed, fast_by = both_ways(client, json.dumps(body).encode())
+        assert fast.status_code == routed.status_code == status, body
+        assert fast_by == expected_layer(status), body
+        assert fast.content == routed.content, body
+        assert fast.headers["content-length"] == routed.headers["content-length"]
+        if status == 200:
+            rows = fast.json()["predictions"]
+            assert len(rows) == (len(body) if isinstance(body, list) else 1)
+            assert set(rows[0]) == ({"prediction"} if case.kind == "regressor" else set(case.onnxruntime_rows()[0]))
 
 
 def test_fast_path_many_rows_and_limits(observed, record):

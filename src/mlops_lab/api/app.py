@@ -1,4 +1,5 @@
-"""The online API: the lab's ONNX model behind FastAPI, on the same inference core as the Lambda.
+"""The online API: the live ONNX model (any kind the core scores) behind FastAPI, on the same inference core as the
+Lambda.
 
 Endpoints: ``/health`` (alive), ``/ready`` (model loaded), ``/metadata``, ``/predict`` (JSON records), and SageMaker's
 contract ``/ping`` + ``/invocations`` (CSV or JSON), so the same image serves on EC2 or as a SageMaker endpoint.
@@ -36,9 +37,9 @@ from mlops_lab.settings import Settings, get_settings
 STARTUP_WAIT_S = 10.0
 
 DESCRIPTION = (
-    "Scores the lab's ONNX income classifier with the same inference core as the batch Lambda. "
+    "Scores the live ONNX model (a classifier or a regressor) with the same inference core as the batch Lambda. "
     "`POST /predict` takes one record or a list of records; `/ping` + `/invocations` are SageMaker's "
-    "inference contract (CSV or JSON). The request schema below is derived from the served model."
+    "inference contract (CSV or JSON). The request and response schemas below are the served model's."
 )
 
 

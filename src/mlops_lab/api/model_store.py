@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlops_lab.api.schemas import RecordTypes, build_record_types, example_record
-from mlops_lab.contract import META_MODEL_VERSION
-from mlops_lab.inference import TabularModel
+from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
+from mlops_lab.inference import Prediction, TabularModel
 from mlops_lab.settings import Settings
 
 log = logging.getLogger("mlops_lab.api")
@@ -38,6 +38,7 @@ class Artifact:
     data: bytes
     fingerprint: str
     version: str | None = None  # what the source says the version is (S3 object metadata), if anything
+    name: str | None = None  # what the source says the model's name is, if anything
 
 
 class ModelSource(Protocol):
@@ -93,7 +94,7 @@ class S3Source:
         data = response["Body"].read()
         metadata = response.get("Metadata") or {}
         version = metadata.get("version") or metadata.get(META_MODEL_VERSION)
-        return Artifact(data, response["ETag"].strip('"'), version)
+        return Artifact(data, response["ETag"].strip('"'), version, metadata.get(META_MODEL_NAME))
 
 
 class RegistrySource:
@@ -138,7 +139,8 @@ class RegistrySource:
         from mlops_lab.registry import registered_onnx  # (imports mlflow, which only this source needs)
 
         version = self.resolved_version()
-        return Artifact(registered_onnx(self.name, version, self.tracking_uri), f"{self.name}/{version}", version)
+        data = registered_onnx(self.name, version, self.tracking_uri)
+        return Artifact(data, f"{self.name}/{version}", version, self.name)
 
 
 def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelSource:
@@ -167,6 +169,7 @@ class ModelInfo:
     fingerprint: str
     sha256: str
     loaded_at: str
+    kind: str  # inference.CLASSIFIER or inference.REGRESSOR
     classes: tuple[str, ...]
     inputs: list[dict[str, Any]]
     onnx_metadata: dict[str, str]
@@ -179,17 +182,22 @@ class Snapshot:
     types: RecordTypes
     feature_names: tuple[str, ...]
     ref: dict[str, str] = field(default_factory=dict)  # {"name", "version"}, ready to serialise
+    # The model's answer to the example record (types.schema["example"]): the docs' response examples.
+    example: Prediction | None = None
 
 
 def build_snapshot(artifact: Artifact, *, source: str, name: str, max_rows: int, threads: int | None) -> Snapshot:
+    """Load, warm up and describe a model. Its identity is its own: the ONNX metadata's ``model_name`` and
+    ``version`` (``model_version`` in older exports), else what the source says (S3 object metadata, the registry),
+    else ``name`` (the configured one) and the file's digest."""
     model = TabularModel(artifact.data, threads=threads)
     types = build_record_types(model.features, max_rows)
     # Warm up (first ORT run allocates) and learn the class names before the first request needs them.
-    model.predict_records([example_record(model.features)])
+    warm_up = model.predict_records([example_record(model.features)])
     sha = hashlib.sha256(artifact.data).hexdigest()
     meta = model.metadata
-    version = artifact.version or meta.get("model_version") or meta.get("version") or sha[:12]
-    name = meta.get("model_name") or name
+    version = meta.get("version") or meta.get("model_version") or artifact.version or sha[:12]
+    name = meta.get("model_name") or artifact.name or name
     info = ModelInfo(
         name=name,
         version=str(version),
@@ -197,11 +205,13 @@ def build_snapshot(artifact: Artifact, *, source: str, name: str, max_rows: int,
         fingerprint=artifact.fingerprint,
         sha256=sha,
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        kind=model.kind,
         classes=tuple(model.classes),
         inputs=model.schema(),
         onnx_metadata=dict(meta),
     )
-    return Snapshot(model, info, types, tuple(model.feature_names), {"name": info.name, "version": info.version})
+    ref = {"name": info.name, "version": info.version}
+    return Snapshot(model, info, types, tuple(model.feature_names), ref, warm_up)
 
 
 class ModelStore:

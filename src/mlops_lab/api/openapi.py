@@ -1,8 +1,11 @@
-"""The OpenAPI document: FastAPI's, plus the request schemas of the model being served right now.
+"""The OpenAPI document: FastAPI's, plus the request and response schemas of the model being served right now.
 
 ``/predict`` and ``/invocations`` read their bodies themselves (no pydantic body parameter), so their request schemas
 are components added here — ``Record`` derived from the served model's inputs, and the shapes built on it — and the
-routes refer to them by ``$ref``. The document is cached per model snapshot: a hot swap changes it.
+routes refer to them by ``$ref``. A response row is documented as any of the three kinds (a class and its
+probabilities, a label alone, a regressor's value) until a model is loaded; then as the one shape the live model
+answers (``Prediction``), with the model's own answer to the example record as the response examples. The document is
+cached per model snapshot: a hot swap changes it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic_core import from_json, to_json
 
+from mlops_lab.api import payloads
 from mlops_lab.api.model_store import Snapshot
+from mlops_lab.api.schemas import prediction_schema
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -62,8 +68,31 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         ],
     }
     components["DataframeSplitBody"] = _dataframe_split_schema(record, app.state.settings.api_max_rows)
+    if snapshot is not None:
+        _live_responses(schema, snapshot)
     app.state.openapi_cache = (snapshot, schema)
     return schema
+
+
+def _live_responses(schema: dict[str, Any], snapshot: Snapshot) -> None:
+    """The response rows of the live model's kind, and its answer to the example record as the examples."""
+    info = snapshot.info
+    components = schema["components"]["schemas"]
+    row = prediction_schema(info.kind, info.classes)
+    what = f"{info.kind} without probabilities" if info.kind != "regressor" and not info.classes else info.kind
+    components["Prediction"] = row | {
+        "title": "Prediction",
+        "description": f"a row of the live model, {info.name} version {info.version} (a {what})",
+    }
+    response = components["PredictResponse"]
+    response["properties"]["predictions"]["items"] = {"$ref": "#/components/schemas/Prediction"}
+    if snapshot.example is None:
+        return
+    # as /predict answers it (a NaN is null), and as /invocations' CSV
+    predictions = from_json(to_json(snapshot.example.records(), inf_nan_mode="null"))
+    response["example"] = {"model": snapshot.ref, "predictions": predictions}
+    csv_answer = schema["paths"]["/invocations"]["post"]["responses"]["200"]["content"]["text/csv"]
+    csv_answer["example"] = payloads.predictions_csv(snapshot.model, snapshot.example)
 
 
 def _dataframe_split_schema(record: dict[str, Any], max_rows: int) -> dict[str, Any]:

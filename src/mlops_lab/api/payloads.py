@@ -11,11 +11,12 @@ import io
 import itertools
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 from pydantic_core import from_json
 
 from mlops_lab.api.model_store import Snapshot
-from mlops_lab.inference import PREDICTION_COLUMN, InputError, probability_column, read_csv_chunks
+from mlops_lab.inference import InputError, Prediction, TabularModel, output_columns, read_csv_chunks
 
 Columns = dict[str, list[Any]]
 
@@ -170,9 +171,16 @@ def _csv_error(exc: InputError, offset: int) -> PayloadError:
     return PayloadError(422, report.pop("reason"), **report)
 
 
-def predictions_csv(classes: tuple[str, ...], labels: list[str], probabilities: list[list[str]]) -> str:
+def predictions_csv(model: TabularModel, prediction: Prediction) -> str:
+    """SageMaker's CSV answer: the batch output's own columns (``output_columns``) — ``prediction`` (a label, or a
+    regressor's value in its shortest exact form), then ``probability_<class>`` per class when the model gives them."""
     sink = io.StringIO()
     writer = csv.writer(sink, lineterminator="\n")
-    writer.writerow([PREDICTION_COLUMN, *map(probability_column, classes)])
-    writer.writerows([label, *probs] for label, probs in zip(labels, probabilities, strict=True))
+    writer.writerow(output_columns(model))
+    labels = prediction.label_texts()
+    if prediction.classes:
+        probabilities = np.char.mod("%.6f", prediction.probabilities).tolist()
+        writer.writerows([label, *probs] for label, probs in zip(labels, probabilities, strict=True))
+    else:
+        writer.writerows([label] for label in labels)
     return sink.getvalue()

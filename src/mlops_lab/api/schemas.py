@@ -1,8 +1,11 @@
 """Request and response shapes.
 
-The response models are static. The request record is *derived from the served model's ONNX input schema* when a
-model is loaded (``build_record_types``), once per model, never per request: a missing field, an extra field, a wrong
-type or (when the model declares its vocabulary) an unknown category is a 422 naming the field.
+The request record is *derived from the served model's ONNX input schema* when a model is loaded
+(``build_record_types``), once per model, never per request: a missing field, an extra field, a wrong type or (when
+the model declares its vocabulary) an unknown category is a 422 naming the field.
+
+The response models are static: a prediction row is any of the three kinds' rows (a label and class probabilities, a
+label alone, a regressor's value); the OpenAPI document narrows it to the live model's (``prediction_schema``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from mlops_lab.inference import Feature
+from mlops_lab.inference import REGRESSOR, Feature
 
 # Integers travel through float64 in the core, so only these are exact.
 MAX_SAFE_INTEGER = 2**53
@@ -123,20 +126,58 @@ class Metadata(BaseModel):
     fingerprint: str = Field(description="S3 ETag or file stat the model was loaded from")
     sha256: str
     loaded_at: str
+    kind: Literal["classifier", "regressor"] = Field(
+        description="a classifier answers labels (and class probabilities, when it gives them); a regressor, a number"
+    )
     inputs: list[InputField]
-    classes: list[str]
+    classes: list[str] = Field(description="the probability columns' classes, in order; empty when there are none")
     max_rows: int
     onnx_metadata: dict[str, str] = Field(default_factory=dict)
 
 
-class PredictionRow(BaseModel):
+class ClassPrediction(BaseModel):
+    """A classifier's row: its label and the probability of each class."""
+
+    model_config = ConfigDict(extra="forbid")
     label: str
     probabilities: dict[str, float] = Field(description="per-class probability, keyed by class name")
 
 
+class LabelPrediction(BaseModel):
+    """A row of a classifier that gives no probabilities: its label alone."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+
+
+class ValuePrediction(BaseModel):
+    """A regressor's row: its value (null when the model answers NaN or an infinity)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction: float | None
+
+
+def prediction_schema(kind: str, classes: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON schema of one row the live model answers: a regressor's value, a label alone, or a label and the
+    probability of each of ``classes`` (all of them, no other)."""
+    if kind == REGRESSOR:
+        return ValuePrediction.model_json_schema()
+    if not classes:
+        return LabelPrediction.model_json_schema()
+    schema = ClassPrediction.model_json_schema()
+    schema["properties"]["probabilities"] = schema["properties"]["probabilities"] | {
+        "properties": {name: {"type": "number"} for name in classes},
+        "required": list(classes),
+        "additionalProperties": False,
+    }
+    return schema
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
-    predictions: list[PredictionRow]
+    predictions: list[ClassPrediction | LabelPrediction | ValuePrediction] = Field(
+        description="one row per record, in order; every row has the shape of the live model's kind"
+    )
 
 
 class ErrorResponse(BaseModel):

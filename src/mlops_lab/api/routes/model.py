@@ -21,7 +21,7 @@ router = APIRouter()
     "/metadata",
     response_model=Metadata,
     tags=["model"],
-    summary="model name, version, source, input schema, classes",
+    summary="model name, version, source, kind, input schema, classes",
     responses=error_responses(401, 503),
 )
 async def metadata(snapshot: SnapshotDep) -> Response:
@@ -33,6 +33,7 @@ async def metadata(snapshot: SnapshotDep) -> Response:
         "fingerprint": info.fingerprint,
         "sha256": info.sha256,
         "loaded_at": info.loaded_at,
+        "kind": info.kind,
         "inputs": info.inputs,
         "classes": list(info.classes),
         "max_rows": snapshot.types.max_rows,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic_core import to_json
 
@@ -28,7 +27,9 @@ router = APIRouter()
                 "application/json": {"schema": {"$ref": "#/components/schemas/PredictResponse"}},
                 "text/csv": {"schema": {"type": "string"}},
             },
-            "description": "predictions; CSV when `Accept: text/csv`",
+            "description": "predictions, as `/predict` answers them; with `Accept: text/csv`, the batch output's "
+            "columns: `prediction` (a label, or a regressor's value), then `probability_<class>` per class when the "
+            "model gives them",
         },
         415: {"model": ErrorResponse, "description": "unsupported Content-Type"},
         **error_responses(401, 413, 422, 503),
@@ -60,9 +61,7 @@ async def invocations(request: Request, snapshot: SnapshotDep, body: BodyDep) ->
     request.state.rows = rows
     request.state.model_version = snapshot.info.version
     if "text/csv" in request.headers.get("accept", ""):
-        probabilities = np.char.mod("%.6f", prediction.probabilities).tolist()
-        text = payloads.predictions_csv(prediction.classes, prediction.labels.tolist(), probabilities)
-        return Response(text, media_type="text/csv")
+        return Response(payloads.predictions_csv(snapshot.model, prediction), media_type="text/csv")
     return JSONBytes(_predictions_json(snapshot, prediction))
 
 
