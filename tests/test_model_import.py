@@ -81,6 +81,11 @@ def test_a_regressor_through_the_lambda_and_the_api(with_mlflow: Lab, api, tmp_p
     output = publish(model_path, "--name", "diabetes", "--features-from", rows_path, "--sample", rows_path)
     (latest, *_) = registry.list_versions(settings, aws, name="diabetes")
     assert f"diabetes version {latest.version}" in output and latest.live, output
+    import mlflow
+
+    registered = mlflow.models.get_model_info(f"models:/diabetes/{latest.version}")
+    assert registered.signature is not None and registered.saved_input_example_info is not None
+    assert registered.signature.inputs.input_names()[:2] == ["age", "sex"]  # the names it was given
     header, matrix = read_rows(rows_path)
     expected = ort_outputs(model_path, matrix)[0].reshape(-1)
 
@@ -90,7 +95,7 @@ def test_a_regressor_through_the_lambda_and_the_api(with_mlflow: Lab, api, tmp_p
     scored = list(csv.reader(result.local_path.open(newline="")))
     assert scored[0] == [*header, "prediction"]
     assert np.array([row[-1] for row in scored[1:]], dtype=np.float32).tolist() == expected.tolist()
-    assert result.value_range == (float(np.float32(expected.min())), float(np.float32(expected.max())))
+    assert result.value_range == pytest.approx((float(expected.min()), float(expected.max())), rel=1e-6)
     head = with_mlflow.s3().head_object(Bucket=settings.output_bucket, Key=prediction_key("byom/diabetes.csv"))
     assert head["Metadata"][META_MODEL_NAME] == "diabetes" and head["Metadata"][META_MODEL_VERSION] == latest.version
 
