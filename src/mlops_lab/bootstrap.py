@@ -104,6 +104,27 @@ def async_invocation(settings: Settings, queue_arn: str) -> dict[str, Any]:
     }
 
 
+FUNCTION_HANDLER = "handler.handler"
+FUNCTION_DESCRIPTION = "mlops-lab: CSV in the input bucket -> predictions in the output bucket"
+
+
+def function_configuration(settings: Settings, role_arn: str, layer_arn: str | None) -> dict[str, Any]:
+    """The function's configuration (all but its code), as Lambda's API takes and returns it."""
+    return {
+        "Runtime": settings.lambda_runtime,
+        "Handler": FUNCTION_HANDLER,
+        "Role": role_arn,
+        "MemorySize": settings.lambda_memory_mb,
+        "Timeout": settings.lambda_timeout_s,
+        "Layers": [layer_arn] if layer_arn else [],
+        "Environment": {"Variables": function_environment(settings)},
+    }
+
+
+def invoke_permission_statement_id(settings: Settings) -> str:
+    return f"s3-invoke-{settings.input_bucket}"
+
+
 def notification_configuration(function_arn: str) -> dict[str, Any]:
     # An explicit Id and a lower-case rule name: that is how S3 returns them, so a re-run can compare for equality.
     return {
@@ -265,15 +286,7 @@ def ensure_function(
     else:
         key = f"functions/{settings.function_name}/{hashlib.sha256(package).hexdigest()}.zip"
         code = {"S3Bucket": settings.model_bucket, "S3Key": key}
-    wanted = {
-        "Runtime": settings.lambda_runtime,
-        "Handler": "handler.handler",
-        "Role": role_arn,
-        "MemorySize": settings.lambda_memory_mb,
-        "Timeout": settings.lambda_timeout_s,
-        "Layers": [layer_arn] if layer_arn else [],
-        "Environment": {"Variables": function_environment(settings)},
-    }
+    wanted = function_configuration(settings, role_arn, layer_arn)
     try:
         current = lam.get_function(FunctionName=settings.function_name)["Configuration"]
     except ClientError as error:
@@ -284,7 +297,7 @@ def ensure_function(
             lambda: lam.create_function(
                 FunctionName=settings.function_name,
                 Code=code,
-                Description="mlops-lab: CSV in the input bucket -> predictions in the output bucket",
+                Description=FUNCTION_DESCRIPTION,
                 **wanted,
             )
         )
@@ -336,7 +349,7 @@ def _retry_role_propagation(call: Callable[[], Any], timeout: float = 60) -> Any
 
 def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) -> Change:
     lam = aws.client("lambda")
-    statement_id = f"s3-invoke-{settings.input_bucket}"
+    statement_id = invoke_permission_statement_id(settings)
     source_arn = f"arn:{aws.partition}:s3:::{settings.input_bucket}"
     try:
         policy = json.loads(lam.get_policy(FunctionName=settings.function_name)["Policy"])
