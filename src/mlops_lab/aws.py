@@ -86,9 +86,17 @@ def policy_document(document: Any) -> Any:
 
 
 def ensure_role(
-    aws: Aws, name: str, *, trust: dict[str, Any], policy_name: str, policy: dict[str, Any], description: str
+    aws: Aws,
+    name: str,
+    *,
+    trust: dict[str, Any],
+    policy_name: str,
+    policy: dict[str, Any],
+    description: str,
+    dry_run: bool = False,
 ) -> tuple[str, list[Change]]:
-    """An IAM role with exactly this trust policy and this one inline policy; changes only what differs.
+    """An IAM role with exactly this trust policy and this one inline policy; changes only what differs (with
+    ``dry_run``, only says what it would change).
 
     Returns the role's ARN and two changes (the role, its policy)."""
     iam = aws.client("iam")
@@ -97,6 +105,9 @@ def ensure_role(
     except ClientError as error:
         if not is_not_found(error):
             raise
+        if dry_run:
+            arn = f"arn:{aws.partition}:iam::{aws.account_id}:role/{name}"
+            return arn, [Change("role", name, "created"), Change("role policy", f"{name}/{policy_name}", "created")]
         role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description=description)[
             "Role"
         ]
@@ -104,14 +115,17 @@ def ensure_role(
         role_change = Change("role", name, "created")
     else:
         if policy_document(role["AssumeRolePolicyDocument"]) != trust:
-            iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
+            if not dry_run:
+                iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
             role_change = Change("role", name, "updated", "trust policy")
         else:
             role_change = Change("role", name, "unchanged")
-    return role["Arn"], [role_change, _ensure_role_policy(iam, name, policy_name, policy)]
+    return role["Arn"], [role_change, _ensure_role_policy(iam, name, policy_name, policy, dry_run=dry_run)]
 
 
-def _ensure_role_policy(iam: Any, role: str, policy_name: str, wanted: dict[str, Any]) -> Change:
+def _ensure_role_policy(
+    iam: Any, role: str, policy_name: str, wanted: dict[str, Any], *, dry_run: bool = False
+) -> Change:
     name = f"{role}/{policy_name}"
     try:
         current = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
@@ -123,6 +137,8 @@ def _ensure_role_policy(iam: Any, role: str, policy_name: str, wanted: dict[str,
         if policy_document(current) == wanted:
             return Change("role policy", name, "unchanged")
         action = "updated"
+    if dry_run:
+        return Change("role policy", name, action)
     iam.put_role_policy(RoleName=role, PolicyName=policy_name, PolicyDocument=json.dumps(wanted))
     return Change("role policy", name, action)
 

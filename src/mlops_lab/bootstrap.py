@@ -143,8 +143,15 @@ def notification_configuration(function_arn: str) -> dict[str, Any]:
 
 
 def bootstrap(
-    settings: Settings, aws: Aws, layer: LayerArtifact, *, on_change: Callable[[Change], None] = lambda _: None
+    settings: Settings,
+    aws: Aws,
+    layer: LayerArtifact,
+    *,
+    on_change: Callable[[Change], None] = lambda _: None,
+    dry_run: bool = False,
 ) -> list[Change]:
+    """Create or repair every resource; with ``dry_run``, only read what exists and say what would change (the same
+    comparisons, no write: `mlops-lab plan`)."""
     changes: list[Change] = []
 
     def record(change: Change) -> None:
@@ -152,26 +159,33 @@ def bootstrap(
         on_change(change)
 
     for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
-        record(ensure_bucket(aws, bucket))
-    queue_arn, queue_change = ensure_failure_queue(settings, aws)
+        record(ensure_bucket(aws, bucket, dry_run=dry_run))
+    queue_arn, queue_change = ensure_failure_queue(settings, aws, dry_run=dry_run)
     record(queue_change)
-    role_arn, role_changes = ensure_role(settings, aws)
+    role_arn, role_changes = ensure_role(settings, aws, dry_run=dry_run)
     for change in role_changes:
         record(change)
     if settings.lambda_bundle_layer:
-        function_arn, function_change = ensure_function(settings, aws, role_arn, None, function_package(layer))
+        package = function_package(layer)
+        function_arn, function_change = ensure_function(settings, aws, role_arn, None, package, dry_run=dry_run)
     else:
-        layer_arn, layer_change = ensure_layer(settings, aws, layer)
+        layer_arn, layer_change = ensure_layer(settings, aws, layer, dry_run=dry_run)
         record(layer_change)
-        function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn, function_package())
+        package = function_package()
+        function_arn, function_change = ensure_function(settings, aws, role_arn, layer_arn, package, dry_run=dry_run)
     record(function_change)
-    record(ensure_async_invocation(settings, aws, queue_arn))
-    record(ensure_invoke_permission(settings, aws, function_arn))
-    record(ensure_notification(settings, aws, function_arn))
+    record(ensure_async_invocation(settings, aws, queue_arn, dry_run=dry_run))
+    record(ensure_invoke_permission(settings, aws, function_arn, dry_run=dry_run))
+    record(ensure_notification(settings, aws, function_arn, dry_run=dry_run))
     return changes
 
 
-def ensure_bucket(aws: Aws, bucket: str) -> Change:
+def _arn(aws: Aws, service: str, resource: str, *, region: bool = True) -> str:
+    """The ARN a resource that does not exist yet will have (a dry run compares against it)."""
+    return f"arn:{aws.partition}:{service}:{aws.region if region else ''}:{aws.account_id}:{resource}"
+
+
+def ensure_bucket(aws: Aws, bucket: str, *, dry_run: bool = False) -> Change:
     s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
@@ -179,6 +193,8 @@ def ensure_bucket(aws: Aws, bucket: str) -> Change:
     except ClientError as error:
         if error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
             raise BootstrapError(f"bucket {bucket} exists but is not usable: {error}") from error
+    if dry_run:
+        return Change("bucket", bucket, "created")
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if aws.region != "us-east-1":  # us-east-1 refuses an explicit LocationConstraint; every other region needs one
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
@@ -187,7 +203,7 @@ def ensure_bucket(aws: Aws, bucket: str) -> Change:
     return Change("bucket", bucket, "created")
 
 
-def ensure_failure_queue(settings: Settings, aws: Aws) -> tuple[str, Change]:
+def ensure_failure_queue(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, Change]:
     """The SQS queue the function's failed events go to; its ARN."""
     sqs = aws.client("sqs")
     name, wanted = settings.failure_queue_name, {"MessageRetentionPeriod": str(FAILURE_RETENTION_S)}
@@ -197,15 +213,18 @@ def ensure_failure_queue(settings: Settings, aws: Aws) -> tuple[str, Change]:
     except ClientError as error:
         if not is_not_found(error):
             raise
+        if dry_run:
+            return _arn(aws, "sqs", name), Change("queue", name, "created", "failed events, kept 14 days")
         url, action = sqs.create_queue(QueueName=name, Attributes=wanted)["QueueUrl"], "created"
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn", *wanted])["Attributes"]
     if any(attributes.get(key) != value for key, value in wanted.items()):
-        sqs.set_queue_attributes(QueueUrl=url, Attributes=wanted)
+        if not dry_run:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=wanted)
         action = "updated" if action == "unchanged" else action
     return attributes["QueueArn"], Change("queue", name, action, "failed events, kept 14 days")
 
 
-def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str) -> Change:
+def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str, *, dry_run: bool = False) -> Change:
     """The function's asynchronous-invocation settings: retries, maximum event age, on-failure destination."""
     lam = aws.client("lambda")
     wanted = async_invocation(settings, queue_arn)
@@ -225,7 +244,10 @@ def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str) -> Cha
         return Change("async invocation", settings.function_name, "unchanged")
     # Put, not Update: Put replaces the whole configuration (and MiniStack has no Update). On AWS the role must already
     # allow sqs:SendMessage on the queue, which can take seconds to propagate after the policy changes.
-    _retry_role_propagation(lambda: lam.put_function_event_invoke_config(FunctionName=settings.function_name, **wanted))
+    if not dry_run:
+        _retry_role_propagation(
+            lambda: lam.put_function_event_invoke_config(FunctionName=settings.function_name, **wanted)
+        )
     return Change(
         "async invocation",
         settings.function_name,
@@ -234,7 +256,7 @@ def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str) -> Cha
     )
 
 
-def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
+def ensure_role(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, list[Change]]:
     """The function's execution role and its least-privilege inline policy."""
     return ensure_iam_role(
         aws,
@@ -243,10 +265,11 @@ def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
         policy_name=INLINE_POLICY_NAME,
         policy=execution_policy(settings, aws),
         description="Execution role of the mlops-lab batch-predict Lambda",
+        dry_run=dry_run,
     )
 
 
-def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[str, Change]:
+def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact, *, dry_run: bool = False) -> tuple[str, Change]:
     lam = aws.client("lambda")
     versions = lam.list_layer_versions(LayerName=settings.layer_name).get("LayerVersions", [])
     for version in versions:  # newest first
@@ -254,6 +277,11 @@ def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact) -> tuple[st
             return version["LayerVersionArn"], Change(
                 "layer", settings.layer_name, "unchanged", f"version {version['Version']}"
             )
+    if dry_run:
+        upcoming = f"layer:{settings.layer_name}:{versions[0]['Version'] + 1 if versions else 1}"
+        return _arn(aws, "lambda", upcoming), Change(
+            "layer", settings.layer_name, "published", f"a new version, {layer.zipped_bytes / 1e6:.1f} MB zipped"
+        )
     # Through S3, not inline: AWS caps direct uploads at 50 MB and the layer is close to that.
     key = f"layers/{settings.layer_name}/{layer.sha256}.zip"
     aws.client("s3").upload_file(str(layer.path), settings.model_bucket, key)
@@ -278,7 +306,13 @@ INLINE_CODE_BYTES = 10 * 1000 * 1000
 
 
 def ensure_function(
-    settings: Settings, aws: Aws, role_arn: str, layer_arn: str | None, package: bytes
+    settings: Settings,
+    aws: Aws,
+    role_arn: str,
+    layer_arn: str | None,
+    package: bytes,
+    *,
+    dry_run: bool = False,
 ) -> tuple[str, Change]:
     lam = aws.client("lambda")
     if len(package) <= INLINE_CODE_BYTES:
@@ -292,6 +326,10 @@ def ensure_function(
     except ClientError as error:
         if not is_not_found(error):
             raise
+        if dry_run:
+            return _arn(aws, "lambda", f"function:{settings.function_name}"), Change(
+                "function", settings.function_name, "created"
+            )
         _upload_code(aws, code, package)
         created = _retry_role_propagation(
             lambda: lam.create_function(
@@ -305,17 +343,18 @@ def ensure_function(
         return created["FunctionArn"], Change("function", settings.function_name, "created")
     updated = []
     if current.get("CodeSha256") != code_sha256(package):
-        _upload_code(aws, code, package)
-        lam.update_function_code(FunctionName=settings.function_name, **code)
-        lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
+        if not dry_run:
+            _upload_code(aws, code, package)
+            lam.update_function_code(FunctionName=settings.function_name, **code)
+            lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
         updated.append("code")
     differing = [key for key, value in wanted.items() if _current_setting(current, key) != value]
-    if differing:
+    if differing and not dry_run:
         _retry_role_propagation(
             lambda: lam.update_function_configuration(FunctionName=settings.function_name, **wanted)
         )
         lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
-        updated += [key.lower() for key in differing]
+    updated += [key.lower() for key in differing]
     if updated:
         return current["FunctionArn"], Change("function", settings.function_name, "updated", ", ".join(updated))
     return current["FunctionArn"], Change("function", settings.function_name, "unchanged")
@@ -347,7 +386,7 @@ def _retry_role_propagation(call: Callable[[], Any], timeout: float = 60) -> Any
             time.sleep(2)
 
 
-def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) -> Change:
+def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str, *, dry_run: bool = False) -> Change:
     lam = aws.client("lambda")
     statement_id = invoke_permission_statement_id(settings)
     source_arn = f"arn:{aws.partition}:s3:::{settings.input_bucket}"
@@ -365,6 +404,10 @@ def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) ->
             and condition.get("StringEquals", {}).get("AWS:SourceAccount") == aws.account_id
         ):
             return Change("invoke permission", statement_id, "unchanged")
+    action = "updated" if existing else "created"
+    if dry_run:
+        return Change("invoke permission", statement_id, action, f"s3.amazonaws.com from {source_arn}")
+    if existing is not None:
         lam.remove_permission(FunctionName=settings.function_name, StatementId=statement_id)
     lam.add_permission(
         FunctionName=settings.function_name,
@@ -374,19 +417,29 @@ def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str) ->
         SourceArn=source_arn,
         SourceAccount=aws.account_id,
     )
-    return Change(
-        "invoke permission", statement_id, "updated" if existing else "created", f"s3.amazonaws.com from {source_arn}"
-    )
+    return Change("invoke permission", statement_id, action, f"s3.amazonaws.com from {source_arn}")
 
 
-def ensure_notification(settings: Settings, aws: Aws, function_arn: str) -> Change:
+def ensure_notification(settings: Settings, aws: Aws, function_arn: str, *, dry_run: bool = False) -> Change:
     s3 = aws.client("s3")
     wanted = notification_configuration(function_arn)
-    current = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
+    try:
+        current = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
+    except ClientError as error:
+        if not (dry_run and is_not_found(error)):  # a dry run's bucket may not exist yet
+            raise
+        current = {}
     current.pop("ResponseMetadata", None)
     current.pop("EventBridgeConfiguration", None)
     if current == wanted:
         return Change("notification", settings.input_bucket, "unchanged")
+    if dry_run:
+        return Change(
+            "notification",
+            settings.input_bucket,
+            "updated" if current else "created",
+            "ObjectCreated *.csv -> function",
+        )
     s3.put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration=wanted)
     return Change(
         "notification", settings.input_bucket, "updated" if current else "created", "ObjectCreated *.csv -> function"

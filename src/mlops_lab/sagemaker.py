@@ -135,7 +135,7 @@ def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
     return ensure_ecr_repository(aws, settings.sagemaker_repository, tags={"project": settings.prefix})
 
 
-def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
+def ensure_role(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, list[Change]]:
     return ensure_iam_role(
         aws,
         settings.sagemaker_role_name,
@@ -143,6 +143,7 @@ def ensure_role(settings: Settings, aws: Aws) -> tuple[str, list[Change]]:
         policy_name=EXECUTION_POLICY_NAME,
         policy=execution_policy(settings, aws),
         description="SageMaker execution role for the lab's mlflow deployment",
+        dry_run=dry_run,
     )
 
 

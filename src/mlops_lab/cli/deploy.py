@@ -53,6 +53,19 @@ def deploy_sagemaker(
     settings, aws = get_settings(), Aws()
     if emulate is None:
         emulate = bool(os.environ.get("AWS_ENDPOINT_URL"))
+    if not emulate:  # a real endpoint bills every hour it exists: say how much before creating it
+        from mlops_lab.plan import HOURS_PER_MONTH, endpoint_hourly_usd
+
+        hourly = endpoint_hourly_usd(aws.region)
+        price = (
+            f"${hourly:.3f} an hour (${hourly * HOURS_PER_MONTH:,.0f} a month)"
+            if hourly is not None
+            else "an hourly price this lab's table does not have for this region"
+        )
+        console.print(
+            f"[yellow]This creates a real SageMaker endpoint[/] ({sagemaker.INSTANCE_TYPE}, {aws.region}) billed at "
+            f"{price} until you delete it."
+        )
     url = None
     if emulate:
         with console.status("Starting moto (SageMaker control plane)..."):

@@ -144,3 +144,47 @@ def backlog(backlog: recovery.Backlog) -> None:
         )
     if backlog.failures:
         console.print(f"[yellow]{backlog.failures} failed event(s)[/]: `mlops-lab failures` shows them.")
+
+
+_PLANNED = {"created": "create", "published": "publish", "updated": "update", "unchanged": "keep"}
+
+
+def plan(result: Any) -> None:
+    """`mlops-lab plan` (a plan.Plan): the resources and what would happen to each, then the cost estimate."""
+    console.print(f"[bold]Plan[/] against {result.target}, region {result.region}: nothing is changed.")
+    for item in result.changes:
+        action = _PLANNED.get(item.action, item.action)
+        style = _STYLE.get(item.action, "")
+        detail = f"  [dim]{item.detail}[/]" if item.detail else ""
+        console.print(f"  [{style}]{action:>8}[/]  {item.kind:<19} {item.name}{detail}")
+    todo = sum(item.action != "unchanged" for item in result.changes)
+    console.print(f"[bold]{todo} to change[/], {len(result.changes) - todo} as wanted already.")
+    if not result.costs:
+        console.print(f"[yellow]No cost estimate[/]: {result.price_note}")
+        return
+    a = result.assumptions
+    table = Table(
+        title=f"Estimated monthly cost in {result.region} (prices of {result.prices_as_of}, USD)",
+        caption=(
+            f"Assumed: {a.uploads_per_day:,} uploads a day of {a.rows_per_file:,} rows ({a.bytes_per_row} B a row) "
+            f"for {a.days} days = {a.files:,} files. {result.price_note}."
+        ),
+    )
+    for column, justify in (
+        ("service", "left"),
+        ("what", "left"),
+        ("quantity", "right"),
+        ("unit price", "right"),
+        ("per month", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for line in result.costs:
+        table.add_row(
+            line.service,
+            line.item,
+            f"{line.quantity:,.4g} {line.unit}",
+            f"${line.unit_price:.10f}".rstrip("0").rstrip(".") + f" / {line.price_per}",
+            f"{line.monthly_usd:,.2f}",
+        )
+    table.add_row("", "[bold]total[/]", "", "", f"[bold]{result.total_usd:,.2f}[/]")
+    console.print(table)

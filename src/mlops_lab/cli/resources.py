@@ -1,7 +1,8 @@
-"""The AWS resources of the batch path: bootstrap, teardown, and the layer they publish."""
+"""The AWS resources of the batch path: plan, bootstrap, teardown, and the layer they publish."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -46,3 +47,35 @@ def build_layer(
         f"{'zipped' if artifact.compressed else 'stored (emulator only: extracts faster)'}, "
         f"{artifact.unzipped_bytes / 1e6:.1f} MB unzipped, sha256 {artifact.sha256[:16]}"
     )
+
+
+@app.command()
+def plan(
+    uploads_per_day: Annotated[int, typer.Option(help="Assumed CSV uploads a day.")] = 100,
+    rows_per_file: Annotated[int, typer.Option(help="Assumed rows in a file.")] = 10_000,
+    bytes_per_row: Annotated[int, typer.Option(help="Assumed bytes a row (the demo's: 100).")] = 100,
+    seconds_per_file: Annotated[
+        float | None,
+        typer.Option(help="Lambda seconds a file (default: 0.1 s + rows at 60,000 rows/s).", show_default=False),
+    ] = None,
+    image_mb: Annotated[float, typer.Option(help="Size of an API image you push to ECR, if any.")] = 0.0,
+    with_sagemaker: Annotated[
+        bool, typer.Option("--sagemaker", help="Include `deploy sagemaker`'s resources and its endpoint's cost.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """What bootstrap would create, update or leave (a dry run: nothing is changed) and an estimate of its cost."""
+    from mlops_lab.plan import Assumptions, make_plan
+
+    assumptions = Assumptions(
+        uploads_per_day=uploads_per_day,
+        rows_per_file=rows_per_file,
+        bytes_per_row=bytes_per_row,
+        seconds_per_file=seconds_per_file,
+        image_mb=image_mb,
+    )
+    result = make_plan(get_settings(), Aws(), assumptions, with_sagemaker=with_sagemaker)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    render.plan(result)
