@@ -75,6 +75,19 @@ def _no_server_outside_integration_tests(request: pytest.FixtureRequest) -> Iter
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _aws_config_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`up` writes the emulator's profile into the AWS config file: the tests' goes to a temp file, never ~/.aws."""
+    path = tmp_path_factory.mktemp("aws") / "config"
+    saved = os.environ.get("AWS_CONFIG_FILE")
+    os.environ["AWS_CONFIG_FILE"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("AWS_CONFIG_FILE", None)
+    else:
+        os.environ["AWS_CONFIG_FILE"] = saved
+
+
 @pytest.fixture(scope="session")
 def course_dir() -> Path:
     if not (COURSE_DIR / "model.onnx").exists():

@@ -67,6 +67,7 @@ def test_help_lists_the_pipeline_steps() -> None:
         "demo",
         "bootstrap",
         "teardown",
+        "plan",
         "build-layer",
         "train",
         "promote",
@@ -168,8 +169,9 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
     assert _healthy(_row(result.output, "emulator")) and _healthy(_row(result.output, "api")), result.output
     assert "stopped" in _row(result.output, "mlflow")
     assert re.search(r"published\s+model", result.output), result.output  # the model put in place, not retrained
-    assert (own_stack_env / "env.sh").read_text() == runner.invoke(app, ["env"]).output
-    assert f"export AWS_ENDPOINT_URL={settings.emulator_url}\n" in runner.invoke(app, ["env"]).output
+    assert (own_stack_env / "env.sh").read_text() == runner.invoke(app, ["env"]).stdout
+    assert "export AWS_PROFILE=mlops-lab\n" in (own_stack_env / "env.sh").read_text()
+    assert f"export AWS_ENDPOINT_URL={settings.emulator_url}\n" in runner.invoke(app, ["env", "--keys"]).stdout
 
     again = runner.invoke(app, ["up", "--no-mlflow"])
     assert again.exit_code == 0 and "Nothing to change" in again.output, again.output

@@ -1,13 +1,14 @@
 """AWS access through the SDK's standard configuration only.
 
-boto3 itself reads ``AWS_ENDPOINT_URL`` (emulator) or not (real AWS), the region and the credentials; nothing here
-knows which one it is talking to.
+boto3 resolves the endpoint (a profile's ``endpoint_url``, ``AWS_ENDPOINT_URL_<SERVICE>``, ``AWS_ENDPOINT_URL``, else
+AWS's own), the region (``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's) and the credentials; nothing here
+overrides it. Whether that is an emulator or AWS is read from the endpoint it resolved (``Aws.on_aws``), never from
+one variable.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -16,7 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-DEFAULT_REGION = "us-east-1"
+DEFAULT_REGION = "us-east-1"  # where the SDK sends calls when nothing names a region (the lab says so, see `target`)
+AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=120)
 
 
@@ -41,9 +43,20 @@ class Aws:
     def region(self) -> str:
         return self.session.region_name or DEFAULT_REGION
 
+    @cached_property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint the SDK resolved for this session (the lab's resources all live behind the same one)."""
+        return resolved_endpoint(self.session, "s3", self.region)
+
     @property
-    def endpoint_url(self) -> str | None:
-        return os.environ.get("AWS_ENDPOINT_URL")
+    def on_aws(self) -> bool:
+        return is_aws_endpoint(self.endpoint_url)
+
+    def describe(self) -> str:
+        """Where calls go, in words: "AWS (eu-west-1)" or "emulator at http://127.0.0.1:4566 (us-east-1)"."""
+        place = "AWS" if self.on_aws else f"emulator at {self.endpoint_url}"
+        profile = f", profile {self.session.profile_name}" if self.session.profile_name not in (None, "default") else ""
+        return f"{place} ({self.region}{profile})"
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
@@ -61,6 +74,18 @@ class Aws:
     @property
     def partition(self) -> str:
         return self.identity["Arn"].split(":")[1]
+
+
+def resolved_endpoint(session: boto3.session.Session, service: str, region: str | None = None) -> str:
+    """The endpoint URL boto3 resolves for ``service`` from the session's whole configuration."""
+    return session.client(service, region_name=region or session.region_name or DEFAULT_REGION).meta.endpoint_url
+
+
+def is_aws_endpoint(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    return host.endswith(AWS_DOMAINS)
 
 
 def error_code(error: ClientError) -> str:

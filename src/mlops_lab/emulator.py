@@ -170,11 +170,58 @@ def sdk_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+PROFILE = "mlops-lab"  # the AWS profile that points at the embedded emulator (`mlops-lab env --profile`)
+
+
+def profile_settings(settings: Settings) -> dict[str, str]:
+    """The emulator as an AWS profile: endpoint, region and its dummy credentials (the AWS CLI and SDKs read these
+    from ``[profile mlops-lab]`` in the AWS config file)."""
+    environment = sdk_environment(settings)
+    return {
+        "endpoint_url": environment["AWS_ENDPOINT_URL"],
+        "region": environment["AWS_DEFAULT_REGION"],
+        "aws_access_key_id": environment["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": environment["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+def aws_config_file() -> Path:
+    return Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config").expanduser()
+
+
+def write_profile(settings: Settings, name: str = PROFILE) -> tuple[Path, bool]:
+    """Add or refresh ``[profile <name>]`` in the AWS config file, leaving every other section as it is; (the file,
+    whether it changed)."""
+    import configparser
+
+    path = aws_config_file()
+    config = configparser.RawConfigParser()
+    config.read(path)
+    section = f"profile {name}"
+    wanted = profile_settings(settings)
+    if config.has_section(section) and dict(config.items(section)) == wanted:
+        return path, False
+    if not config.has_section(section):
+        config.add_section(section)
+    for key in list(config.options(section)):
+        config.remove_option(section, key)
+    for key, value in wanted.items():
+        config.set(section, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        config.write(handle)
+    return path, True
+
+
 def lambda_python(settings: Settings) -> Path | None:
     """The interpreter Lambda functions run on when the SDK points at this checkout's embedded emulator (MiniStack
     runs them on its own), else None: then they run on AWS's runtime (or a container's), not on anything here."""
+    import boto3
+
+    from mlops_lab.aws import resolved_endpoint
+
     install = EmulatorInstall(settings.emulator_venv)
-    pointed_here = os.environ.get("AWS_ENDPOINT_URL", "").rstrip("/") == settings.emulator_url
+    pointed_here = resolved_endpoint(boto3.session.Session(), "lambda").rstrip("/") == settings.emulator_url
     return install.python if pointed_here and install.python.exists() else None
 
 

@@ -8,7 +8,6 @@ drift from what bootstrap does. The cost is an estimate from a pinned, dated pri
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ def sagemaker_changes(settings: Settings, aws: Aws) -> list[Change]:
         changes = [Change("ECR repository", settings.sagemaker_repository, "created")]
     changes += sagemaker.ensure_role(settings, aws, dry_run=True)[1]
     endpoint = settings.sagemaker_endpoint
-    if os.environ.get("AWS_ENDPOINT_URL"):  # offline, SageMaker's control plane is moto, started by the deploy itself
+    if not aws.on_aws:  # offline, SageMaker's control plane is moto, started by the deploy itself
         return [*changes, Change("SageMaker endpoint", endpoint, "created", "model, endpoint config, endpoint (moto)")]
     try:
         aws.client("sagemaker").describe_endpoint(EndpointName=endpoint)
@@ -198,7 +197,7 @@ def make_plan(settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sa
     changes = bootstrap(settings, aws, ops.build_lambda_layer(settings), dry_run=True)
     if with_sagemaker:
         changes += sagemaker_changes(settings, aws)
-    plan = Plan(ops.target(), aws.region, changes, assumptions=assumptions)
+    plan = Plan(ops.target(aws), aws.region, changes, assumptions=assumptions)
     try:
         plan.costs, plan.prices_as_of = estimate(
             settings, aws.region, assumptions, sagemaker_instance=sagemaker.INSTANCE_TYPE if with_sagemaker else None
@@ -208,10 +207,6 @@ def make_plan(settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sa
         return plan
     plan.price_note = (
         "list prices before the free tier (1M Lambda requests and 400,000 GB-seconds a month are free)"
-        + (
-            "; on the emulator nothing is billed: this is what the same use would cost on AWS"
-            if os.environ.get("AWS_ENDPOINT_URL")
-            else ""
-        )
+        + ("; on the emulator nothing is billed: this is what the same use would cost on AWS" if not aws.on_aws else "")
     )
     return plan

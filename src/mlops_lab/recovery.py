@@ -54,7 +54,9 @@ class Rerun:
     detail: str = ""
 
 
-def s3_event(region: str, bucket: str, key: str, *, size: int | None = None, etag: str | None = None) -> dict:
+def s3_event(
+    region: str, bucket: str, key: str, *, size: int | None = None, etag: str | None = None, partition: str = "aws"
+) -> dict:
     """The ObjectCreated event S3 sends for ``key`` (keys arrive URL-encoded, as from S3)."""
     details: dict[str, Any] = {"key": urllib.parse.quote_plus(key, safe="/")}
     if size is not None:
@@ -69,7 +71,7 @@ def s3_event(region: str, bucket: str, key: str, *, size: int | None = None, eta
                 "awsRegion": region,
                 "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"}, "object": details},
+                "s3": {"bucket": {"name": bucket, "arn": f"arn:{partition}:s3:::{bucket}"}, "object": details},
             }
         ]
     }
@@ -472,7 +474,9 @@ def reconcile(
 
     def one(action: Action) -> list[Rerun]:
         source = inputs[action.key]
-        event = s3_event(aws.region, settings.input_bucket, action.key, size=source.size, etag=source.etag)
+        event = s3_event(
+            aws.region, settings.input_bucket, action.key, size=source.size, etag=source.etag, partition=aws.partition
+        )
         reruns = _rerun(invoker, aws.region, settings.input_bucket, action.key, event=event)
         for rerun in reruns:
             if rerun.status == "failed":  # captured like any failed event, so `failures`/`redrive` see it

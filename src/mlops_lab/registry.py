@@ -63,7 +63,8 @@ SERVICE_NAME = "mlflow"
 def server_service(settings: Settings) -> Service:
     """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3."""
     mlflow = Path(sys.executable).with_name("mlflow")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    aws = Aws()
+    endpoint = None if aws.on_aws else aws.endpoint_url  # its S3 client needs the emulator's endpoint spelled out
     return Service(
         name=SERVICE_NAME,
         command=[
@@ -81,7 +82,7 @@ def server_service(settings: Settings) -> Service:
             "--artifacts-destination",
             settings.mlflow_artifacts_destination,
         ],
-        health_url=settings.mlflow_tracking_uri + "/health",
+        health_url=settings.mlflow_server_url + "/health",
         # The server, not its clients, writes artifacts to S3: it gets this process's SDK variables (emulator or AWS).
         # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
         env={
@@ -92,7 +93,7 @@ def server_service(settings: Settings) -> Service:
             **({"MLFLOW_S3_ENDPOINT_URL": endpoint} if endpoint else {}),
         },
         description=f"mlflow tracking + registry (artifacts in {settings.mlflow_artifacts_destination})",
-        url=settings.mlflow_tracking_uri,
+        url=settings.mlflow_server_url,
     )
 
 
@@ -100,10 +101,28 @@ def server_service(settings: Settings) -> Service:
 
 
 def server_reachable(settings: Settings, timeout: float = 2) -> bool:
+    """Does the tracking server answer its health check (with mlflow's own auth variables, if they are set)?"""
     try:
-        return httpx.get(settings.mlflow_tracking_uri + "/health", timeout=timeout).status_code == 200
+        response = httpx.get(
+            settings.mlflow_tracking_uri.rstrip("/") + "/health",
+            timeout=timeout,
+            auth=_basic_auth(),
+            headers=_token_header(),
+            verify=os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true",
+        )
+        return response.status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _basic_auth() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def _token_header() -> dict[str, str]:
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def client(settings: Settings, *, check: bool = True):  # type: ignore[no-untyped-def]

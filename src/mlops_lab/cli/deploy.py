@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -41,7 +40,7 @@ def deploy_sagemaker(
     emulate: Annotated[
         bool | None,
         typer.Option(
-            help="Run SageMaker's control plane on moto (default: when AWS_ENDPOINT_URL points at an emulator).",
+            help="Run SageMaker's control plane on moto (default: when the SDK resolves an emulator, not AWS).",
             show_default=False,
         ),
     ] = None,
@@ -52,7 +51,7 @@ def deploy_sagemaker(
     """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace)."""
     settings, aws = get_settings(), Aws()
     if emulate is None:
-        emulate = bool(os.environ.get("AWS_ENDPOINT_URL"))
+        emulate = not aws.on_aws
     if not emulate:  # a real endpoint bills every hour it exists: say how much before creating it
         from mlops_lab.plan import HOURS_PER_MONTH, endpoint_hourly_usd
 

@@ -20,17 +20,18 @@ app = typer.Typer()
 @app.command()
 def bootstrap() -> None:
     """Create the buckets, role, layer, function, permission and notification (idempotent)."""
-    console.print(f"[bold]Bootstrap[/] against {ops.target()}")
-    render.summary(ops.run_bootstrap(get_settings(), Aws(), on_change=render.change))
+    aws = Aws()
+    console.print(f"[bold]Bootstrap[/] against {ops.target(aws)}")
+    render.summary(ops.run_bootstrap(get_settings(), aws, on_change=render.change))
 
 
 @app.command()
 def teardown(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
     """Delete everything bootstrap created (buckets and their objects included)."""
-    settings = get_settings()
-    if not yes and not typer.confirm(f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target()}?"):
+    settings, aws = get_settings(), Aws()
+    if not yes and not typer.confirm(f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target(aws)}?"):
         raise typer.Abort()
-    changes = teardown_resources(settings, Aws(), on_change=render.change)
+    changes = teardown_resources(settings, aws, on_change=render.change)
     console.print(f"[bold]{sum(c.action == 'deleted' for c in changes)} deleted[/].")
 
 
