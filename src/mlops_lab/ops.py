@@ -31,8 +31,9 @@ from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interprete
 from mlops_lab.settings import Settings
 
 API = "api"
-SERVICES = (emulator.SERVICE_NAME, registry.SERVICE_NAME, API)  # what bring_up can start
-STOP_ORDER = (API, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, emulator.SERVICE_NAME)  # dependants first
+CONSOLE = "console"  # the lab console (mlops_lab.console): a web page on the lab, for people
+SERVICES = (emulator.SERVICE_NAME, registry.SERVICE_NAME, API, CONSOLE)  # what bring_up can start
+STOP_ORDER = (CONSOLE, API, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, emulator.SERVICE_NAME)  # dependants first
 
 
 # -- the services -------------------------------------------------------------------------------------------------
@@ -60,11 +61,33 @@ def api_service(settings: Settings) -> stack.Service:
     )
 
 
+def console_service(settings: Settings) -> stack.Service:
+    return stack.Service(
+        name=CONSOLE,
+        command=[
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "mlops_lab.console.app:app",
+            "--host",
+            settings.console_host,
+            "--port",
+            str(settings.console_port),
+            "--no-access-log",
+        ],
+        health_url=settings.console_url + "/health",
+        env={**os.environ},
+        description="lab console: services, models, batch jobs, upload (a web page)",
+        url=settings.console_url,
+    )
+
+
 def service(settings: Settings, name: str) -> stack.Service:
     definitions: dict[str, Callable[[Settings], stack.Service]] = {
         emulator.SERVICE_NAME: emulator.service,
         registry.SERVICE_NAME: registry.server_service,
         API: api_service,
+        CONSOLE: console_service,
         sagemaker.SERVICE_NAME: sagemaker.emulator_service,
     }
     return definitions[name](settings)
@@ -96,6 +119,60 @@ def service_states(settings: Settings) -> list[ServiceState]:
     return states
 
 
+@dataclass(frozen=True)
+class Health:
+    """The lab as a whole, from its services' states: an exit code (0 = fine) and what to do."""
+
+    code: int
+    message: str = ""
+
+
+def lab_health(states: list[ServiceState]) -> Health:
+    """Nothing runs: NOT_RUNNING. A service that should run does not answer its health check: UNHEALTHY. A service
+    should run when it was started (it has a pid); the emulator also whenever any other service runs."""
+    from mlops_lab.errors import ExitCode
+
+    if not any(state.pid or state.healthy for state in states):
+        return Health(int(ExitCode.NOT_RUNNING), "The lab is not running: `mlops-lab up` starts it.")
+    anything_running = any(state.pid for state in states)
+    sick = [
+        state
+        for state in states
+        if not state.healthy and (state.pid or (state.name == emulator.SERVICE_NAME and anything_running))
+    ]
+    if sick:
+        names = ", ".join(state.name for state in sick)
+        return Health(
+            int(ExitCode.UNHEALTHY),
+            f"Unhealthy: {names} (should run, does not answer its health check): `mlops-lab logs {sick[0].name}` "
+            "shows why; `mlops-lab up` starts what is missing.",
+        )
+    return Health(0)
+
+
+def status_json(states: list[ServiceState], live: dict[str, str] | None, health: Health) -> dict[str, Any]:
+    """`mlops-lab status --json`."""
+    return {
+        "ok": health.code == 0,
+        "exit_code": health.code,
+        "message": health.message,
+        "services": [
+            {
+                "name": s.name,
+                "pid": s.pid,
+                "healthy": s.healthy,
+                "state": "healthy" if s.healthy else ("unhealthy" if s.pid else "stopped"),
+                "url": s.url,
+                "description": s.description,
+            }
+            for s in states
+        ],
+        "live_model": (
+            None if live is None else {"name": live.get(META_MODEL_NAME), "version": live.get(META_MODEL_VERSION)}
+        ),
+    }
+
+
 def embedded_live_model(settings: Settings) -> dict[str, str] | None:
     """The embedded emulator's live model (its published metadata: name, version), or None when the emulator is not
     running or serves none. Talks to this checkout's emulator whatever the shell's SDK variables say."""
@@ -108,17 +185,35 @@ def embedded_live_model(settings: Settings) -> dict[str, str] | None:
         return None
 
 
-def target() -> str:
-    """Where the SDK sends this process's calls, in words."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    return f"emulator at {endpoint}" if endpoint else "real AWS (AWS_ENDPOINT_URL is not set)"
+def target(aws: Aws | None = None) -> str:
+    """Where the SDK sends this process's calls, in words (from the endpoint it resolves, profile and all)."""
+    return (aws or Aws()).describe()
 
 
 def write_env_file(settings: Settings) -> Path:
+    """``.lab/env.sh``: selects the emulator's AWS profile (written into the AWS config file) and nothing else, so a
+    shell that sources it keeps its own credentials and profiles, and `unset AWS_PROFILE` (or choosing another) is
+    the whole way back to AWS."""
+    emulator.write_profile(settings)
     path = settings.state_dir / "env.sh"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"export {key}={value}\n" for key, value in emulator.sdk_environment(settings).items()))
+    path.write_text(env_exports(settings))
     return path
+
+
+def env_exports(settings: Settings) -> str:
+    return (
+        f"# The embedded lab: profile {emulator.PROFILE} in {emulator.aws_config_file()} "
+        f"(endpoint {settings.emulator_url}). Back to AWS: unset AWS_PROFILE.\n"
+        f"export AWS_PROFILE={emulator.PROFILE}\n"
+    )
+
+
+def credentials_in_environment() -> list[str]:
+    """SDK credential variables set in this environment: they win over any profile's (say so when selecting one)."""
+    return [
+        name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if os.environ.get(name)
+    ]
 
 
 # -- reset ------------------------------------------------------------------------------------------------------
@@ -228,7 +323,7 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
             (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
             mlflow_pid = stack.launch(settings, mlflow)
         aws = Aws()
-        report.note(f"[bold]Bootstrap[/] against {target()}")
+        report.note(f"[bold]Bootstrap[/] against {target(aws)}")
         changes = run_bootstrap(settings, aws, on_change=report.change)
         with report.step("Training / publishing the model..."):
             # With the services elsewhere (compose), their tracking server is up: the first model is registered and
@@ -240,6 +335,9 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
         if API in services:
             with report.step("Starting the API..."):
                 stack.start(settings, api_service(settings))
+        if CONSOLE in services:
+            with report.step("Starting the lab console..."):
+                stack.start(settings, console_service(settings))
         if mlflow is not None:
             with report.step("Waiting for the mlflow tracking server..."):
                 stack.wait_healthy(settings, mlflow, mlflow_pid, timeout=120)

@@ -1,13 +1,14 @@
 """The lab's one settings object.
 
 Everything the lab names or sizes comes from here (environment variables prefixed ``LAB_``, or a ``.env`` file).
-How to reach AWS is deliberately *not* here: boto3 reads the SDK's own variables (``AWS_ENDPOINT_URL``,
-``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials), so unsetting ``AWS_ENDPOINT_URL`` is the whole switch from the
-emulator to real AWS.
+How to reach AWS is deliberately *not* here: boto3 resolves it from the SDK's own configuration (``AWS_PROFILE``
+and its ``endpoint_url``, ``AWS_ENDPOINT_URL[_<SERVICE>]``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials), so
+choosing a profile is the whole switch between the emulator (profile ``mlops-lab``) and an AWS account.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from functools import lru_cache
@@ -82,6 +83,10 @@ class Settings(BaseSettings):
     api_model_poll_s: float = Field(10.0, ge=0)  # how often to look for a newly published model; 0 = never
     api_access_log: bool = True  # one JSON line per request on stderr
 
+    # The lab console (mlops_lab.console): a web page on the lab for people; `up` starts it, compose runs it.
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8001, ge=1, le=65535)
+
     # The mlflow tracking server (mlops_lab.registry): runs, registry, promotion. Artifacts go through the server into
     # s3://{model_bucket}/{mlflow_artifacts_prefix} (served artifacts: clients need no S3 credentials).
     mlflow_host: str = "127.0.0.1"
@@ -142,8 +147,20 @@ class Settings(BaseSettings):
         return self.state_dir / "models" / "model.onnx"
 
     @property
-    def mlflow_tracking_uri(self) -> str:
+    def mlflow_server_url(self) -> str:
+        """The embedded mlflow tracking server this lab runs (`up`)."""
         return f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """Where the lab's registry is: ``MLFLOW_TRACKING_URI`` when set (mlflow's own variable; https and its
+        MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN auth included), else the embedded server."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow_server_url
+
+    @property
+    def mlflow_external(self) -> bool:
+        """Is the registry a tracking server of the user's own (so `up` starts none)?"""
+        return self.mlflow_tracking_uri.rstrip("/") != self.mlflow_server_url
 
     @property
     def mlflow_backend_store_uri(self) -> str:
@@ -156,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.console_host}:{self.console_port}"
 
     @property
     def api_repository(self) -> str:

@@ -29,23 +29,35 @@ def up(
             help="The services run elsewhere (docker compose): start none, only bootstrap and make a model live.",
         ),
     ] = False,
+    lab_console: Annotated[
+        bool, typer.Option("--console/--no-console", help="Also start the lab console (a web page).")
+    ] = True,
 ) -> None:
-    """Start the embedded stack (emulator, mlflow, API), bootstrap, make a model live, and show the endpoints."""
+    """Start the embedded stack (emulator, mlflow, API, console), bootstrap, make a model live, show the endpoints."""
     started = time.perf_counter()
-    _up(api=api, mlflow=mlflow, external=external)
+    _up(api=api, mlflow=mlflow, external=external, with_console=lab_console)
     console.print(f"Ready in {time.perf_counter() - started:.1f} s.")
 
 
-def _up(*, api: bool, mlflow: bool, external: bool = False) -> ops.Lab:
+def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool = True) -> ops.Lab:
     settings = get_settings()
-    wanted = {emulator.SERVICE_NAME: True, registry.SERVICE_NAME: mlflow, ops.API: api}
+    overriding = ops.credentials_in_environment()  # the shell's own, before `up` points this process at the lab
+    wanted = {emulator.SERVICE_NAME: True, registry.SERVICE_NAME: mlflow and not settings.mlflow_external, ops.API: api}
     services = [] if external else [name for name, on in wanted.items() if on]
+    if with_console and not external:
+        services.append(ops.CONSOLE)
     lab = ops.bring_up(settings, services=services, report=render.Report())
     render.summary(lab.changes)
     render.backlog(recovery.backlog(settings, lab.aws))
     if not external:
         render.services(settings, ops.service_states(settings))
-        console.print(f"Point your shell at the lab: [bold]source {lab.env_file}[/]")
+        console.print(
+            f"Point your shell at the lab: [bold]source {lab.env_file}[/] (selects AWS profile {emulator.PROFILE})"
+        )
+        if overriding:
+            console.print(f"[yellow]Note[/]: {', '.join(overriding)} in your shell win over the profile's credentials.")
+        if settings.mlflow_external:
+            console.print(f"Registry: your tracking server at {settings.mlflow_tracking_uri} (MLFLOW_TRACKING_URI).")
     return lab
 
 
@@ -82,11 +94,22 @@ def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confir
 
 
 @app.command()
-def status() -> None:
-    """Show the embedded services, their endpoints and health, and the model they serve."""
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False) -> None:
+    """Show the embedded services, their endpoints and health, and the model they serve. Exits 5 when nothing
+    runs, 7 when a service that should run is unhealthy."""
     settings = get_settings()
-    render.services(settings, ops.service_states(settings))
-    render.live_model(ops.embedded_live_model(settings))
+    states = ops.service_states(settings)
+    live = ops.embedded_live_model(settings)
+    verdict = ops.lab_health(states)
+    if as_json:
+        print(json.dumps(ops.status_json(states, live, verdict), indent=2))
+    else:
+        render.services(settings, states)
+        render.live_model(live)
+        if verdict.code:
+            console.print(f"[red]{verdict.message}[/]")
+    if verdict.code:
+        raise typer.Exit(int(verdict.code))
 
 
 @app.command("install-emulator")
@@ -97,10 +120,33 @@ def install_emulator() -> None:
 
 
 @app.command()
-def env() -> None:
-    """Print the shell exports that point the AWS CLI/SDK at the embedded emulator."""
-    for key, value in emulator.sdk_environment(get_settings()).items():
-        print(f"export {key}={value}")
+def env(
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile", help="Write [profile mlops-lab] into your AWS config file (AWS_CONFIG_FILE or ~/.aws/config)."
+        ),
+    ] = False,
+    keys: Annotated[
+        bool,
+        typer.Option(
+            "--keys", help="Print the raw variables instead (endpoint, dummy keys, region); they override profiles."
+        ),
+    ] = False,
+) -> None:
+    """Print the shell export that selects the embedded emulator's AWS profile (`.lab/env.sh` holds the same)."""
+    settings = get_settings()
+    if keys:
+        for key, value in emulator.sdk_environment(settings).items():
+            print(f"export {key}={value}")
+        return
+    if profile:
+        path, changed = emulator.write_profile(settings)
+        typer.echo(f"{'Wrote' if changed else 'Already there'}: [profile {emulator.PROFILE}] in {path}", err=True)
+    print(ops.env_exports(settings), end="")
+    overriding = ops.credentials_in_environment()
+    if overriding:
+        typer.echo(f"Note: {', '.join(overriding)} set in this shell win over any profile's credentials.", err=True)
 
 
 @app.command()
