@@ -3,6 +3,7 @@ did not complete."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,12 +25,33 @@ def predict(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A CSV with the model's columns.")],
     key: Annotated[str | None, typer.Option(help="Object key in the input bucket (default: the file name).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the Lambda's output.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (no progress).")] = False,
 ) -> None:
-    """Upload a CSV to the input bucket, wait for the Lambda's predictions, download and summarise them."""
+    """Upload a CSV to the input bucket, wait for the Lambda's predictions, download and summarise them.
+    Exits 1 when the file is rejected (the reason is shown), 6 on a timeout, 9 when the function failed on it."""
+    if as_json:
+        predict_json(file, key, timeout)
+        return
     predict_and_render(file, key, timeout)
 
 
+def predict_json(file: Path, key: str | None, timeout: float) -> None:
+    from mlops_lab.errors import explain
+
+    try:
+        result = ops.predict_file(get_settings(), Aws(), file, key=key, timeout=timeout)
+    except (ops.PredictFailed, ops.PredictTimeout) as problem:
+        explained = explain(problem)
+        print(json.dumps({"status": "failed", **explained.to_json()}, indent=2))
+        raise typer.Exit(int(explained.code)) from None
+    print(json.dumps(render.batch_result_json(result), indent=2))
+    if result.status == "rejected":
+        raise typer.Exit(1)
+
+
 def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.BatchResult:
+    from mlops_lab.errors import explain
+
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"Uploaded {file.name}; waiting for the Lambda's output...", total=None)
         try:
@@ -39,7 +61,8 @@ def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.Batch
         except (ops.PredictFailed, ops.PredictTimeout) as problem:
             bar.stop()
             console.print(f"[red]No predictions[/]: {problem}")
-            raise typer.Exit(1) from None
+            console.print("The function's log: `mlops-lab logs function`.")
+            raise typer.Exit(int(explain(problem).code)) from None
     if result.status == "rejected":
         console.print(f"[red]Rejected[/]: {result.error['reason'] if result.error else ''} -> {result.output_uri}")
         raise typer.Exit(1)

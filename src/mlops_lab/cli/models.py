@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +78,8 @@ def promote(
     settings, aws = get_settings(), Aws()
     try:
         promotion = registry.promote(settings, aws, version, name=name or registry.served_name(settings, aws))
+    except registry.ServerUnavailable:
+        raise  # not a refusal: the lab's one-line error and exit code (mlops_lab.errors)
     except (AgreementError, registry.RegistryError) as error:
         console.print(f"[red]Refused[/]: {error}")
         raise typer.Exit(1) from None
@@ -83,16 +87,25 @@ def promote(
 
 
 @app.command()
-def models(name: NameOption = None) -> None:
+def models(
+    name: NameOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON.")] = False,
+) -> None:
     """List a registered model's versions, their aliases and metrics, and which one the Lambda and API serve."""
     settings = get_settings()
     aws = Aws()
     name = name or registry.served_name(settings, aws)
     try:
         rows = registry.list_versions(settings, aws, name=name)
+    except registry.ServerUnavailable:
+        raise  # the lab's one-line error and exit code (mlops_lab.errors)
     except registry.RegistryError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
+    if as_json:
+        listed = {"name": name, "tracking_uri": settings.mlflow_tracking_uri, "versions": [asdict(r) for r in rows]}
+        print(json.dumps(listed, indent=2))
+        return
     table = Table(title=f"{name} ({settings.mlflow_tracking_uri})")
     for column in ("version", "aliases", "live", "accuracy", "roc_auc", "f1", "created", "run"):
         table.add_column(column)

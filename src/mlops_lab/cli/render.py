@@ -188,3 +188,19 @@ def plan(result: Any) -> None:
         )
     table.add_row("", "[bold]total[/]", "", "", f"[bold]{result.total_usd:,.2f}[/]")
     console.print(table)
+
+
+def batch_result_json(result: ops.BatchResult) -> dict[str, Any]:
+    """`mlops-lab predict --json`: the result of one upload."""
+    return {
+        "status": result.status,
+        "input": result.input_uri,
+        "output": result.output_uri,
+        "rows": result.rows,
+        "seconds": round(result.seconds, 3),
+        "model": result.model or None,
+        "label_counts": result.label_counts,
+        "value_range": list(result.value_range) if result.value_range else None,
+        "error": result.error,
+        "downloaded_to": str(result.local_path),
+    }

@@ -1,0 +1,190 @@
+"""Expected failures, in words a person can act on: what happened, what to do, and a distinct exit code.
+
+The CLI (``mlops_lab.cli``) turns any exception a command raises into one line from :func:`explain` and exits with
+its code; the traceback is shown only with ``--debug``. The lab console shows the same line. Anything not recognised
+here is a bug: it gets ``UNEXPECTED`` and a pointer to ``--debug``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from urllib.parse import urlparse
+
+
+class ExitCode(IntEnum):
+    """`mlops-lab`'s exit codes (README "Exit codes")."""
+
+    OK = 0
+    REFUSED = 1  # a model or a file the lab will not take (and why), a rejected input
+    USAGE = 2  # a wrong option or argument (click's own code)
+    NO_CREDENTIALS = 3  # the SDK found no (valid) credentials
+    UNREACHABLE = 4  # an endpoint (AWS, a remote server) does not answer
+    NOT_RUNNING = 5  # the lab (or one of its services, or its resources) is not there: `up` / `bootstrap`
+    TIMEOUT = 6  # something took longer than allowed
+    UNHEALTHY = 7  # `status`: a service that should run does not answer its health check
+    ACCESS_DENIED = 8  # the credentials work but may not do this
+    FUNCTION_FAILED = 9  # the Lambda failed on an event after its retries (the event is in the failure queue)
+    INTERRUPTED = 130  # Ctrl-C
+    UNEXPECTED = 70  # a bug: run again with --debug and report the traceback
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: ExitCode
+    message: str  # one line: what happened and what to do
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.message, "exit_code": int(self.code), "kind": self.code.name.lower()}
+
+
+class LabError(RuntimeError):
+    """An expected failure the library raises with its exit code (the message says what to do)."""
+
+    code = ExitCode.REFUSED
+
+    def __init__(self, message: str, code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidSignatureException",
+        "AuthFailure",
+    }
+)
+DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "Forbidden", "403"})
+MISSING_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "ResourceNotFoundException",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "NoSuchEntity",
+    }
+)
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "emulator"})
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """The first line of ``text`` (a log tail or a traceback follows in some messages), cut to ``limit``."""
+    first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+    more = " (more with --debug)" if "\n" in str(text).strip() else ""
+    return (first[: limit - 1] + "…" if len(first) > limit else first) + more
+
+
+def _is_local(url: str) -> bool:
+    return (urlparse(url).hostname or "") in LOCAL_HOSTS
+
+
+def explain(error: BaseException) -> Problem:
+    """What ``error`` means for the person at the keyboard: one line and an exit code."""
+    from botocore import exceptions as boto
+
+    from mlops_lab import ops, recovery, registry, stack
+
+    if isinstance(error, KeyboardInterrupt):
+        return Problem(ExitCode.INTERRUPTED, "Interrupted.")
+    if isinstance(error, LabError):
+        return Problem(error.code, one_line(str(error)))
+    if isinstance(error, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError):
+        return Problem(
+            ExitCode.NO_CREDENTIALS,
+            f"No AWS credentials ({one_line(str(error))}): for the emulator `source .lab/env.sh`; for AWS configure "
+            "a profile (`aws configure`) or set AWS_PROFILE / AWS_ACCESS_KEY_ID.",
+        )
+    if isinstance(error, boto.EndpointConnectionError | boto.ConnectTimeoutError | boto.ConnectionClosedError):
+        url = getattr(error, "kwargs", {}).get("endpoint_url", "")
+        if _is_local(url):
+            return Problem(
+                ExitCode.NOT_RUNNING,
+                f"The emulator does not answer at {url}: start the lab with `mlops-lab up` (or `make up`).",
+            )
+        return Problem(
+            ExitCode.UNREACHABLE,
+            f"Cannot reach {url or 'the endpoint'}: check the network, AWS_ENDPOINT_URL and the region.",
+        )
+    if isinstance(error, boto.ReadTimeoutError):
+        return Problem(ExitCode.TIMEOUT, f"Timed out waiting for an answer ({one_line(str(error))}); try again.")
+    if isinstance(error, boto.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        operation = getattr(error, "operation_name", "")
+        if code in CREDENTIAL_CODES:
+            return Problem(
+                ExitCode.NO_CREDENTIALS,
+                f"The credentials were refused ({code} on {operation}): check AWS_PROFILE / the keys, or for the "
+                "emulator `source .lab/env.sh`.",
+            )
+        if code in DENIED_CODES:
+            return Problem(
+                ExitCode.ACCESS_DENIED,
+                f"Access denied ({code} on {operation}): these credentials may not do this; use a role or user "
+                "allowed to (the README lists what bootstrap needs).",
+            )
+        if code in MISSING_CODES:
+            return Problem(
+                ExitCode.NOT_RUNNING,
+                f"A lab resource is missing ({code} on {operation}): run `mlops-lab bootstrap` "
+                "(or `mlops-lab up` for the embedded lab).",
+            )
+    if isinstance(error, registry.ServerUnavailable | recovery.RecoveryError | stack.StartError):
+        return Problem(ExitCode.NOT_RUNNING, one_line(str(error)))
+    if isinstance(error, ops.PredictTimeout):
+        return Problem(ExitCode.TIMEOUT, one_line(str(error)) + " Logs: `mlops-lab logs function`.")
+    if isinstance(error, ops.PredictFailed):
+        return Problem(ExitCode.FUNCTION_FAILED, one_line(str(error)) + " Logs: `mlops-lab logs function`.")
+    if _is_http_connect_error(error):
+        return Problem(
+            ExitCode.NOT_RUNNING, f"A lab service does not answer ({one_line(str(error))}): `mlops-lab status`."
+        )
+    if isinstance(error, TimeoutError) or type(error).__name__ in ("ReadTimeout", "TimeoutException"):
+        return Problem(ExitCode.TIMEOUT, f"Timed out: {one_line(str(error))}")
+    if _is_refusal(error):
+        return Problem(ExitCode.REFUSED, f"Refused: {one_line(str(error))}")
+    return Problem(
+        ExitCode.UNEXPECTED,
+        f"Unexpected error: {type(error).__name__}: {one_line(str(error))}. "
+        "Run the command again with --debug for the traceback.",
+    )
+
+
+def _is_http_connect_error(error: BaseException) -> bool:
+    import httpx
+
+    if isinstance(error, httpx.ConnectError):
+        return True
+    try:
+        import requests
+    except ImportError:  # pragma: no cover - mlflow brings requests
+        return False
+    return isinstance(error, requests.ConnectionError)
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """A model or a file the lab refuses, by the library's own exception types (imported only if already loaded:
+    classifying an error must not import scikit-learn)."""
+    import sys
+
+    from mlops_lab import registry
+
+    refusals: list[type] = [registry.RegistryError]
+    for module, name in (
+        ("mlops_lab.train", "AgreementError"),
+        ("mlops_lab.model_import", "ImportRefused"),
+        ("mlops_lab.inference", "InputError"),
+        ("mlops_lab.layer", "LayerTooLarge"),
+        ("mlops_lab.ops", "ResetError"),
+        ("mlops_lab.image", "EngineMissing"),
+    ):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            refusals.append(getattr(loaded, name))
+    return isinstance(error, tuple(refusals))
