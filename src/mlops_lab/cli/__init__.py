@@ -8,7 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from mlops_lab import __version__
-from mlops_lab.cli import batch, deploy, lab, models, resources
+from mlops_lab.cli import batch, deploy, export, lab, models, resources
 from mlops_lab.errors import explain
 
 
@@ -59,3 +59,4 @@ for commands in (lab.app, resources.app, models.app, batch.app):
     app.add_typer(commands)  # no name: their commands sit at the top level
 app.add_typer(deploy.image_app, name="image")
 app.add_typer(deploy.deploy_app, name="deploy")
+app.add_typer(export.app, name="export")
