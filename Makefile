@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo up down status test test-unit lint format test-compose bench clean
+.PHONY: help install browser demo up down status test test-unit lint format test-compose bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,7 +23,16 @@ $(STAMP):
 	$(BIN)/mlops-lab install-emulator
 	@rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## Create .venv, install the project and its test tools, and the emulator in its own venv
+install: $(STAMP) browser ## Create .venv, install the project and its test tools, and the emulator in its own venv
+
+# The console's browser tests drive Debian's chromium (Playwright's own browser download is not used). Root installs
+# it with apt-get (as `bench` does wrk); anyone else is told the command, and those tests skip (they fail under CI).
+browser: ## Install Debian's chromium for the console's browser tests (apt-get, as root)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& echo "Installing Debian's chromium (browser tests)..." \
+		&& { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } \
+		|| echo "chromium is not installed: run 'sudo apt-get install chromium' for the console's browser tests."
 
 demo: install ## Bring up the embedded stack, run the whole pipeline on sample data, show the results
 	$(BIN)/mlops-lab demo

@@ -32,6 +32,7 @@ SERVER_FIXTURES = frozenset(
         "live_server",  # `python -m mlops_lab.api` (tests/api/conftest.py)
         "moto_url",  # moto's threaded server for SageMaker's control plane (tests/test_sagemaker.py)
         "api",  # the API as `up` runs it (tests/test_registry.py; it uses mlflow_lab too)
+        "console_server",  # the lab console as `up` runs it (tests/console/conftest.py)
         "own_stack_env",
         "durable_lab",  # a stack of its own that the test stops, kills and restarts (tests/test_durability.py)  # settings for a stack the test brings up itself with `mlops-lab up` (tests/test_cli.py)
     }

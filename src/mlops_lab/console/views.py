@@ -1,0 +1,132 @@
+"""What the console shows, gathered from the library modules the CLI uses (ops, model, registry, jobs, recovery).
+
+Each part is read on its own: a part that fails (mlflow not running, no credentials, the stack not bootstrapped)
+becomes that part's one-line explanation (``mlops_lab.errors.explain``) and the rest of the page still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mlops_lab import jobs, model, ops, recovery, registry
+from mlops_lab.aws import Aws
+from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
+from mlops_lab.errors import ExitCode, explain
+from mlops_lab.settings import Settings
+
+T = TypeVar("T")
+logger = logging.getLogger("mlops_lab.console")
+LISTED_JOBS = 20
+
+
+@dataclass
+class Part:
+    """One part of the page: its value, or why it could not be read."""
+
+    value: Any = None
+    error: str = ""
+
+
+def read(load: Callable[[], T]) -> Part:
+    try:
+        return Part(load())
+    except Exception as error:
+        problem = explain(error)
+        if problem.code == ExitCode.UNEXPECTED:
+            logger.exception("reading a part of the page failed")
+            return Part(error=f"Unexpected error: {type(error).__name__}: {error} (`mlops-lab logs console` shows it)")
+        return Part(error=problem.message)
+
+
+@dataclass
+class LiveModel:
+    name: str
+    version: str
+    kind: str = ""
+    classes: list[str] = field(default_factory=list)
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (column, type)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class SchemaCache:
+    """The live model's inputs, read from the published ONNX once per ETag."""
+
+    def __init__(self) -> None:
+        self._etag: str | None = None
+        self._value: tuple[str, list[str], list[tuple[str, str]]] = ("", [], [])
+        self._lock = threading.Lock()
+
+    def get(self, settings: Settings, aws: Aws) -> tuple[str, list[str], list[tuple[str, str]]]:
+        s3 = aws.client("s3")
+        etag = s3.head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
+        with self._lock:
+            if etag == self._etag:
+                return self._value
+        from mlops_lab.inference import TabularModel
+
+        body = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key, IfMatch=etag)["Body"].read()
+        loaded = TabularModel(body, threads=1)
+        inputs = [
+            (f.name, "text" if f.is_string else ("integer" if f.is_integer else "number")) for f in loaded.features
+        ]
+        value = (loaded.kind, [str(c) for c in loaded.classes], inputs)
+        with self._lock:
+            self._etag, self._value = etag, value
+        return value
+
+
+def links(settings: Settings) -> dict[str, str]:
+    """Where the person's browser finds mlflow's UI and the API's docs (compose sets the host-side addresses)."""
+    return {
+        "mlflow": os.environ.get("LAB_CONSOLE_MLFLOW_LINK") or settings.mlflow_tracking_uri,
+        "api_docs": (os.environ.get("LAB_CONSOLE_API_LINK") or settings.api_url).rstrip("/") + "/docs",
+    }
+
+
+def live_model(
+    settings: Settings, aws: Aws, schemas: SchemaCache, versions: list[registry.VersionRow]
+) -> LiveModel | None:
+    metadata = model.published_metadata(settings, aws)
+    if metadata is None:
+        return None
+    kind, classes, inputs = schemas.get(settings, aws)
+    live = next((row for row in versions if row.live), None)
+    return LiveModel(
+        name=metadata.get(META_MODEL_NAME) or settings.model_name,
+        version=metadata.get(META_MODEL_VERSION) or "unversioned",
+        kind=kind,
+        classes=classes,
+        inputs=inputs,
+        metrics=dict(live.metrics) if live else {},
+    )
+
+
+def page(settings: Settings, aws: Aws, schemas: SchemaCache, jobs_cache: jobs.Cache) -> dict[str, Any]:
+    """Everything the page shows."""
+    services = read(lambda: ops.service_states(settings))
+    name = read(lambda: registry.served_name(settings, aws))
+    versions = read(lambda: registry.list_versions(settings, aws, name=name.value or settings.model_name))
+    live = read(lambda: live_model(settings, aws, schemas, versions.value or []))
+    return {
+        "services": services,
+        "health": ops.lab_health(services.value) if services.value else None,
+        "registered_name": name.value or settings.model_name,
+        "versions": versions,
+        "live": live,
+        **jobs_part(settings, aws, jobs_cache),
+        "links": links(settings),
+        "target": read(lambda: aws.describe()),
+        "settings": settings,
+    }
+
+
+def jobs_part(settings: Settings, aws: Aws, jobs_cache: jobs.Cache) -> dict[str, Any]:
+    return {
+        "jobs": read(lambda: jobs.list_jobs(settings, aws, limit=LISTED_JOBS, cache=jobs_cache)),
+        "backlog": read(lambda: recovery.backlog(settings, aws)),
+    }
