@@ -33,6 +33,7 @@ def own_stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model
         "LAB_EMULATOR_PORT": str(free_port()),
         "LAB_MLFLOW_PORT": str(free_port()),
         "LAB_API_PORT": str(free_port()),
+        "LAB_CONSOLE_PORT": str(free_port()),
     }.items():
         monkeypatch.setenv(name, value)
     for name in SDK_VARIABLES:
@@ -183,7 +184,7 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
     assert settings.input_bucket not in {b["Name"] for b in ops.Aws().client("s3").list_buckets()["Buckets"]}
 
     stopped = runner.invoke(app, ["down"])
-    assert stopped.exit_code == 0 and "Stopped: api, emulator" in stopped.output, stopped.output
+    assert stopped.exit_code == 0 and "Stopped: console, api, emulator" in stopped.output, stopped.output
     assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)
     assert "`mlops-lab reset` wipes them" in stopped.output, stopped.output
@@ -209,6 +210,6 @@ def test_up_that_fails_stops_what_it_started(own_stack_env: Path, monkeypatch: p
     result = runner.invoke(app, ["up"])
     settings = get_settings()
     assert result.exit_code != 0
-    assert "bootstrap failed on purpose" in str(result.exception)
+    assert "Unexpected error: RuntimeError: bootstrap failed on purpose" in result.output, result.output
     assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)

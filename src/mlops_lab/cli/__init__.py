@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from mlops_lab import __version__
 from mlops_lab.cli import batch, deploy, export, lab, models, resources
@@ -19,8 +20,8 @@ class LabGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (typer.Exit, typer.Abort, TyperException, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # typer's (and click's) own: usage errors, exits, aborts
         except (Exception, KeyboardInterrupt) as error:
             if ctx.meta.get("mlops_lab.debug"):
                 raise
