@@ -79,6 +79,9 @@ def test_help_lists_the_pipeline_steps() -> None:
         "redrive",
         "reconcile",
         "reset",
+        "jobs",
+        "logs",
+        "export",
         "image",
         "deploy",
     }

@@ -60,9 +60,18 @@ class Config:
         )
 
 
+_request_id: str | None = None  # the invocation being handled (Lambda runs one at a time per process)
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line; each carries the invocation's request id, as AWS's own log lines do, so
+    `mlops-lab logs function` (or CloudWatch Logs Insights) can follow one invocation."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"level": record.levelname, "message": record.getMessage(), **getattr(record, "fields", {})}
+        entry = {"level": record.levelname, "message": record.getMessage()}
+        if _request_id:
+            entry["request_id"] = _request_id
+        entry |= getattr(record, "fields", {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -267,4 +276,9 @@ def handle(event: dict[str, Any], config: Config, s3: Any, models: ModelCache) -
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The Lambda entry point: this process's configuration, client and warm model cache."""
-    return handle(event, Config.from_env(), s3_client(), _models)
+    global _request_id
+    _request_id = getattr(context, "aws_request_id", None)
+    try:
+        return handle(event, Config.from_env(), s3_client(), _models)
+    finally:
+        _request_id = None
