@@ -224,6 +224,7 @@ def log_version(
         if params:
             mlflow.log_params(params)
         mlflow.log_metrics({k: float(v) for k, v in {**metrics, **(extra_metrics or {})}.items()})
+        _log_evaluation(pipeline, holdout)
         sklearn_info = mlflow.sklearn.log_model(
             pipeline,
             name=SKLEARN_MODEL,
@@ -260,6 +261,17 @@ def log_version(
         f"models:/{settings.model_name}/{version}",
         onnx_path or Path(),
     )
+
+
+def _log_evaluation(pipeline: Any, holdout: Any) -> None:
+    """ROC, precision-recall, confusion matrix and calibration plots on the holdout, into the active run
+    (mlops_lab.evaluation), so mlflow's run comparison shows curves and not only three numbers."""
+    from mlops_lab.data import LABEL
+    from mlops_lab.evaluation import log_classifier_evaluation
+    from mlops_lab.train import _features
+
+    if LABEL in holdout.columns and hasattr(pipeline, "predict_proba"):
+        log_classifier_evaluation(pipeline, _features(holdout), holdout[LABEL])
 
 
 def log_imported(
