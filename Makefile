@@ -17,9 +17,14 @@ help: ## Show this help
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python 3.11+ is needed, {sys.executable} is {sys.version.split()[0]}"'
+	@echo "[1/3] Creating $(VENV)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@echo "[2/3] Installing the project and its test tools into $(VENV) (the first time: a few minutes, ~1 GB)..."
+	@# One line a package as pip fetches it (progress without pip's full output); pip's own failure still fails make.
+	set -o pipefail; $(BIN)/python -m pip install --disable-pip-version-check -e '.[test]' 2>&1 \
+		| { grep --line-buffered -E '^(Collecting|Successfully installed|ERROR)' | cut -c1-110 || true; }
+	@echo "[3/3] Installing the emulator (MiniStack) into its own venv..."
 	$(BIN)/mlops-lab install-emulator
 	@rm -f $(VENV)/.installed-* && touch $@
 

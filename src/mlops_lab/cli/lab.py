@@ -152,9 +152,12 @@ def env(
 @app.command()
 def demo(
     rows: Annotated[int, typer.Option(help="Sample rows to generate and score.")] = 10000,
-    keep: Annotated[bool, typer.Option(help="Leave the services it started running afterwards.")] = False,
+    keep: Annotated[
+        bool, typer.Option("--keep/--stop", help="Leave the lab running afterwards (--stop: stop what it started).")
+    ] = True,
 ) -> None:
-    """The whole flow on sample data: up, register + promote a model, batch through the Lambda, one API call."""
+    """The whole flow on sample data: up, register + promote a model, batch through the Lambda, one API call; the
+    lab stays up for you to look at (console, mlflow, API docs) until `make down`."""
     started = time.perf_counter()
     lab = _up(api=True, mlflow=True)
     try:
@@ -164,6 +167,16 @@ def demo(
             lab.stop()
             console.print(f"Stopped what the demo started ({', '.join(lab.started)}); `make up` keeps the lab running.")
     console.print(f"Whole demo took {time.perf_counter() - started:.1f} s.")
+    if keep:
+        settings = lab.settings
+        console.rule("The lab is running")
+        console.print(
+            f"  console     {settings.console_url}/   (jobs, models, upload a CSV, promote)\n"
+            f"  mlflow      {settings.mlflow_tracking_uri}   (runs with their plots, the registry)\n"
+            f"  API docs    {settings.api_url}/docs\n"
+            "  logs        .venv/bin/mlops-lab logs \\[emulator|api|mlflow|console|function] \\[-f]"
+        )
+        console.print("[bold]`make down` stops it.[/]")
 
 
 def _demo_pipeline(lab: ops.Lab, rows: int) -> None:
@@ -192,6 +205,6 @@ def _demo_pipeline(lab: ops.Lab, rows: int) -> None:
     counts = ", ".join(f"{label} {count:,}" for label, count in sorted((result.label_counts or {}).items()))
     console.print(
         f"Batch: {result.rows:,} rows scored by the Lambda in {result.seconds:.2f} s (upload -> predictions): {counts}\n"
-        f"Online: {settings.api_url}/docs    Registry: {settings.mlflow_tracking_uri} "
+        f"Online: {settings.api_url}/docs    Registry: {settings.mlflow_tracking_uri}    Console: {settings.console_url} "
         f"({logged.name} version {logged.version} is @champion and live)"
     )
