@@ -208,7 +208,7 @@ du -sh wheels api/wheels
 # -- 4. build and up ------------------------------------------------------------------------------------------------
 free_port() { "$PYTHON_BIN" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export BASE_IMAGE=$BASE_IMAGE_TAG COMPOSE_HTTP_TIMEOUT=300
-export LAB_EMULATOR_PORT=$(free_port) LAB_MLFLOW_PORT=$(free_port) LAB_API_PORT=$(free_port)
+export LAB_EMULATOR_PORT=$(free_port) LAB_MLFLOW_PORT=$(free_port) LAB_API_PORT=$(free_port) LAB_CONSOLE_PORT=$(free_port)
 # docker-compose 1.29.2 builds through the `docker` CLI on PATH: make that Debian's client, not another one.
 mkdir -p "$WORK/bin" && ln -s "$DOCKER" "$WORK/bin/docker" && export PATH=$WORK/bin:$PATH
 log "docker-compose -p $PROJECT build (BASE_IMAGE=$BASE_IMAGE; log in $WORK/build.log)"
@@ -241,7 +241,7 @@ $DOCKER images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v '<none>'
 
 dump_logs() {
     compose ps || true
-    for service in emulator mlflow bootstrap api; do
+    for service in emulator mlflow bootstrap api console; do
         echo "--- logs: $service"
         compose logs --no-color --tail=60 "$service" 2>&1 | tail -60 || true
     done
@@ -253,7 +253,7 @@ wait_stack() {  # poll health (docker inspect) of every service and bootstrap's 
     local deadline=$(($(date +%s) + ${1:-600}))
     while (($(date +%s) < deadline)); do
         local pending=""
-        for service in emulator mlflow api; do
+        for service in emulator mlflow api console; do
             local id; id=$(container "$service")
             local health; health=$([[ -n $id ]] && $DOCKER inspect -f '{{.State.Health.Status}}' "$id" 2>/dev/null || echo missing)
             [[ $health == healthy ]] || pending+=" $service=$health"
@@ -276,6 +276,7 @@ run_pytest() {  # <phase> [pytest args]
     local phase=$1; shift
     COMPOSE_PHASE=$phase COMPOSE_STACK_URL=http://127.0.0.1:$LAB_EMULATOR_PORT \
         COMPOSE_API_URL=http://127.0.0.1:$LAB_API_PORT COMPOSE_MLFLOW_URL=http://127.0.0.1:$LAB_MLFLOW_PORT \
+        COMPOSE_CONSOLE_URL=http://127.0.0.1:$LAB_CONSOLE_PORT \
         timeout 600 "$PYTHON_BIN" -m pytest -p no:cacheprovider -q tests/compose "$@"
 }
 
