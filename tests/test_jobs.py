@@ -61,3 +61,16 @@ def test_jobs_lists_predictions_and_rejections_newest_first(cli_env: None, lab_s
     assert order.index("jobs/bad.csv") < order.index("jobs/good.csv")  # newest first
     table = runner.invoke(app, ["jobs"])
     assert table.exit_code == 0 and "jobs/good.csv" in table.output, table.output
+
+
+def test_predict_json(cli_env: None, sample_csv: Path, tmp_path: Path) -> None:
+    good = runner.invoke(app, ["predict", str(sample_csv), "--key", "jobs/json.csv", "--json", "--timeout", "120"])
+    assert good.exit_code == 0, good.output
+    result = json.loads(good.stdout)
+    assert result["status"] == "ok" and result["rows"] == 500 and sum(result["label_counts"].values()) == 500
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,sex\n39,Male\n")
+    rejected = runner.invoke(app, ["predict", str(bad), "--key", "jobs/json-bad.csv", "--json", "--timeout", "120"])
+    assert rejected.exit_code == 1, rejected.output
+    report = json.loads(rejected.stdout)
+    assert report["status"] == "rejected" and "missing columns" in report["error"]["reason"]

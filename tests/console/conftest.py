@@ -63,9 +63,10 @@ def console_http(console_server: Console) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """Headless Chromium from Debian's package (Playwright's own browser download is not used)."""
+    """Headless Chromium from Debian's package (Playwright's own browser download is not used); per module, so
+    Playwright's event loop is gone before other modules' tests run."""
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM}: `make install` installs Debian's chromium as root (apt-get)"
         if os.environ.get("CI"):
