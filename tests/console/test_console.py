@@ -79,3 +79,19 @@ def test_jobs_json_lists_newest_first(console_http: httpx.Client) -> None:
     listed = console_http.get("/api/jobs").json()
     times = [job["uploaded"] for job in listed]
     assert times == sorted(times, reverse=True)
+
+
+def test_upload_refuses_a_file_over_the_input_limit(console_http: httpx.Client, console_server: Console) -> None:
+    limit = console_server.lab.settings.max_input_mb * 1024 * 1024
+    response = console_http.post(
+        "/upload",
+        data={"csrf_token": _token(console_http), "key": "console/big.csv"},
+        files={"file": ("big.csv", b"a\n" + b"1\n" * (limit // 2 + 1), "text/csv")},
+        headers={"Origin": console_server.url},
+    )
+    assert response.status_code == 303
+    assert "over the limit" in console_http.get("/").text
+    head = console_server.lab.s3().list_objects_v2(
+        Bucket=console_server.lab.settings.input_bucket, Prefix="console/big.csv"
+    )
+    assert head.get("KeyCount", 0) == 0

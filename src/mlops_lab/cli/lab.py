@@ -51,6 +51,8 @@ def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool =
     render.backlog(recovery.backlog(settings, lab.aws))
     if not external:
         render.services(settings, ops.service_states(settings))
+        if ops.CONSOLE in services:
+            console.print(f"Open the lab console: [bold]{settings.console_url}/[/]")
         console.print(
             f"Point your shell at the lab: [bold]source {lab.env_file}[/] (selects AWS profile {emulator.PROFILE})"
         )

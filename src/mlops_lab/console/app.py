@@ -123,6 +123,11 @@ def create_app(settings: Settings | None = None, aws: Aws | None = None) -> Fast
         file = form.get("file")
         if file is None or isinstance(file, str) or not file.filename:
             return _back("error", "Choose a CSV file to upload.")
+        limit = settings.max_input_mb * 1024 * 1024
+        if file.size is not None and file.size > limit:
+            return _back(
+                "error", f"Not uploaded: {file.size:,} bytes is over the limit of {limit:,} (LAB_MAX_INPUT_MB)."
+            )
         key = str(form.get("key") or "").strip() or Path(file.filename).name
         try:
             uri = await run_in_threadpool(jobs.submit, settings, session_aws(), file.file, key)
