@@ -39,7 +39,7 @@ browser: ## Install Debian's chromium for the console's browser tests (apt-get, 
 			|| { apt-get update -qq && apt-get install -y --no-install-recommends chromium >/dev/null; }; }; } \
 		|| echo "chromium is not installed: run 'sudo apt-get install chromium' for the console's browser tests."
 
-demo: install ## Bring up the embedded stack, run the whole pipeline on sample data, show the results
+demo: install ## Bring up the lab, run the whole pipeline on sample data, show the results; it stays up (make down)
 	$(BIN)/mlops-lab demo
 
 up: install ## Start the embedded stack (emulator + API), bootstrap, print endpoints
