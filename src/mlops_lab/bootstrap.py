@@ -106,6 +106,14 @@ def async_invocation(settings: Settings, queue_arn: str) -> dict[str, Any]:
 
 FUNCTION_HANDLER = "handler.handler"
 FUNCTION_DESCRIPTION = "mlops-lab: CSV in the input bucket -> predictions in the output bucket"
+ROLE_DESCRIPTION = "Execution role of the mlops-lab batch-predict Lambda"
+INVOKE_ACTION = "lambda:InvokeFunction"
+INVOKE_PRINCIPAL = "s3.amazonaws.com"  # S3 invokes the function for the bucket notification
+
+
+def layer_runtimes(settings: Settings) -> list[str]:
+    """The runtimes the layer declares it is built for."""
+    return [settings.lambda_runtime]
 
 
 def function_configuration(settings: Settings, role_arn: str, layer_arn: str | None) -> dict[str, Any]:
@@ -264,7 +272,7 @@ def ensure_role(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple
         trust=trust_policy(),
         policy_name=INLINE_POLICY_NAME,
         policy=execution_policy(settings, aws),
-        description="Execution role of the mlops-lab batch-predict Lambda",
+        description=ROLE_DESCRIPTION,
         dry_run=dry_run,
     )
 
@@ -289,7 +297,7 @@ def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact, *, dry_run:
         LayerName=settings.layer_name,
         Description=layer.description,
         Content={"S3Bucket": settings.model_bucket, "S3Key": key},
-        CompatibleRuntimes=[settings.lambda_runtime],
+        CompatibleRuntimes=layer_runtimes(settings),
     )
     if not published["Content"].get("CodeSize"):
         raise BootstrapError(f"layer publish from s3://{settings.model_bucket}/{key} produced an empty layer")
@@ -412,8 +420,8 @@ def ensure_invoke_permission(settings: Settings, aws: Aws, function_arn: str, *,
     lam.add_permission(
         FunctionName=settings.function_name,
         StatementId=statement_id,
-        Action="lambda:InvokeFunction",
-        Principal="s3.amazonaws.com",
+        Action=INVOKE_ACTION,
+        Principal=INVOKE_PRINCIPAL,
         SourceArn=source_arn,
         SourceAccount=aws.account_id,
     )

@@ -51,11 +51,10 @@ _FUNCTION_PROPERTIES = {"Runtime", "Handler", "Role", "MemorySize", "Timeout", "
 _ASYNC_PROPERTIES = {"MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig"}
 _PSEUDO = re.compile(r"\$\{AWS::(?:Partition|Region|AccountId)\}")
 
-# What bootstrap passes inline in ensure_role and ensure_invoke_permission rather than through a definition of its own
-# (as is the layer's CompatibleRuntimes in ensure_layer). The deploy test compares the stack's permission statement
-# with the one bootstrap's ensure_invoke_permission writes.
-ROLE_DESCRIPTION = "Execution role of the mlops-lab batch-predict Lambda"
-INVOKE_ACTION, INVOKE_PRINCIPAL = "lambda:InvokeFunction", "s3.amazonaws.com"
+# Bootstrap's own definitions (the deploy test also compares the stack's permission statement with the one
+# ensure_invoke_permission writes).
+ROLE_DESCRIPTION = bootstrap.ROLE_DESCRIPTION
+INVOKE_ACTION, INVOKE_PRINCIPAL = bootstrap.INVOKE_ACTION, bootstrap.INVOKE_PRINCIPAL
 
 
 class ExportError(RuntimeError):
@@ -202,7 +201,7 @@ def template(settings: Settings) -> dict[str, Any]:
                 "LayerName": settings.layer_name,
                 "Description": _ref(LAYER_DESCRIPTION),
                 "Content": {"S3Bucket": _ref(ARTIFACT_BUCKET), "S3Key": _ref(LAYER_KEY)},
-                "CompatibleRuntimes": [settings.lambda_runtime],
+                "CompatibleRuntimes": bootstrap.layer_runtimes(settings),
             },
         }
     configuration = bootstrap.function_configuration(

@@ -28,7 +28,7 @@ from mlops_lab.bootstrap import bootstrap
 from mlops_lab.contract import META_MODEL_KIND, META_MODEL_NAME, META_MODEL_VERSION, error_key, prediction_key
 from mlops_lab.inference import PREDICTION_COLUMN, REGRESSOR
 from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interpreter_target
-from mlops_lab.settings import Settings
+from mlops_lab.settings import Settings, as_environment
 
 API = "api"
 CONSOLE = "console"  # the lab console (mlops_lab.console): a web page on the lab, for people
@@ -55,7 +55,7 @@ def api_service(settings: Settings) -> stack.Service:
             "--no-access-log",
         ],
         health_url=settings.api_url + "/health",
-        env={**os.environ},
+        env={**os.environ, **as_environment(settings)},
         description="FastAPI inference service (docs at /docs)",
         url=settings.api_url,
     )
@@ -76,7 +76,7 @@ def console_service(settings: Settings) -> stack.Service:
             "--no-access-log",
         ],
         health_url=settings.console_url + "/health",
-        env={**os.environ},
+        env={**os.environ, **as_environment(settings)},
         description="lab console: services, models, batch jobs, upload (a web page)",
         url=settings.console_url,
     )

@@ -201,6 +201,11 @@ class Settings(BaseSettings):
         return f"http://{self.emulator_host}:{self.sagemaker_emulator_port}"
 
 
+def as_environment(settings: Settings) -> dict[str, str]:
+    """These settings as the ``LAB_*`` variables a child process (the API, the console) reads them back from."""
+    return {f"LAB_{name.upper()}": str(value) for name, value in settings.model_dump().items() if value is not None}
+
+
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
