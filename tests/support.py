@@ -30,6 +30,22 @@ NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 T = TypeVar("T")
 
+# One applicant, as a client sends it to /predict.
+RECORD = {
+    "age": 39,
+    "work_class": "Private",
+    "education": "Bachelors",
+    "marital_status": "Married",
+    "occupation": "Professional",
+    "relationship": "Husband",
+    "race": "White",
+    "sex": "Male",
+    "capital_gain": 0,
+    "capital_loss": 0,
+    "hours_per_week": 40,
+    "native_country": "United-States",
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

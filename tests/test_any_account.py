@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 from mlops_lab import model, ops, registry
 from mlops_lab.aws import Aws
 from mlops_lab.bootstrap import teardown
-from tests.support import Lab, error_code, free_port
+from tests.support import RECORD, Lab, error_code, free_port
 
 ACCOUNT = "210987654321"
 REGION = "eu-west-1"
@@ -105,25 +105,7 @@ def test_registry_and_api_there(foreign: Lab) -> None:
         while api.get("/metadata").json().get("version") != logged.version:
             assert time.monotonic() < deadline, "the API did not pick up the promoted version"
             time.sleep(0.2)
-        answer = api.post(
-            "/predict",
-            json=[
-                {
-                    "age": 39,
-                    "work_class": "Private",
-                    "education": "Bachelors",
-                    "marital_status": "Married",
-                    "occupation": "Professional",
-                    "relationship": "Husband",
-                    "race": "White",
-                    "sex": "Male",
-                    "capital_gain": 0,
-                    "capital_loss": 0,
-                    "hours_per_week": 40,
-                    "native_country": "United-States",
-                }
-            ],
-        )
+        answer = api.post("/predict", json=[RECORD])
     assert answer.status_code == 200 and answer.json()["model"]["version"] == logged.version, answer.text
 
 

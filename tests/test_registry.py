@@ -21,26 +21,9 @@ from mlops_lab import model, registry, stack
 from mlops_lab.contract import META_MODEL_VERSION, prediction_key
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
-from tests.support import Lab, free_port, wait_for_output
+from tests.support import RECORD, Lab, free_port, wait_for_output
 
 # Tests using mlflow_lab (or the api fixture) are marked integration by tests/conftest.py; the last one needs no server.
-
-
-# One applicant, as a client sends it to /predict.
-RECORD = {
-    "age": 39,
-    "work_class": "Private",
-    "education": "Bachelors",
-    "marital_status": "Married",
-    "occupation": "Professional",
-    "relationship": "Husband",
-    "race": "White",
-    "sex": "Male",
-    "capital_gain": 0,
-    "capital_loss": 0,
-    "hours_per_week": 40,
-    "native_country": "United-States",
-}
 
 
 @dataclass

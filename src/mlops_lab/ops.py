@@ -39,46 +39,39 @@ STOP_ORDER = (CONSOLE, API, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, emula
 # -- the services -------------------------------------------------------------------------------------------------
 
 
-def api_service(settings: Settings) -> stack.Service:
+def _web_service(settings: Settings, name: str, app: str, host: str, port: int, description: str) -> stack.Service:
+    """A FastAPI app of the lab's under uvicorn, with these settings (as LAB_* variables)."""
+    url = f"http://{host}:{port}"
     return stack.Service(
-        name=API,
-        # The app writes its own access log (JSON lines), so uvicorn's is off.
-        command=[
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "mlops_lab.api.app:app",
-            "--host",
-            settings.api_host,
-            "--port",
-            str(settings.api_port),
-            "--no-access-log",
-        ],
-        health_url=settings.api_url + "/health",
+        name=name,
+        # The apps write their own access log (JSON lines), so uvicorn's is off.
+        command=[sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), "--no-access-log"],
+        health_url=url + "/health",
         env={**os.environ, **as_environment(settings)},
-        description="FastAPI inference service (docs at /docs)",
-        url=settings.api_url,
+        description=description,
+        url=url,
+    )
+
+
+def api_service(settings: Settings) -> stack.Service:
+    return _web_service(
+        settings,
+        API,
+        "mlops_lab.api.app:app",
+        settings.api_host,
+        settings.api_port,
+        "FastAPI inference service (docs at /docs)",
     )
 
 
 def console_service(settings: Settings) -> stack.Service:
-    return stack.Service(
-        name=CONSOLE,
-        command=[
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "mlops_lab.console.app:app",
-            "--host",
-            settings.console_host,
-            "--port",
-            str(settings.console_port),
-            "--no-access-log",
-        ],
-        health_url=settings.console_url + "/health",
-        env={**os.environ, **as_environment(settings)},
-        description="lab console: services, models, batch jobs, upload (a web page)",
-        url=settings.console_url,
+    return _web_service(
+        settings,
+        CONSOLE,
+        "mlops_lab.console.app:app",
+        settings.console_host,
+        settings.console_port,
+        "lab console: services, models, batch jobs, upload (a web page)",
     )
 
 

@@ -236,17 +236,12 @@ def log_version(
         holdout_file = Path(tmp) / "holdout.parquet"
         holdout.to_parquet(holdout_file, index=False)
         mlflow.log_artifact(str(holdout_file), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
-        onnx_file = Path(tmp) / "model.onnx"
-        onnx_file.write_bytes(onnx_bytes)
-        onnx_info = mlflow.pyfunc.log_model(
-            name=ONNX_MODEL,
-            python_model=str(PYFUNC_CODE),
-            artifacts={"onnx": str(onnx_file)},
-            code_paths=[str(INFERENCE_CODE)],
+        onnx_info = _log_onnx_pyfunc(
+            Path(tmp),
+            onnx_bytes,
             signature=signature,
-            input_example=example,
-            pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
-            registered_model_name=settings.model_name,
+            example=example,
+            name=settings.model_name,
             metadata={"format": "onnx", "sklearn_model_uri": sklearn_info.model_uri},
         )
         mlflow.set_tag("lab.sklearn_model_uri", sklearn_info.model_uri)
@@ -296,22 +291,38 @@ def log_imported(
         mlflow.start_run(run_name=f"publish {name}") as run,
     ):
         mlflow.set_tags({"lab.model_name": name, "lab.kind": kind, "lab.origin": origin, SOURCE_TAG: IMPORTED})
-        onnx_file = Path(tmp) / "model.onnx"
-        onnx_file.write_bytes(onnx_bytes)
-        info = mlflow.pyfunc.log_model(
-            name=ONNX_MODEL,
-            python_model=str(PYFUNC_CODE),
-            artifacts={"onnx": str(onnx_file)},
-            code_paths=[str(INFERENCE_CODE)],
+        info = _log_onnx_pyfunc(
+            Path(tmp),
+            onnx_bytes,
             signature=infer_signature(example, pd.DataFrame(output)),
-            input_example=example,
-            pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
-            registered_model_name=name,
+            example=example,
+            name=name,
             metadata={"format": "onnx", "kind": kind, "origin": origin},
         )
     version = str(info.registered_model_version)
     mlflow_client.set_model_version_tag(name, version, SOURCE_TAG, IMPORTED)
     return LoggedVersion(name, version, run.info.run_id, {}, f"models:/{name}/{version}", Path())
+
+
+def _log_onnx_pyfunc(
+    folder: Path, onnx_bytes: bytes, *, signature: Any, example: Any, name: str, metadata: dict[str, str]
+) -> Any:
+    """Log the ONNX file as the lab's pyfunc (its inference core inside) in the active run; register it as ``name``."""
+    import mlflow
+
+    onnx_file = folder / "model.onnx"
+    onnx_file.write_bytes(onnx_bytes)
+    return mlflow.pyfunc.log_model(
+        name=ONNX_MODEL,
+        python_model=str(PYFUNC_CODE),
+        artifacts={"onnx": str(onnx_file)},
+        code_paths=[str(INFERENCE_CODE)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
+        registered_model_name=name,
+        metadata=metadata,
+    )
 
 
 def _requirements(*names: str) -> list[str]:
