@@ -219,4 +219,15 @@ def cli_env(lab_stack: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def live_model_put_back(lab_stack: Lab) -> Iterator[None]:
+    """For a module that publishes or promotes on the session's stack: the model that was live before it is live
+    again after it, so the next module finds the session's own model (what its expectations are computed from)."""
+    s3, settings = lab_stack.s3(), lab_stack.settings
+    published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
+    body, metadata = published["Body"].read(), published.get("Metadata", {})
+    yield
+    s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=body, Metadata=metadata)
+
+
 # == end of the mlflow section ===================================================================================

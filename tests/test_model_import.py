@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,7 @@ from tests.support import Lab, diabetes_regressor, iris_classifier
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def sessions_model_put_back(lab_stack: Lab) -> Iterator[None]:
-    s3, settings = lab_stack.s3(), lab_stack.settings
-    published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
-    body, metadata = published["Body"].read(), published.get("Metadata", {})
-    yield
-    s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=body, Metadata=metadata)
+pytestmark = pytest.mark.usefixtures("live_model_put_back")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlops_lab import emulator, ops, registry
+from mlops_lab import settings as settings_module
 from mlops_lab.aws import Aws, is_aws_endpoint
 from mlops_lab.cli import app
 from mlops_lab.settings import Settings, get_settings
@@ -122,10 +123,13 @@ def auth_server() -> Iterator[str]:
 
 
 def test_mlflow_tracking_uri_and_its_auth_are_honoured(auth_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's MLFLOW_TRACKING_URI, as the process started with it: mlflow.set_tracking_uri() rewrites the variable
+    whenever the lab talks to a server (here, as in any session that used mlflow before), and that is not a choice."""
     settings = Settings(_env_file=None)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(settings_module, "USER_TRACKING_URI", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # what set_tracking_uri leaves behind
     assert settings.mlflow_tracking_uri == settings.mlflow_server_url and not settings.mlflow_external
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", auth_server)
+    monkeypatch.setattr(settings_module, "USER_TRACKING_URI", auth_server)
     assert settings.mlflow_tracking_uri == auth_server and settings.mlflow_external
     assert not registry.server_reachable(settings)  # no credentials: 401
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")

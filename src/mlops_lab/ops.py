@@ -47,7 +47,8 @@ def _web_service(settings: Settings, name: str, app: str, host: str, port: int, 
         # The apps write their own access log (JSON lines), so uvicorn's is off.
         command=[sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), "--no-access-log"],
         health_url=url + "/health",
-        env={**os.environ, **as_environment(settings)},
+        # The tracking server of these settings, whatever mlflow.set_tracking_uri() left in this process's environment.
+        env={**os.environ, **as_environment(settings), "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
         description=description,
         url=url,
     )

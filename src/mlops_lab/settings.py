@@ -18,6 +18,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# mlflow's own variable as this process found it: mlflow.set_tracking_uri() rewrites MLFLOW_TRACKING_URI (for its
+# subprocesses) whenever the lab talks to a tracking server, so the user's choice is read once, here.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 class Settings(BaseSettings):
@@ -155,7 +158,7 @@ class Settings(BaseSettings):
     def mlflow_tracking_uri(self) -> str:
         """Where the lab's registry is: ``MLFLOW_TRACKING_URI`` when set (mlflow's own variable; https and its
         MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN auth included), else the embedded server."""
-        return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow_server_url
+        return USER_TRACKING_URI or self.mlflow_server_url
 
     @property
     def mlflow_external(self) -> bool:

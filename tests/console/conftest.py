@@ -49,6 +49,11 @@ def console_server(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory) ->
         stack.stop(state, service)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _live_model_put_back(live_model_put_back: None) -> None:
+    """The console's tests promote on the session's stack: the model live before each module is live after it."""
+
+
 @pytest.fixture(scope="session")
 def two_versions(mlflow_lab: Lab) -> tuple[str, str]:
     """Two registered versions of the demo model (small, quick to train)."""
