@@ -173,7 +173,8 @@ def convert_sklearn_model(estimator: Any, signature: Any, frame: Any) -> bytes:
 def _rename_inputs(proto: Any, names: Sequence[str]) -> None:
     """skl2onnx rewrites input names it finds odd ("od280/od315" -> "od280_od315"); the columns of the user's CSV keep
     them, so the graph's inputs get their names back (ONNX allows any string)."""
-    inputs = [item for item in proto.graph.input if item.name not in {i.name for i in proto.graph.initializer}]
+    initializers = {item.name for item in proto.graph.initializer}
+    inputs = [item for item in proto.graph.input if item.name not in initializers]
     renames = {item.name: name for item, name in zip(inputs, names, strict=False) if item.name != name}
     if not renames:
         return

@@ -205,8 +205,10 @@ def make_plan(settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sa
     except PlanError as error:
         plan.price_note = str(error)
         return plan
+    free = load_prices(aws.region)[2]
     plan.price_note = (
-        "list prices before the free tier (1M Lambda requests and 400,000 GB-seconds a month are free)"
+        f"list prices before the free tier ({free['lambda_requests_per_month'] / 1e6:g}M Lambda requests and "
+        f"{free['lambda_gb_seconds_per_month']:,} GB-seconds a month are free)"
         + ("; on the emulator nothing is billed: this is what the same use would cost on AWS" if not aws.on_aws else "")
     )
     return plan

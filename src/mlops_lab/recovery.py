@@ -437,13 +437,7 @@ def _with_input_etags(s3: Any, bucket: str, outputs: dict[str, StoredObject]) ->
     """The outputs with the input ETag each records (a HEAD each: listings carry no metadata)."""
 
     def head(item: StoredObject) -> StoredObject:
-        try:
-            metadata = s3.head_object(Bucket=bucket, Key=item.key).get("Metadata", {})
-        except ClientError as error:
-            if is_not_found(error):  # deleted since the listing
-                return item
-            raise
-        return StoredObject(item.key, item.etag, item.last_modified, item.size, metadata.get(META_INPUT_ETAG))
+        return _head(s3, bucket, item.key) or item  # (deleted since the listing: as listed)
 
     with ThreadPoolExecutor(HEAD_WORKERS) as pool:
         return {item.key: item for item in pool.map(head, outputs.values())}
@@ -513,20 +507,25 @@ def _clear_resolved_failures(settings: Settings, s3: Any, queue: FailureQueue) -
 
 
 def _has_current_output(settings: Settings, s3: Any, bucket: str, key: str) -> bool:
+    source = _head(s3, bucket, key)
+    if source is None:
+        return False  # the input is gone: nothing will ever complete it, but a redrive will say so
+    outputs = (_head(s3, settings.output_bucket, output_key) for output_key in (prediction_key(key), error_key(key)))
+    return any(_is_current(output, source) for output in outputs)
+
+
+def _head(s3: Any, bucket: str, key: str) -> StoredObject | None:
+    """The object's ETag, time and recorded input ETag (one HEAD), or None when it is not there."""
     try:
-        source = s3.head_object(Bucket=bucket, Key=key)
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if is_not_found(error):
-            return False  # the input is gone: nothing will ever complete it, but a redrive will say so
+            return None
         raise
-    for output_key in (prediction_key(key), error_key(key)):
-        try:
-            output = s3.head_object(Bucket=settings.output_bucket, Key=output_key)
-        except ClientError as error:
-            if is_not_found(error):
-                continue
-            raise
-        recorded = output.get("Metadata", {}).get(META_INPUT_ETAG)
-        if recorded == source["ETag"].strip('"') or (not recorded and output["LastModified"] >= source["LastModified"]):
-            return True
-    return False
+    return StoredObject(
+        key,
+        head["ETag"].strip('"'),
+        head["LastModified"],
+        int(head.get("ContentLength", 0)),
+        head.get("Metadata", {}).get(META_INPUT_ETAG),
+    )

@@ -31,16 +31,7 @@ def console_server(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory) ->
     """The console as `up` starts it (ops.console_service) on a free port, against the session's emulator and
     mlflow."""
     settings = mlflow_lab.settings.model_copy(update={"console_port": free_port()})
-    env = {
-        "LAB_PREFIX": settings.prefix,
-        "LAB_STATE_DIR": str(settings.state_dir),
-        "LAB_EMULATOR_PORT": str(settings.emulator_port),
-        "LAB_MLFLOW_PORT": str(settings.mlflow_port),
-        "LAB_CONSOLE_PORT": str(settings.console_port),
-        "LAB_MAX_INPUT_MB": str(settings.max_input_mb),
-    }
-    service = ops.console_service(settings)
-    service = dataclasses.replace(service, env={**service.env, **env})
+    service = ops.console_service(settings)  # its LAB_* environment is these settings
     state = settings.model_copy(update={"state_dir": tmp_path_factory.mktemp("console-state")})
     stack.start(state, service)
     try:
