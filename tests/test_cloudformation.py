@@ -51,7 +51,7 @@ from typer.testing import CliRunner
 from mlops_lab import bootstrap, cloudformation, model, ops
 from mlops_lab.aws import is_not_found
 from mlops_lab.cli import app
-from mlops_lab.settings import Settings, get_settings
+from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
 from tests.support import Lab, parse_csv, report
 
 # The regions cfn-lint checks the template in: one per partition the ARNs must work in, and a second commercial one.
@@ -243,7 +243,7 @@ def test_everything_taggable_carries_the_prefix_tag() -> None:
     assert taggable == {"InputBucket", "OutputBucket", "ModelBucket", "FailureQueue", "ExecutionRole", "Function"}
     for logical_id in taggable:
         tags = resources[logical_id]["Properties"].get("Tags", [])
-        assert {"Key": cloudformation.PREFIX_TAG, "Value": "acme-ml"} in tags, logical_id
+        assert {"Key": PREFIX_TAG, "Value": "acme-ml"} in tags, logical_id
 
 
 def test_a_setting_the_template_cannot_map_fails_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -412,7 +412,7 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
             {**rule, "Id": ""} for rule in wanted
         ]
         # Tags, where the emulator keeps them (not on buckets: see the module's docstring).
-        tag = {"Key": cloudformation.PREFIX_TAG, "Value": settings.prefix}
+        tag = {"Key": PREFIX_TAG, "Value": settings.prefix}
         queue_url = sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]
         assert sqs.list_queue_tags(QueueUrl=queue_url)["Tags"][tag["Key"]] == tag["Value"]
         assert tag in iam.list_role_tags(RoleName=settings.role_name)["Tags"]

@@ -27,7 +27,6 @@ from mlops_lab.aws import Aws
 from mlops_lab.settings import Settings
 
 TEMPLATE_VERSION = "2010-09-09"
-PREFIX_TAG = "mlops-lab:prefix"
 
 # Logical ids.
 INPUT_BUCKET, OUTPUT_BUCKET, MODEL_BUCKET = "InputBucket", "OutputBucket", "ModelBucket"
@@ -97,7 +96,8 @@ def _arn(logical_id: str) -> dict[str, list[str]]:
 
 
 def _tags(settings: Settings) -> list[dict[str, str]]:
-    return [{"Key": PREFIX_TAG, "Value": settings.prefix}]  # a new list each time: YAML would alias a shared one
+    # A new list each time: YAML would alias a shared one.
+    return [{"Key": key, "Value": value} for key, value in settings.resource_tags.items()]
 
 
 # Stated for the stateful resources (what cfn-lint's I3011 asks): as `mlops-lab teardown` does, deleting the stack

@@ -51,7 +51,7 @@ class EngineMissing(RuntimeError):
 def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
     """The API's ECR repository with scan-on-push and the lifecycle policy; a second call changes nothing."""
     return ensure_ecr_repository(
-        aws, settings.api_repository, lifecycle_policy=LIFECYCLE_POLICY, tags={"project": settings.prefix}
+        aws, settings.api_repository, lifecycle_policy=LIFECYCLE_POLICY, tags=settings.resource_tags
     )
 
 

@@ -132,7 +132,7 @@ def execution_policy(settings: Settings, aws: Aws) -> dict[str, Any]:
 
 
 def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
-    return ensure_ecr_repository(aws, settings.sagemaker_repository, tags={"project": settings.prefix})
+    return ensure_ecr_repository(aws, settings.sagemaker_repository, tags=settings.resource_tags)
 
 
 def ensure_role(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, list[Change]]:

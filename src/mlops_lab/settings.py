@@ -8,19 +8,30 @@ choosing a profile is the whole switch between the emulator (profile ``mlops-lab
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # mlflow's own variable as this process found it: mlflow.set_tracking_uri() rewrites MLFLOW_TRACKING_URI (for its
 # subprocesses) whenever the lab talks to a tracking server, so the user's choice is read once, here.
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+# Every AWS resource the lab creates (and its registered models and experiments) carries this tag with the prefix as
+# its value: teardown and `mlops-lab resources` find the lab's resources by it. LAB_TAGS adds the user's own.
+PREFIX_TAG = "mlops-lab:prefix"
+# What every service the lab tags accepts (S3, IAM, Lambda, SQS, ECR, CloudWatch Logs, SageMaker): 50 tags, keys up to
+# 128 characters and values up to 256 of these, no key under the reserved ``aws:``.
+MAX_TAGS = 50
+_TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 
 
 class Settings(BaseSettings):
@@ -28,6 +39,8 @@ class Settings(BaseSettings):
 
     # Names: every AWS resource the lab creates starts with this prefix.
     prefix: str = Field("mlops-lab", pattern=r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
+    # Tags of your own on every resource, beside mlops-lab:prefix: LAB_TAGS='team=ml,cost-center=1234' or a JSON object.
+    tags: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # Where the embedded stack keeps its state, logs and pid files.
     state_dir: Path = PROJECT_ROOT / ".lab"
@@ -100,6 +113,39 @@ class Settings(BaseSettings):
     # SageMaker through mlflow's deployments client. Offline the control plane is moto (MiniStack has no SageMaker).
     sagemaker_emulator_port: int = Field(5005, ge=1, le=65535)
     sagemaker_endpoint_name: str | None = None  # default: {prefix}-endpoint
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"LAB_TAGS={value!r}: write key=value pairs separated by commas, or a JSON object")
+        return {key.strip(): tag.strip() for key, _, tag in pairs}
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key, value in tags.items():
+            if key == PREFIX_TAG or key.lower().startswith("aws:"):
+                raise ValueError(f"tag {key!r} is reserved (the lab sets {PREFIX_TAG}; AWS reserves aws:)")
+            if not 1 <= len(key) <= 128 or len(value) > 256 or not _TAG_TEXT.match(key + value):
+                raise ValueError(
+                    f"tag {key}={value!r}: keys 1-128 and values 0-256 characters of letters, digits, spaces "
+                    "and _ . : / = + - @"
+                )
+        if len(tags) >= MAX_TAGS:
+            raise ValueError(f"{len(tags)} tags in LAB_TAGS: at most {MAX_TAGS - 1} beside {PREFIX_TAG}")
+        return tags
+
+    @property
+    def resource_tags(self) -> dict[str, str]:
+        """The tags every resource the lab creates carries."""
+        return {PREFIX_TAG: self.prefix, **self.tags}
 
     @field_validator("layer_python")
     @classmethod
@@ -206,7 +252,11 @@ class Settings(BaseSettings):
 
 def as_environment(settings: Settings) -> dict[str, str]:
     """These settings as the ``LAB_*`` variables a child process (the API, the console) reads them back from."""
-    return {f"LAB_{name.upper()}": str(value) for name, value in settings.model_dump().items() if value is not None}
+    return {
+        f"LAB_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
 
 
 @lru_cache
