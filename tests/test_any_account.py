@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from mlops_lab import model, ops, registry
 from mlops_lab.aws import Aws
-from mlops_lab.bootstrap import teardown
+from mlops_lab.teardown import teardown
 from tests.support import RECORD, Lab, error_code, free_port
 
 ACCOUNT = "210987654321"
@@ -111,8 +111,13 @@ def test_registry_and_api_there(foreign: Lab) -> None:
 
 def test_teardown_there_leaves_nothing(foreign: Lab) -> None:
     settings, aws = foreign.settings, foreign.aws
-    removed = teardown(settings, aws)
-    assert {c.action for c in removed} == {"deleted"}, removed
+    names = {row.version for row in registry.list_versions(settings)}
+    assert names, "the registry has the versions trained there"
+    report = teardown(settings, aws)
+    assert report.complete, (report.left, report.unchecked)
+    deleted = {(c.kind, c.name) for c in report.changes if c.action == "deleted"}
+    assert ("registered model", settings.model_name) in deleted, report.changes
+    assert registry.list_versions(settings) == [], "no version may point into the deleted model bucket"
     fresh = Aws()
     assert not [b for b in fresh.client("s3").list_buckets()["Buckets"] if b["Name"].startswith("lab-eu-")]
     assert settings.function_name not in {

@@ -52,6 +52,7 @@ from mlops_lab import bootstrap, cloudformation, model, ops
 from mlops_lab.aws import is_not_found
 from mlops_lab.cli import app
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
+from mlops_lab.teardown import teardown
 from tests.support import Lab, parse_csv, report
 
 # The regions cfn-lint checks the template in: one per partition the ARNs must work in, and a second commercial one.
@@ -150,6 +151,7 @@ def test_template_is_what_bootstrap_builds() -> None:
         + [
             "AWS::SQS::Queue",
             "AWS::IAM::Role",
+            "AWS::Logs::LogGroup",
             "AWS::Lambda::LayerVersion",
             "AWS::Lambda::Function",
             "AWS::Lambda::EventInvokeConfig",
@@ -169,6 +171,10 @@ def test_template_is_what_bootstrap_builds() -> None:
     assert role["Policies"] == [
         {"PolicyName": bootstrap.INLINE_POLICY_NAME, "PolicyDocument": bootstrap.execution_policy(settings, aws)}
     ]
+
+    log_group = resources[cloudformation.LOG_GROUP]
+    assert log_group["LogGroupName"] == settings.log_group == f"/aws/lambda/{settings.function_name}"
+    assert log_group["RetentionInDays"] == settings.log_retention_days
 
     layer = resources[cloudformation.LAYER]
     assert layer["LayerName"] == settings.layer_name
@@ -240,7 +246,15 @@ def test_everything_taggable_carries_the_prefix_tag() -> None:
         for logical_id, resource in resources.items()
         if "Tags" in PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource["Type"]).schema["properties"]
     }
-    assert taggable == {"InputBucket", "OutputBucket", "ModelBucket", "FailureQueue", "ExecutionRole", "Function"}
+    assert taggable == {
+        "InputBucket",
+        "OutputBucket",
+        "ModelBucket",
+        "FailureQueue",
+        "ExecutionRole",
+        "FunctionLogGroup",
+        "Function",
+    }
     for logical_id in taggable:
         tags = resources[logical_id]["Properties"].get("Tags", [])
         assert {"Key": PREFIX_TAG, "Value": "acme-ml"} in tags, logical_id
@@ -310,6 +324,8 @@ def stack_view(aws: Any, document: dict[str, Any], stack_resources: list[dict[st
             view.add(("layer", name.split(":")[6]))
         elif kind == "AWS::Lambda::Function":
             view.add(("function", name))
+        elif kind == "AWS::Logs::LogGroup":
+            view.add(("log group", name))
         elif kind == "AWS::Lambda::EventInvokeConfig":
             function = physical[properties["FunctionName"]["Ref"]]
             aws.client("lambda").get_function_event_invoke_config(
@@ -382,10 +398,16 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
             i["PhysicalResourceId"] for i in resources if i["ResourceType"] == "AWS::Lambda::Permission"
         ]
         assert stack_view(aws, document, resources) - {("invoke permission", permission_id)} == expected
-        assert {(c.kind, c.action) for c in changes if c.action != "unchanged"} == {
-            ("invoke permission", "created"),
-            ("notification", "updated"),
-            ("async invocation", "created"),  # the emulator's qualifier gap (docstring); compared just below
+        assert {(c.kind, c.action, c.detail) for c in changes if c.action != "unchanged"} == {
+            ("invoke permission", "created", f"s3.amazonaws.com from arn:aws:s3:::{settings.input_bucket}"),
+            ("notification", "updated", "ObjectCreated *.csv -> function"),
+            # The emulator's qualifier gap (docstring); compared just below.
+            (
+                "async invocation",
+                "created",
+                f"{settings.lambda_retry_attempts} retries, then {settings.failure_queue_name}",
+            ),
+            ("bucket", "updated", "tags"),  # the emulator's CloudFormation drops bucket tags (docstring)
         }, changes
         queue_arn = sqs.get_queue_attributes(
             QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"], AttributeNames=["QueueArn"]
@@ -449,12 +471,12 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
         assert lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"] == []
         assert gone(lambda: iam.get_role(RoleName=settings.role_name))
         assert gone(lambda: sqs.get_queue_url(QueueName=settings.failure_queue_name))
-        leftovers = [change for change in bootstrap.teardown(settings, aws) if change.action != "absent"]
+        leftovers = [change for change in teardown(settings, aws).changes if change.action != "absent"]
         assert leftovers == []
     finally:
         with contextlib.suppress(ClientError):
             aws.client("cloudformation").delete_stack(StackName=stack)
-        bootstrap.teardown(settings, aws)
+        teardown(settings, aws)
         if not gone(lambda: s3.head_bucket(Bucket=artifacts)):
             for item in s3.list_objects_v2(Bucket=artifacts).get("Contents", []):
                 s3.delete_object(Bucket=artifacts, Key=item["Key"])

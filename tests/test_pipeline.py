@@ -15,11 +15,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from mlops_lab import model, ops
-from mlops_lab.bootstrap import bootstrap, execution_policy, teardown
+from mlops_lab.bootstrap import bootstrap, execution_policy
 from mlops_lab.contract import META_ROWS, error_key, prediction_key
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column, score_csv
 from mlops_lab.settings import Settings
+from mlops_lab.teardown import teardown
 from tests.support import NOT_FOUND_CODES, Lab, error_code, read_output, wait_for_output
 
 
@@ -338,8 +339,10 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     created = bootstrap(settings, aws, layer)
     assert {c.action for c in created} == {"created", "published"}, created
     aws.client("s3").put_object(Bucket=settings.output_bucket, Key=prediction_key("x.csv"), Body=b"x")
-    removed = teardown(settings, aws)
-    assert {c.action for c in removed} == {"deleted"}, removed
+    report = teardown(settings, aws)
+    deleted = {c.kind for c in report.changes if c.action == "deleted"}
+    assert deleted >= {"bucket", "function", "layer", "log group", "queue", "role", "role policy", "notification"}
+    assert report.complete, (report.left, report.unchecked)
     assert not [b for b in aws.client("s3").list_buckets()["Buckets"] if b["Name"].startswith("lab-teardown-")]
     with pytest.raises(ClientError) as caught:
         aws.client("lambda").get_function(FunctionName=settings.function_name)
@@ -351,7 +354,8 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     with pytest.raises(ClientError) as caught:
         aws.client("sqs").get_queue_url(QueueName=settings.failure_queue_name)
     assert error_code(caught.value) in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-    assert {c.action for c in teardown(settings, aws)} == {"absent"}
+    again = teardown(settings, aws)
+    assert {c.action for c in again.changes} == {"absent"} and again.complete, again.changes
 
 
 def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(

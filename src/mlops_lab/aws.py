@@ -9,6 +9,7 @@ one variable.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -110,6 +111,34 @@ def policy_document(document: Any) -> Any:
     return json.loads(document) if isinstance(document, str) else document
 
 
+# -- tags ---------------------------------------------------------------------------------------------------------
+
+
+def tag_list(tags: Mapping[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """``{"k": "v"}`` as the ``[{"Key": "k", "Value": "v"}]`` most services take (ECR spells them in lower case)."""
+    return [{key: k, value: v} for k, v in tags.items()]
+
+
+def tag_dict(tags: list[dict[str, str]] | None, key: str = "Key", value: str = "Value") -> dict[str, str]:
+    return {tag[key]: tag[value] for tag in tags or []}
+
+
+def missing_tags(current: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """The wanted tags a resource lacks or has with another value (tags it has beside them are left alone)."""
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+def updated(change: Change, what: str) -> Change:
+    """``change`` with ``what`` among what was updated (a created resource stays "created")."""
+    if change.action == "created":
+        return change
+    detail = what if change.action == "unchanged" else ", ".join(filter(None, (change.detail, what)))
+    return Change(change.kind, change.name, "updated", detail)
+
+
+# -- shared reconcilers ---------------------------------------------------------------------------------------------
+
+
 def ensure_role(
     aws: Aws,
     name: str,
@@ -118,13 +147,14 @@ def ensure_role(
     policy_name: str,
     policy: dict[str, Any],
     description: str,
+    tags: Mapping[str, str] | None = None,
     dry_run: bool = False,
 ) -> tuple[str, list[Change]]:
-    """An IAM role with exactly this trust policy and this one inline policy; changes only what differs (with
-    ``dry_run``, only says what it would change).
+    """An IAM role with exactly this trust policy and this one inline policy, carrying ``tags``; changes only what
+    differs (with ``dry_run``, only says what it would change).
 
     Returns the role's ARN and two changes (the role, its policy)."""
-    iam = aws.client("iam")
+    iam, tags = aws.client("iam"), tags or {}
     try:
         role = iam.get_role(RoleName=name)["Role"]
     except ClientError as error:
@@ -133,18 +163,22 @@ def ensure_role(
         if dry_run:
             arn = f"arn:{aws.partition}:iam::{aws.account_id}:role/{name}"
             return arn, [Change("role", name, "created"), Change("role policy", f"{name}/{policy_name}", "created")]
-        role = iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description=description)[
-            "Role"
-        ]
+        role = iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Description=description, Tags=tag_list(tags)
+        )["Role"]
         iam.get_waiter("role_exists").wait(RoleName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
         role_change = Change("role", name, "created")
     else:
+        role_change = Change("role", name, "unchanged")
         if policy_document(role["AssumeRolePolicyDocument"]) != trust:
             if not dry_run:
                 iam.update_assume_role_policy(RoleName=name, PolicyDocument=json.dumps(trust))
-            role_change = Change("role", name, "updated", "trust policy")
-        else:
-            role_change = Change("role", name, "unchanged")
+            role_change = updated(role_change, "trust policy")
+        current_tags = tag_dict(iam.list_role_tags(RoleName=name).get("Tags"))
+        if missing := missing_tags(current_tags, tags):
+            if not dry_run:
+                iam.tag_role(RoleName=name, Tags=tag_list(missing))
+            role_change = updated(role_change, "tags")
     return role["Arn"], [role_change, _ensure_role_policy(iam, name, policy_name, policy, dry_run=dry_run)]
 
 
@@ -169,10 +203,11 @@ def _ensure_role_policy(
 
 
 def ensure_repository(
-    aws: Aws, name: str, *, lifecycle_policy: dict[str, Any] | None = None, tags: dict[str, str] | None = None
+    aws: Aws, name: str, *, lifecycle_policy: dict[str, Any] | None = None, tags: Mapping[str, str] | None = None
 ) -> tuple[str, Change]:
-    """An ECR repository with scan-on-push (and ``lifecycle_policy``, when given); its URI and what was done."""
-    ecr = aws.client("ecr")
+    """An ECR repository with scan-on-push (and ``lifecycle_policy``, when given) carrying ``tags``; its URI and what
+    was done."""
+    ecr, tags = aws.client("ecr"), tags or {}
     changed = []
     try:
         repository = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
@@ -181,7 +216,7 @@ def ensure_repository(
             repositoryName=name,
             imageScanningConfiguration={"scanOnPush": True},
             imageTagMutability="MUTABLE",
-            tags=[{"Key": key, "Value": value} for key, value in (tags or {}).items()],
+            tags=tag_list(tags),
         )["repository"]
         action = "created"
     else:
@@ -189,6 +224,10 @@ def ensure_repository(
         if not repository.get("imageScanningConfiguration", {}).get("scanOnPush"):
             ecr.put_image_scanning_configuration(repositoryName=name, imageScanningConfiguration={"scanOnPush": True})
             changed.append("scan on push")
+        arn = repository["repositoryArn"]
+        if missing := missing_tags(tag_dict(ecr.list_tags_for_resource(resourceArn=arn).get("tags")), tags):
+            ecr.tag_resource(resourceArn=arn, tags=tag_list(missing))
+            changed.append("tags")
     if lifecycle_policy is not None:
         try:
             current = json.loads(ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"])

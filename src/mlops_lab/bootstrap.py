@@ -1,9 +1,10 @@
-"""Create (idempotently) and delete everything the batch-prediction path needs.
+"""Create (idempotently) everything the batch-prediction path needs.
 
-Buckets -> failure queue -> execution role + least-privilege policy -> layer -> function -> its asynchronous invocation
-(retries, then the failure queue) -> S3 invoke permission -> notification.
-Each step compares what exists with what is wanted and changes only the difference, so a second run reports
-"unchanged" everywhere. Works the same against the emulator and real AWS.
+Buckets -> failure queue -> execution role + least-privilege policy -> layer -> log group -> function -> its
+asynchronous invocation (retries, then the failure queue) -> S3 invoke permission -> notification.
+Each step compares what exists with what is wanted (tags included: ``Settings.resource_tags``) and changes only the
+difference, so a second run reports "unchanged" everywhere. Works the same against the emulator and real AWS.
+Deleting it all is ``mlops_lab.teardown``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab.aws import Aws, Change, error_code, is_not_found
+from mlops_lab.aws import Aws, Change, error_code, is_not_found, missing_tags, tag_dict, tag_list, updated
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.contract import INPUT_SUFFIX
 from mlops_lab.layer import LayerArtifact, write_deterministic_zip
@@ -166,13 +167,14 @@ def bootstrap(
         changes.append(change)
         on_change(change)
 
-    for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
-        record(ensure_bucket(aws, bucket, dry_run=dry_run))
+    for bucket in settings.buckets:
+        record(ensure_bucket(aws, bucket, settings.resource_tags, dry_run=dry_run))
     queue_arn, queue_change = ensure_failure_queue(settings, aws, dry_run=dry_run)
     record(queue_change)
     role_arn, role_changes = ensure_role(settings, aws, dry_run=dry_run)
     for change in role_changes:
         record(change)
+    record(ensure_log_group(settings, aws, dry_run=dry_run))
     if settings.lambda_bundle_layer:
         package = function_package(layer)
         function_arn, function_change = ensure_function(settings, aws, role_arn, None, package, dry_run=dry_run)
@@ -193,14 +195,20 @@ def _arn(aws: Aws, service: str, resource: str, *, region: bool = True) -> str:
     return f"arn:{aws.partition}:{service}:{aws.region if region else ''}:{aws.account_id}:{resource}"
 
 
-def ensure_bucket(aws: Aws, bucket: str, *, dry_run: bool = False) -> Change:
+def ensure_bucket(aws: Aws, bucket: str, tags: dict[str, str], *, dry_run: bool = False) -> Change:
     s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
-        return Change("bucket", bucket, "unchanged")
     except ClientError as error:
         if error_code(error) not in {"404", "NoSuchBucket", "NotFound"}:
             raise BootstrapError(f"bucket {bucket} exists but is not usable: {error}") from error
+    else:
+        current = bucket_tags(s3, bucket)
+        if not missing_tags(current, tags):
+            return Change("bucket", bucket, "unchanged")
+        if not dry_run:  # S3 replaces the whole tag set: keep the tags others put there
+            s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag_list({**current, **tags})})
+        return Change("bucket", bucket, "updated", "tags")
     if dry_run:
         return Change("bucket", bucket, "created")
     kwargs: dict[str, Any] = {"Bucket": bucket}
@@ -208,28 +216,44 @@ def ensure_bucket(aws: Aws, bucket: str, *, dry_run: bool = False) -> Change:
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
     s3.create_bucket(**kwargs)
     s3.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag_list(tags)})
     return Change("bucket", bucket, "created")
+
+
+def bucket_tags(s3: Any, bucket: str) -> dict[str, str]:
+    try:
+        return tag_dict(s3.get_bucket_tagging(Bucket=bucket)["TagSet"])
+    except ClientError as error:
+        if error_code(error) != "NoSuchTagSet":
+            raise
+        return {}
 
 
 def ensure_failure_queue(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, Change]:
     """The SQS queue the function's failed events go to; its ARN."""
-    sqs = aws.client("sqs")
+    sqs, tags = aws.client("sqs"), settings.resource_tags
     name, wanted = settings.failure_queue_name, {"MessageRetentionPeriod": str(FAILURE_RETENTION_S)}
+    purpose = "failed events, kept 14 days"
     try:
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
-        action = "unchanged"
+        change = Change("queue", name, "unchanged", purpose)
     except ClientError as error:
         if not is_not_found(error):
             raise
         if dry_run:
-            return _arn(aws, "sqs", name), Change("queue", name, "created", "failed events, kept 14 days")
-        url, action = sqs.create_queue(QueueName=name, Attributes=wanted)["QueueUrl"], "created"
+            return _arn(aws, "sqs", name), Change("queue", name, "created", purpose)
+        url = sqs.create_queue(QueueName=name, Attributes=wanted, tags=tags)["QueueUrl"]
+        change = Change("queue", name, "created", purpose)
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn", *wanted])["Attributes"]
     if any(attributes.get(key) != value for key, value in wanted.items()):
         if not dry_run:
             sqs.set_queue_attributes(QueueUrl=url, Attributes=wanted)
-        action = "updated" if action == "unchanged" else action
-    return attributes["QueueArn"], Change("queue", name, action, "failed events, kept 14 days")
+        change = updated(change, "retention")
+    if missing := missing_tags(sqs.list_queue_tags(QueueUrl=url).get("Tags", {}), tags):
+        if not dry_run:
+            sqs.tag_queue(QueueUrl=url, Tags=missing)
+        change = updated(change, "tags")
+    return attributes["QueueArn"], change
 
 
 def ensure_async_invocation(settings: Settings, aws: Aws, queue_arn: str, *, dry_run: bool = False) -> Change:
@@ -273,8 +297,34 @@ def ensure_role(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple
         policy_name=INLINE_POLICY_NAME,
         policy=execution_policy(settings, aws),
         description=ROLE_DESCRIPTION,
+        tags=settings.resource_tags,
         dry_run=dry_run,
     )
+
+
+def ensure_log_group(settings: Settings, aws: Aws, *, dry_run: bool = False) -> Change:
+    """The function's log group, made before Lambda would make it (untagged, kept forever): retention and tags."""
+    logs, name, tags = aws.client("logs"), settings.log_group, settings.resource_tags
+    detail = f"kept {settings.log_retention_days} days"
+    found = logs.describe_log_groups(logGroupNamePrefix=name).get("logGroups", [])
+    group = next((g for g in found if g["logGroupName"] == name), None)
+    if group is None:
+        if dry_run:
+            return Change("log group", name, "created", detail)
+        logs.create_log_group(logGroupName=name, tags=tags)
+        logs.put_retention_policy(logGroupName=name, retentionInDays=settings.log_retention_days)
+        return Change("log group", name, "created", detail)
+    change = Change("log group", name, "unchanged")
+    if group.get("retentionInDays") != settings.log_retention_days:
+        if not dry_run:
+            logs.put_retention_policy(logGroupName=name, retentionInDays=settings.log_retention_days)
+        change = updated(change, "retention")
+    arn = group.get("logGroupArn") or group["arn"].removesuffix(":*")
+    if missing := missing_tags(logs.list_tags_for_resource(resourceArn=arn).get("tags", {}), tags):
+        if not dry_run:
+            logs.tag_resource(resourceArn=arn, tags=missing)
+        change = updated(change, "tags")
+    return change
 
 
 def ensure_layer(settings: Settings, aws: Aws, layer: LayerArtifact, *, dry_run: bool = False) -> tuple[str, Change]:
@@ -330,7 +380,7 @@ def ensure_function(
         code = {"S3Bucket": settings.model_bucket, "S3Key": key}
     wanted = function_configuration(settings, role_arn, layer_arn)
     try:
-        current = lam.get_function(FunctionName=settings.function_name)["Configuration"]
+        function = lam.get_function(FunctionName=settings.function_name)
     except ClientError as error:
         if not is_not_found(error):
             raise
@@ -344,28 +394,34 @@ def ensure_function(
                 FunctionName=settings.function_name,
                 Code=code,
                 Description=FUNCTION_DESCRIPTION,
+                Tags=settings.resource_tags,
                 **wanted,
             )
         )
         lam.get_waiter("function_active_v2").wait(FunctionName=settings.function_name)
         return created["FunctionArn"], Change("function", settings.function_name, "created")
-    updated = []
+    current, function_arn = function["Configuration"], function["Configuration"]["FunctionArn"]
+    changed = []
     if current.get("CodeSha256") != code_sha256(package):
         if not dry_run:
             _upload_code(aws, code, package)
             lam.update_function_code(FunctionName=settings.function_name, **code)
             lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
-        updated.append("code")
+        changed.append("code")
     differing = [key for key, value in wanted.items() if _current_setting(current, key) != value]
     if differing and not dry_run:
         _retry_role_propagation(
             lambda: lam.update_function_configuration(FunctionName=settings.function_name, **wanted)
         )
         lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
-    updated += [key.lower() for key in differing]
-    if updated:
-        return current["FunctionArn"], Change("function", settings.function_name, "updated", ", ".join(updated))
-    return current["FunctionArn"], Change("function", settings.function_name, "unchanged")
+    changed += [key.lower() for key in differing]
+    if missing := missing_tags(function.get("Tags", {}), settings.resource_tags):
+        if not dry_run:
+            lam.tag_resource(Resource=function_arn, Tags=missing)
+        changed.append("tags")
+    if changed:
+        return function_arn, Change("function", settings.function_name, "updated", ", ".join(changed))
+    return function_arn, Change("function", settings.function_name, "unchanged")
 
 
 def _upload_code(aws: Aws, code: dict[str, Any], package: bytes) -> None:
@@ -452,70 +508,3 @@ def ensure_notification(settings: Settings, aws: Aws, function_arn: str, *, dry_
     return Change(
         "notification", settings.input_bucket, "updated" if current else "created", "ObjectCreated *.csv -> function"
     )
-
-
-# -- teardown -----------------------------------------------------------------------------------------------------
-
-
-def teardown(settings: Settings, aws: Aws, *, on_change: Callable[[Change], None] = lambda _: None) -> list[Change]:
-    changes: list[Change] = []
-
-    def record(kind: str, name: str, delete: Callable[[], Any]) -> None:
-        try:
-            delete()
-            change = Change(kind, name, "deleted")
-        except ClientError as error:
-            if not is_not_found(error):
-                raise
-            change = Change(kind, name, "absent")
-        changes.append(change)
-        on_change(change)
-
-    s3, lam, iam, sqs = aws.client("s3"), aws.client("lambda"), aws.client("iam"), aws.client("sqs")
-    record("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
-    record(
-        "async invocation",
-        settings.function_name,
-        lambda: lam.delete_function_event_invoke_config(FunctionName=settings.function_name),
-    )
-    record("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
-    record("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
-    record(
-        "role policy",
-        f"{settings.role_name}/{INLINE_POLICY_NAME}",
-        lambda: iam.delete_role_policy(RoleName=settings.role_name, PolicyName=INLINE_POLICY_NAME),
-    )
-    record("role", settings.role_name, lambda: iam.delete_role(RoleName=settings.role_name))
-    record(
-        "queue",
-        settings.failure_queue_name,
-        lambda: sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]),
-    )
-    for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
-        record("bucket", bucket, lambda bucket=bucket: _delete_bucket(s3, bucket))
-    return changes
-
-
-def _clear_notification(s3: Any, bucket: str) -> None:
-    s3.head_bucket(Bucket=bucket)
-    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
-
-
-def _delete_layer_versions(lam: Any, name: str) -> None:
-    versions = lam.list_layer_versions(LayerName=name).get("LayerVersions", [])
-    if not versions:
-        raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "ListLayerVersions")
-    for version in versions:
-        lam.delete_layer_version(LayerName=name, VersionNumber=version["Version"])
-
-
-def _delete_bucket(s3: Any, bucket: str) -> None:
-    paginator = s3.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket):
-        doomed = [
-            {"Key": item["Key"], "VersionId": item["VersionId"]}
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
-        ]
-        if doomed:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
-    s3.delete_bucket(Bucket=bucket)

@@ -34,6 +34,7 @@ FAILURE_QUEUE = "FailureQueue"
 ROLE = "ExecutionRole"
 LAYER = "Layer"
 FUNCTION = "Function"
+LOG_GROUP = "FunctionLogGroup"
 ASYNC_INVOCATION = "AsyncInvocation"
 INVOKE_PERMISSION = "S3InvokePermission"
 
@@ -204,6 +205,17 @@ def template(settings: Settings) -> dict[str, Any]:
                 "CompatibleRuntimes": bootstrap.layer_runtimes(settings),
             },
         }
+    # Made before the function, as bootstrap does: Lambda would make it untagged and kept forever (and the stack's
+    # deletion would leave it behind).
+    resources[LOG_GROUP] = {
+        "Type": "AWS::Logs::LogGroup",
+        **_DELETED_WITH_THE_STACK,
+        "Properties": {
+            "LogGroupName": settings.log_group,
+            "RetentionInDays": settings.log_retention_days,
+            "Tags": _tags(settings),
+        },
+    }
     configuration = bootstrap.function_configuration(
         settings, cast(str, _arn(ROLE)), cast(str, _ref(LAYER)) if layered else None
     )
@@ -216,6 +228,7 @@ def template(settings: Settings) -> dict[str, Any]:
             **_only(configuration, _FUNCTION_PROPERTIES, "function configuration"),
             "Tags": _tags(settings),
         },
+        "DependsOn": LOG_GROUP,
     }
     if not configuration["Layers"]:
         del resources[FUNCTION]["Properties"]["Layers"]

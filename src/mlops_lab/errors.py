@@ -25,6 +25,7 @@ class ExitCode(IntEnum):
     UNHEALTHY = 7  # `status`: a service that should run does not answer its health check
     ACCESS_DENIED = 8  # the credentials work but may not do this
     FUNCTION_FAILED = 9  # the Lambda failed on an event after its retries (the event is in the failure queue)
+    INCOMPLETE = 10  # `teardown`: something of the lab's is still there afterwards, or a service could not be checked
     INTERRUPTED = 130  # Ctrl-C
     UNEXPECTED = 70  # a bug: run again with --debug and report the traceback
 

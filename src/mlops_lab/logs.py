@@ -29,7 +29,7 @@ TAIL_BLOCK = 64 * 1024
 
 
 def log_group(settings: Settings) -> str:
-    return f"/aws/lambda/{settings.function_name}"
+    return settings.log_group
 
 
 # -- the services' files ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ import httpx
 from mlops_lab import model
 from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
-from mlops_lab.settings import Settings
+from mlops_lab.settings import PREFIX_TAG, Settings
 from mlops_lab.stack import Service
 
 ALIAS = "champion"
@@ -211,7 +212,7 @@ def log_version(
     from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 
     mlflow_client = client(settings)
-    mlflow.set_experiment(settings.mlflow_experiment)
+    _claim_experiment(settings, mlflow_client, mlflow.set_experiment(settings.mlflow_experiment))
     example = holdout[list(FEATURES)].dropna().head(5).copy()
     example[list(NUMERIC)] = example[list(NUMERIC)].astype("float64")
     scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in FEATURES})
@@ -247,6 +248,7 @@ def log_version(
         mlflow.set_tag("lab.sklearn_model_uri", sklearn_info.model_uri)
         mlflow.set_tag("lab.onnx_model_uri", onnx_info.model_uri)
     version = str(onnx_info.registered_model_version)
+    _claim_registered_model(settings, mlflow_client, settings.model_name)
     mlflow_client.set_model_version_tag(settings.model_name, version, "sklearn_model_uri", sklearn_info.model_uri)
     return LoggedVersion(
         settings.model_name,
@@ -281,7 +283,7 @@ def log_imported(
     from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 
     mlflow_client = client(settings)
-    mlflow.set_experiment(name)
+    _claim_experiment(settings, mlflow_client, mlflow.set_experiment(name))
     scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in example.columns})
     output = {PREDICTION_COLUMN: scored.labels if kind == "regressor" else scored.labels.astype(str)} | {
         probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
@@ -300,8 +302,52 @@ def log_imported(
             metadata={"format": "onnx", "kind": kind, "origin": origin},
         )
     version = str(info.registered_model_version)
+    _claim_registered_model(settings, mlflow_client, name)
     mlflow_client.set_model_version_tag(name, version, SOURCE_TAG, IMPORTED)
     return LoggedVersion(name, version, run.info.run_id, {}, f"models:/{name}/{version}", Path())
+
+
+# -- whose entries these are: teardown deletes a prefix's registered models and experiments with its buckets -------
+# First come: an entry already tagged with another prefix stays that prefix's (two labs may share a server and a name).
+
+
+def _claim_experiment(settings: Settings, mlflow_client: Any, experiment: Any) -> None:
+    if PREFIX_TAG not in (experiment.tags or {}):
+        mlflow_client.set_experiment_tag(experiment.experiment_id, PREFIX_TAG, settings.prefix)
+
+
+def _claim_registered_model(settings: Settings, mlflow_client: Any, name: str) -> None:
+    if PREFIX_TAG not in (mlflow_client.get_registered_model(name).tags or {}):
+        mlflow_client.set_registered_model_tag(name, PREFIX_TAG, settings.prefix)
+
+
+def delete_tagged(settings: Settings) -> list[Change]:
+    """Delete the registered models (with their versions) and experiments tagged with this prefix on the tracking
+    server: their artifacts are in the model bucket teardown deletes. mlflow keeps a deleted experiment's name taken,
+    so each is renamed first and a later `train` can use the name again."""
+    mlflow_client = client(settings)
+    where = f"tags.`{PREFIX_TAG}` = '{settings.prefix}'"
+    changes = []
+    for registered in _all_pages(mlflow_client.search_registered_models, filter_string=where):
+        versions = len(mlflow_client.search_model_versions(f"name = '{registered.name}'"))
+        mlflow_client.delete_registered_model(registered.name)
+        changes.append(Change("registered model", registered.name, "deleted", f"{versions} version(s)"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for experiment in _all_pages(mlflow_client.search_experiments, filter_string=where):
+        mlflow_client.rename_experiment(experiment.experiment_id, f"{experiment.name} (deleted {stamp})")
+        mlflow_client.delete_experiment(experiment.experiment_id)
+        changes.append(Change("experiment", experiment.name, "deleted", "its runs too (`mlflow gc` purges them)"))
+    return changes or [Change("registry", f"entries tagged {PREFIX_TAG}={settings.prefix}", "absent")]
+
+
+def _all_pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
+    items, token = [], None
+    while True:
+        page = search(page_token=token, **kwargs)
+        items += list(page)
+        token = page.token
+        if not token:
+            return items
 
 
 def _log_onnx_pyfunc(

@@ -31,6 +31,30 @@ PREFIX_TAG = "mlops-lab:prefix"
 # What every service the lab tags accepts (S3, IAM, Lambda, SQS, ECR, CloudWatch Logs, SageMaker): 50 tags, keys up to
 # 128 characters and values up to 256 of these, no key under the reserved ``aws:``.
 MAX_TAGS = 50
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
 _TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 
 
@@ -75,6 +99,8 @@ class Settings(BaseSettings):
     # the event goes to the failure queue (`mlops-lab failures`, `mlops-lab redrive`).
     lambda_retry_attempts: int = Field(2, ge=0, le=2)
     lambda_max_event_age_s: int = Field(3600, ge=60, le=21600)
+    # The function's log group keeps its logs this long (CloudWatch keeps them forever, billed, unless told otherwise).
+    log_retention_days: int = 30
     max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
     chunk_rows: int = Field(8192, ge=1)
 
@@ -147,6 +173,13 @@ class Settings(BaseSettings):
         """The tags every resource the lab creates carries."""
         return {PREFIX_TAG: self.prefix, **self.tags}
 
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention_cloudwatch_takes(cls, days: int) -> int:
+        if days not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch Logs keeps logs for one of {', '.join(map(str, LOG_RETENTION_DAYS))} days")
+        return days
+
     @field_validator("layer_python")
     @classmethod
     def _this_python_when_empty(cls, value: str) -> str:
@@ -168,6 +201,15 @@ class Settings(BaseSettings):
     @property
     def model_bucket(self) -> str:
         return f"{self.prefix}-model"
+
+    @property
+    def buckets(self) -> tuple[str, str, str]:
+        return (self.input_bucket, self.output_bucket, self.model_bucket)
+
+    @property
+    def log_group(self) -> str:
+        """The function's CloudWatch Logs group (bootstrap creates it, with retention and tags, before Lambda would)."""
+        return f"/aws/lambda/{self.function_name}"
 
     @property
     def function_name(self) -> str:

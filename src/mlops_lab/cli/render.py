@@ -13,6 +13,7 @@ from mlops_lab.aws import Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.registry import Promotion
 from mlops_lab.settings import Settings
+from mlops_lab.teardown import Report as TeardownReport
 
 # Without a terminal (make, CI logs) rich would wrap at 80 columns and cut the endpoints table.
 console = Console() if Console().is_terminal else Console(width=120)
@@ -24,6 +25,8 @@ _STYLE = {
     "deleted": "red",
     "unchanged": "dim",
     "absent": "dim",
+    "detached": "red",
+    "not checked": "yellow",
 }
 
 
@@ -31,6 +34,23 @@ def change(change: Change) -> None:
     style = _STYLE.get(change.action, "")
     detail = f"  [dim]{change.detail}[/]" if change.detail else ""
     console.print(f"  [{style}]{change.action:>9}[/]  {change.kind:<17} {change.name}{detail}")
+
+
+def teardown_checks(report: TeardownReport) -> None:
+    console.print("[bold]Checked afterwards[/] (by name, and by tag where the account has the tagging API):")
+    for check in report.checks:
+        if not check.checked:
+            outcome = f"[yellow]not checked[/]: {check.note}"
+        elif check.left:
+            outcome = f"[red]still there[/]: {', '.join(check.left)}"
+        else:
+            outcome = "[green]nothing left[/]" + (f" [dim]({check.note})[/]" if check.note else "")
+        console.print(f"  {check.service:<16} {check.looked_for}: {outcome}")
+    for kept in report.kept:
+        console.print(f"  [dim]kept[/]             {kept}")
+    deleted = sum(change.action in ("deleted", "detached") for change in report.changes)
+    verdict = "[green]Nothing of the lab's is left.[/]" if report.complete else "[red]Teardown is not complete.[/]"
+    console.print(f"[bold]{deleted} deleted.[/] {verdict}")
 
 
 def summary(changes: list[Change]) -> None:

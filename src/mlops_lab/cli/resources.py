@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from mlops_lab import ops
+from mlops_lab import teardown as lab_teardown
 from mlops_lab.aws import Aws
-from mlops_lab.bootstrap import teardown as teardown_resources
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
+from mlops_lab.errors import ExitCode, LabError
 from mlops_lab.settings import get_settings
 
 app = typer.Typer()
@@ -26,13 +27,38 @@ def bootstrap() -> None:
 
 
 @app.command()
-def teardown(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
-    """Delete everything bootstrap created (buckets and their objects included)."""
+def teardown(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    keep_registry: Annotated[
+        bool,
+        typer.Option(
+            "--keep-registry",
+            help="Keep mlflow's artifacts (s3://<model bucket>/mlflow/) and the registry's entries; the rest goes.",
+        ),
+    ] = False,
+) -> None:
+    """Delete everything the lab created under its prefix (SageMaker endpoint, function, layer, roles, queue, log
+    group, ECR repositories, buckets with their objects, the registry's entries), then check that nothing is left."""
     settings, aws = get_settings(), Aws()
-    if not yes and not typer.confirm(f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target(aws)}?"):
+    registry_note = (
+        "mlflow's artifacts and registry are kept"
+        if keep_registry
+        else f"with the model bucket go mlflow's artifacts: the registered models and experiments of {settings.prefix} "
+        f"on {settings.mlflow_tracking_uri} are deleted too (--keep-registry keeps them)"
+    )
+    if not yes and not typer.confirm(
+        f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target(aws)}; {registry_note}?"
+    ):
         raise typer.Abort()
-    changes = teardown_resources(settings, aws, on_change=render.change)
-    console.print(f"[bold]{sum(c.action == 'deleted' for c in changes)} deleted[/].")
+    console.print(f"[bold]Teardown[/] of {settings.prefix} on {ops.target(aws)}; {registry_note}.")
+    report = lab_teardown.teardown(settings, aws, keep_registry=keep_registry, on_change=render.change)
+    render.teardown_checks(report)
+    if not report.complete:
+        raise LabError(
+            f"teardown is not complete: {'; '.join(report.left) or 'nothing found left'}"
+            + "".join(f"; {check.service} not checked ({check.note})" for check in report.unchecked),
+            ExitCode.INCOMPLETE,
+        )
 
 
 @app.command("build-layer")

@@ -1,0 +1,339 @@
+"""Delete everything the lab creates under a prefix, then check, service by service, that nothing is left.
+
+What goes, in an order that never leaves something running that depends on what is already gone:
+SageMaker (endpoint, its configs and models, their model data) -> the batch path (notification, asynchronous
+invocation, function, layer, log group, failure queue) -> both roles with their policies -> both ECR repositories with
+their images -> the registry's entries of this prefix (registered models, experiments) -> the buckets with every object.
+
+The registry's artifacts live in the model bucket (mlflow serves them from ``s3://<model bucket>/mlflow``), so the two
+go together: the registered models and experiments tagged with this prefix are deleted too, or, with
+``keep_registry``, the bucket keeps those artifacts (and only those) and the registry stays as it is.
+
+The check afterwards looks for each resource by its name and, where the account has the Resource Groups Tagging API,
+for anything else still tagged ``mlops-lab:prefix=<prefix>``. A service that cannot be reached is "not checked", never
+"nothing left".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mlops_lab import registry, sagemaker, stack
+from mlops_lab.aws import Aws, Change, error_code, is_not_found
+from mlops_lab.settings import PREFIX_TAG, Settings
+
+
+@dataclass(frozen=True)
+class Check:
+    """One service looked at after the deletions: what was looked for, and what is still there."""
+
+    service: str
+    looked_for: str
+    left: tuple[str, ...] = ()
+    checked: bool = True  # False: the service could not be asked (``note`` says why)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    changes: list[Change] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # left on purpose (``keep_registry``)
+
+    @property
+    def left(self) -> list[str]:
+        return [f"{check.service}: {name}" for check in self.checks for name in check.left]
+
+    @property
+    def unchecked(self) -> list[Check]:
+        return [check for check in self.checks if not check.checked]
+
+    @property
+    def complete(self) -> bool:
+        """Nothing left, and every service that can hold something of the lab's was asked."""
+        return not self.left and not self.unchecked
+
+
+def teardown(
+    settings: Settings,
+    aws: Aws,
+    *,
+    keep_registry: bool = False,
+    on_change: Callable[[Change], None] = lambda _: None,
+    on_check: Callable[[Check], None] = lambda _: None,
+) -> Report:
+    """Delete every resource of ``settings.prefix`` (see the module's docstring), then check that none is left."""
+    report = Report()
+
+    def record(change: Change) -> None:
+        report.changes.append(change)
+        on_change(change)
+
+    def delete(kind: str, name: str, call: Callable[[], Any]) -> None:
+        try:
+            call()
+        except ClientError as error:
+            if not is_not_found(error) and error_code(error) != "RepositoryNotFoundException":
+                raise
+            record(Change(kind, name, "absent"))
+        else:
+            record(Change(kind, name, "deleted"))
+
+    sagemaker_url, sagemaker_note = _sagemaker_api(settings, aws)
+    if sagemaker_note is None:
+        try:
+            sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url, on_change=record)
+        except sagemaker.SageMakerUnreachable as error:
+            sagemaker_note = f"not reachable: {error}"
+
+    s3, lam, logs, sqs, ecr = (aws.client(name) for name in ("s3", "lambda", "logs", "sqs", "ecr"))
+    delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
+    delete(
+        "async invocation",
+        settings.function_name,
+        lambda: lam.delete_function_event_invoke_config(FunctionName=settings.function_name),
+    )
+    delete("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
+    delete("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
+    delete("log group", settings.log_group, lambda: logs.delete_log_group(logGroupName=settings.log_group))
+    delete(
+        "queue",
+        settings.failure_queue_name,
+        lambda: sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]),
+    )
+    for role in lab_roles(settings):
+        for change in _delete_role(aws.client("iam"), role):
+            record(change)
+    for repository in lab_repositories(settings):
+        delete(
+            "ecr repository", repository, lambda name=repository: ecr.delete_repository(repositoryName=name, force=True)
+        )
+
+    artifacts = f"{settings.mlflow_artifacts_prefix.strip('/')}/"
+    if keep_registry:
+        report.kept.append(f"s3://{settings.model_bucket}/{artifacts} (mlflow's artifacts: --keep-registry)")
+    else:
+        for change in _delete_registry_entries(settings):
+            record(change)
+    for bucket in settings.buckets:
+        keep = artifacts if keep_registry and bucket == settings.model_bucket else None
+        delete("bucket", bucket, lambda bucket=bucket, keep=keep: _delete_bucket(s3, bucket, keep=keep))
+
+    for check in checks(
+        settings,
+        aws,
+        sagemaker_url=sagemaker_url,
+        sagemaker_note=sagemaker_note,
+        kept_buckets=(settings.model_bucket,) if keep_registry else (),
+    ):
+        report.checks.append(check)
+        on_check(check)
+    return report
+
+
+# -- what the lab creates, by name ---------------------------------------------------------------------------------
+
+
+def lab_roles(settings: Settings) -> tuple[str, ...]:
+    return (settings.role_name, settings.sagemaker_role_name)
+
+
+def lab_repositories(settings: Settings) -> tuple[str, ...]:
+    return (settings.api_repository, settings.sagemaker_repository)
+
+
+def _sagemaker_api(settings: Settings, aws: Aws) -> tuple[str | None, str | None]:
+    """Where SageMaker's API is (None: where the SDK resolves it), or why there is nothing to ask there."""
+    if aws.on_aws:
+        return None, None
+    url = settings.sagemaker_emulator_url
+    if stack.healthy(sagemaker.emulator_service(settings).health_url):
+        return url, None
+    # Offline, SageMaker is moto, which keeps everything in memory: not running, it holds nothing.
+    return None, f"moto (the offline SageMaker) is not running at {url}: it keeps nothing once stopped"
+
+
+# -- deletions -----------------------------------------------------------------------------------------------------
+
+
+def _clear_notification(s3: Any, bucket: str) -> None:
+    s3.head_bucket(Bucket=bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
+
+
+def _delete_layer_versions(lam: Any, name: str) -> None:
+    versions = [
+        v for page in lam.get_paginator("list_layer_versions").paginate(LayerName=name) for v in page["LayerVersions"]
+    ]
+    if not versions:
+        raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "ListLayerVersions")
+    for version in versions:
+        lam.delete_layer_version(LayerName=name, VersionNumber=version["Version"])
+
+
+def _delete_role(iam: Any, name: str) -> list[Change]:
+    """A role and whatever policies are on it (IAM refuses to delete a role that still has any)."""
+    try:
+        inline = [
+            p for page in iam.get_paginator("list_role_policies").paginate(RoleName=name) for p in page["PolicyNames"]
+        ]
+        attached = [
+            p["PolicyArn"]
+            for page in iam.get_paginator("list_attached_role_policies").paginate(RoleName=name)
+            for p in page["AttachedPolicies"]
+        ]
+    except ClientError as error:
+        if not is_not_found(error):
+            raise
+        return [Change("role", name, "absent")]
+    changes = []
+    for policy in inline:
+        iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        changes.append(Change("role policy", f"{name}/{policy}", "deleted"))
+    for arn in attached:
+        iam.detach_role_policy(RoleName=name, PolicyArn=arn)
+        changes.append(Change("role policy", f"{name}/{arn.rsplit('/', 1)[-1]}", "detached"))
+    iam.delete_role(RoleName=name)
+    return [*changes, Change("role", name, "deleted")]
+
+
+def _delete_bucket(s3: Any, bucket: str, *, keep: str | None = None) -> None:
+    """Every object version, then the bucket; with ``keep`` (a key prefix), only the objects outside it."""
+    s3.head_bucket(Bucket=bucket)
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        doomed = [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            if keep is None or not item["Key"].startswith(keep)
+        ]
+        if doomed:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+    if keep is None:
+        s3.delete_bucket(Bucket=bucket)
+
+
+def _delete_registry_entries(settings: Settings) -> list[Change]:
+    try:
+        return registry.delete_tagged(settings)
+    except registry.ServerUnavailable as error:
+        return [Change("registry", settings.mlflow_tracking_uri, "not checked", str(error))]
+
+
+# -- the check afterwards ------------------------------------------------------------------------------------------
+
+
+def checks(
+    settings: Settings,
+    aws: Aws,
+    *,
+    sagemaker_url: str | None = None,
+    sagemaker_note: str | None = None,
+    kept_buckets: Iterable[str] = (),
+) -> list[Check]:
+    """Look, service by service, for anything of the lab's under ``settings.prefix``."""
+    kept_buckets = set(kept_buckets)
+    wanted_buckets = [b for b in settings.buckets if b not in kept_buckets]
+    return [
+        _ask("S3", f"buckets {', '.join(wanted_buckets)}", lambda: _buckets(aws, wanted_buckets)),
+        _ask(
+            "Lambda",
+            f"function {settings.function_name}, layer {settings.layer_name}",
+            lambda: _lambda(aws, settings),
+        ),
+        _ask("CloudWatch Logs", f"log group {settings.log_group}", lambda: _log_groups(aws, settings.log_group)),
+        _ask("SQS", f"queue {settings.failure_queue_name}", lambda: _queues(aws, settings.failure_queue_name)),
+        _ask("IAM", f"roles {', '.join(lab_roles(settings))}", lambda: _roles(aws, lab_roles(settings))),
+        _ask(
+            "ECR",
+            f"repositories {', '.join(lab_repositories(settings))}",
+            lambda: _repositories(aws, lab_repositories(settings)),
+        ),
+        _sagemaker_check(settings, aws, sagemaker_url, sagemaker_note),
+        _ask(
+            "Tagging API",
+            f"anything tagged {PREFIX_TAG}={settings.prefix}",
+            lambda: _tagged(aws, settings.prefix, kept_buckets),
+        ),
+    ]
+
+
+def _ask(service: str, looked_for: str, find: Callable[[], list[str]]) -> Check:
+    try:
+        return Check(service, looked_for, tuple(find()))
+    except (ClientError, BotoCoreError) as error:
+        return Check(service, looked_for, checked=False, note=str(error).splitlines()[0])
+
+
+def _sagemaker_check(settings: Settings, aws: Aws, url: str | None, note: str | None) -> Check:
+    looked_for = f"endpoint {settings.sagemaker_endpoint}, its configs and models"
+    if note is not None:
+        offline = not aws.on_aws and "not running" in note
+        return Check("SageMaker", looked_for, checked=offline, note=note)
+    try:
+        left = sagemaker.remaining(settings, aws, sagemaker_url=url)
+    except sagemaker.SageMakerUnreachable as error:
+        return Check("SageMaker", looked_for, checked=False, note=str(error))
+    return Check("SageMaker", looked_for, tuple(f"{kind} {name}" for kind, name in left))
+
+
+def _buckets(aws: Aws, names: list[str]) -> list[str]:
+    existing = {bucket["Name"] for bucket in aws.client("s3").list_buckets().get("Buckets", [])}
+    return [name for name in names if name in existing]
+
+
+def _lambda(aws: Aws, settings: Settings) -> list[str]:
+    lam = aws.client("lambda")
+    functions = [
+        f"function {fn['FunctionName']}"
+        for page in lam.get_paginator("list_functions").paginate()
+        for fn in page["Functions"]
+        if fn["FunctionName"] == settings.function_name
+    ]
+    layers = [
+        f"layer {layer['LayerName']}"
+        for page in lam.get_paginator("list_layers").paginate()
+        for layer in page["Layers"]
+        if layer["LayerName"] == settings.layer_name
+    ]
+    return functions + layers
+
+
+def _log_groups(aws: Aws, name: str) -> list[str]:
+    pages = aws.client("logs").get_paginator("describe_log_groups").paginate(logGroupNamePrefix=name)
+    return [group["logGroupName"] for page in pages for group in page["logGroups"] if group["logGroupName"] == name]
+
+
+def _queues(aws: Aws, name: str) -> list[str]:
+    urls = aws.client("sqs").list_queues(QueueNamePrefix=name).get("QueueUrls", [])
+    return [url for url in urls if url.rsplit("/", 1)[-1] == name]
+
+
+def _roles(aws: Aws, names: Iterable[str]) -> list[str]:
+    wanted = set(names)
+    pages = aws.client("iam").get_paginator("list_roles").paginate()
+    return sorted(role["RoleName"] for page in pages for role in page["Roles"] if role["RoleName"] in wanted)
+
+
+def _repositories(aws: Aws, names: Iterable[str]) -> list[str]:
+    wanted = set(names)
+    pages = aws.client("ecr").get_paginator("describe_repositories").paginate()
+    return sorted(r["repositoryName"] for page in pages for r in page["repositories"] if r["repositoryName"] in wanted)
+
+
+def _tagged(aws: Aws, prefix: str, kept_buckets: set[str]) -> list[str]:
+    pages = (
+        aws.client("resourcegroupstaggingapi")
+        .get_paginator("get_resources")
+        .paginate(TagFilters=[{"Key": PREFIX_TAG, "Values": [prefix]}])
+    )
+    kept = {f":::{bucket}" for bucket in kept_buckets}
+    return [
+        mapping["ResourceARN"]
+        for page in pages
+        for mapping in page["ResourceTagMappingList"]
+        if not any(mapping["ResourceARN"].endswith(k) for k in kept)
+    ]
