@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -16,12 +17,14 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mlops_lab import registry, sagemaker
+from mlops_lab.aws import Change
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
-from tests.support import Lab, free_port
+from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port
 
-# Every test here uses mlflow_lab or moto_url: tests/conftest.py marks them integration.
+# The tests that use mlflow_lab or moto_url are marked integration by tests/conftest.py; the few without them start
+# nothing (the names mlflow gives, the refusal to create a real endpoint unasked).
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +248,276 @@ def test_cli_models_promote_and_deploy(
     finally:
         stack.stop(get_settings(), sagemaker.SERVICE_NAME)
         get_settings.cache_clear()
+
+
+# -- tags, delete, remaining --------------------------------------------------------------------------------------
+
+
+def test_endpoint_config_and_model_carry_the_lab_tags(
+    mlflow_lab: Lab, deployment: sagemaker.Deployment, moto_url: str
+) -> None:
+    settings = mlflow_lab.settings
+    sm = moto_client(moto_url)
+    endpoint = sm.describe_endpoint(EndpointName=settings.sagemaker_endpoint)  # (a later test may have redeployed)
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+
+    def tags(arn: str) -> dict[str, str]:
+        return {tag["Key"]: tag["Value"] for tag in sm.list_tags(ResourceArn=arn)["Tags"]}
+
+    wanted = settings.resource_tags.items()
+    assert settings.resource_tags["mlops-lab:prefix"] == settings.prefix
+    # mlflow tags the endpoint (beside its app_name) and the model (beside model_uri) with the deployment's tags ...
+    assert wanted <= tags(endpoint["EndpointArn"]).items()
+    assert wanted <= tags(model["ModelArn"]).items()
+    assert tags(model["ModelArn"])["model_uri"] == f"models:/{settings.model_name}@champion"
+    # ... but gives the endpoint config only its app_name tag: deploy adds the lab's tags to it itself.
+    assert wanted <= tags(config["EndpointConfigArn"]).items()
+
+
+def test_mlflow_names_are_the_ones_delete_looks_for() -> None:
+    """delete/remaining select configs and models by the names mlflow's client gives them, truncation included."""
+    from mlflow import sagemaker as mlflow_sagemaker
+
+    for endpoint in ("lab-endpoint", "a-rather-long-endpoint-name-that-mlflow-must-truncate-somewhere"):
+        model = mlflow_sagemaker._get_sagemaker_model_name(endpoint)
+        config = mlflow_sagemaker._get_sagemaker_config_name(endpoint)
+        assert sagemaker._name_pattern(endpoint, sagemaker.MODEL_SUFFIX).fullmatch(model), model
+        assert sagemaker._name_pattern(endpoint, sagemaker.CONFIG_SUFFIX).fullmatch(config), config
+        assert model.startswith(sagemaker.mlflow_base_name(endpoint, sagemaker.MODEL_SUFFIX))
+    assert not sagemaker._name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("lab-2-model-" + "a" * 20)
+    assert not sagemaker._name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("xlab-model-" + "a" * 20)
+
+
+def endpoint_settings(lab: Lab, name: str) -> Settings:
+    """The lab's settings with an endpoint of the test's own (the module's `deployment` stays as it is)."""
+    return lab.settings.model_copy(update={"sagemaker_endpoint_name": name})
+
+
+def data_key(deployment: sagemaker.Deployment) -> str:
+    return deployment.model_data.removeprefix("s3://").split("/", 1)[1]
+
+
+def object_exists(lab: Lab, key: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        lab.s3().head_object(Bucket=lab.settings.model_bucket, Key=key)
+        return True
+    except ClientError as error:
+        if error_code(error) in NOT_FOUND_CODES:
+            return False
+        raise
+
+
+def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str) -> None:
+    settings, aws = endpoint_settings(mlflow_lab, "delete-once"), mlflow_lab.aws
+    deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == [
+        ("SageMaker endpoint", "delete-once"),
+        ("endpoint config", deployed.endpoint_config),
+        ("SageMaker model", deployed.model),
+    ]
+    # Bystanders whose names contain the endpoint's but are not mlflow's names for it.
+    sm = moto_client(moto_url)
+    others = ["delete-once-2-model-" + "a" * 20, "xdelete-once-model-" + "a" * 20, "delete-once-model-custom"]
+    for other in others:
+        sm.create_model(
+            ModelName=other,
+            PrimaryContainer={"Image": deployed.image, "ModelDataUrl": deployed.model_data},
+            ExecutionRoleArn=deployed.role_arn,
+        )
+    s3 = mlflow_lab.s3()
+    s3.put_object(Bucket=settings.model_bucket, Key="delete-once-model-custom/keep.txt", Body=b"not mlflow's")
+    try:
+        seen: list[Change] = []
+        changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url, on_change=seen.append)
+        assert seen == changes
+        assert [(c.kind, c.name, c.action) for c in changes] == [
+            ("SageMaker endpoint", "delete-once", "deleted"),
+            ("endpoint config", deployed.endpoint_config, "deleted"),
+            ("SageMaker model", deployed.model, "deleted"),
+            ("model data", deployed.model_data, "deleted"),
+        ]
+        assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+        assert not object_exists(mlflow_lab, data_key(deployed))
+        assert {m["ModelName"] for m in sm.list_models()["Models"]} >= set(others)
+        assert object_exists(mlflow_lab, "delete-once-model-custom/keep.txt")
+        again = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url)
+        assert [(c.kind, c.action) for c in again] == [
+            ("SageMaker endpoint", "absent"),
+            ("endpoint config", "absent"),
+            ("SageMaker model", "absent"),
+            ("model data", "absent"),
+        ]
+    finally:
+        for other in others:
+            sm.delete_model(ModelName=other)
+        s3.delete_object(Bucket=settings.model_bucket, Key="delete-once-model-custom/keep.txt")
+
+
+def test_delete_removes_what_earlier_deploys_left(
+    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str
+) -> None:
+    settings, aws = endpoint_settings(mlflow_lab, "delete-twice"), mlflow_lab.aws
+    first = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    # A deploy that did not finish (or an endpoint deleted by hand) leaves its config, model and model data behind;
+    # the next deploy creates new ones beside them.
+    moto_client(moto_url).delete_endpoint(EndpointName="delete-twice")
+    second = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    assert second.mode == "create" and second.model != first.model
+    left = sagemaker.remaining(settings, aws, sagemaker_url=moto_url)
+    assert sorted(left) == sorted(
+        [
+            ("SageMaker endpoint", "delete-twice"),
+            *(("endpoint config", d.endpoint_config) for d in (first, second)),
+            *(("SageMaker model", d.model) for d in (first, second)),
+        ]
+    )
+    assert left[1] == ("endpoint config", second.endpoint_config)  # the endpoint's own first
+    changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url)
+    deleted = {(c.kind, c.name) for c in changes if c.action == "deleted"}
+    for d in (first, second):
+        assert {("endpoint config", d.endpoint_config), ("SageMaker model", d.model)} <= deleted
+        assert ("model data", d.model_data) in deleted
+        assert not object_exists(mlflow_lab, data_key(d))
+    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+
+
+def test_sagemaker_not_answering_is_its_own_error(mlflow_lab: Lab) -> None:
+    settings, aws = endpoint_settings(mlflow_lab, "nowhere"), mlflow_lab.aws
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for call in (sagemaker.remaining, sagemaker.delete_deployment):
+        with pytest.raises(sagemaker.SageMakerUnreachable, match=f"SageMaker does not answer at {url}"):
+            call(settings, aws, sagemaker_url=url)
+
+
+def test_delete_without_the_model_bucket(mlflow_lab: Lab, moto_url: str) -> None:
+    settings = endpoint_settings(mlflow_lab, "no-bucket").model_copy(update={"prefix": "lab-test-nobucket"})
+    changes = sagemaker.delete_deployment(settings, mlflow_lab.aws, sagemaker_url=moto_url)
+    assert {c.action for c in changes} == {"absent"} and len(changes) == 4
+
+
+def cli_settings_env(settings: Settings, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    for key, value in {
+        "LAB_PREFIX": settings.prefix,
+        "LAB_STATE_DIR": str(settings.state_dir),
+        "LAB_EMULATOR_PORT": str(settings.emulator_port),
+        "LAB_MLFLOW_PORT": str(settings.mlflow_port),
+        **extra,
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+
+
+def test_cli_deploy_sagemaker_delete(
+    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_lab.cli import app
+
+    settings, aws = endpoint_settings(mlflow_lab, "cli-delete"), mlflow_lab.aws
+    deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    runner = CliRunner()
+    try:
+        # moto is the module's (on its port): the command finds the endpoint there
+        cli_settings_env(
+            settings,
+            monkeypatch,
+            LAB_SAGEMAKER_ENDPOINT_NAME="cli-delete",
+            LAB_SAGEMAKER_EMULATOR_PORT=moto_url.rsplit(":", 1)[1],
+        )
+        deleted = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
+        assert deleted.exit_code == 0, deleted.output
+        lines = [" ".join(line.split()) for line in deleted.output.splitlines()]
+        for kind, name in [
+            ("SageMaker endpoint", "cli-delete was InService"),
+            ("endpoint config", deployed.endpoint_config),
+            ("SageMaker model", deployed.model),
+            ("model data", deployed.model_data),
+        ]:
+            assert any(line.startswith(f"deleted {kind} {name}") for line in lines), deleted.output
+        assert "4 deleted." in lines
+        assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+        again = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
+        assert again.exit_code == 0 and "0 deleted." in again.output, again.output
+        # moto not running (it is not started for a delete): it holds nothing, and the command says so
+        port = free_port()
+        cli_settings_env(settings, monkeypatch, LAB_SAGEMAKER_EMULATOR_PORT=str(port))
+        stopped = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
+        assert stopped.exit_code == 0, stopped.output
+        text = " ".join(stopped.output.split())
+        assert f"moto (the offline SageMaker) is not running at http://127.0.0.1:{port}" in text
+        assert f"absent model data s3://{settings.model_bucket}/" in text and "0 deleted." in text
+        assert not sagemaker.stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
+    finally:
+        get_settings.cache_clear()
+
+
+def aws_env(tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    """The environment of someone on real AWS (eu-west-1), with keys that would never be sent anywhere."""
+    import os
+
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env: dict[str, str | None] = {name: None for name in os.environ if name.startswith(("AWS_", "LAB_"))}
+    env.update(
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE00",
+        AWS_SECRET_ACCESS_KEY="not-a-real-secret",
+        AWS_REGION="eu-west-1",
+        AWS_DEFAULT_REGION="eu-west-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        LAB_STATE_DIR=str(tmp_path / "lab"),
+    )
+    return env
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every request botocore would send fails the test (and is recorded); so do deploying and starting moto."""
+    from botocore.httpsession import URLLib3Session
+
+    sent: list[str] = []
+
+    def send(self, request):  # type: ignore[no-untyped-def]
+        sent.append(request.url)
+        raise AssertionError(f"an AWS request was sent: {request.url}")
+
+    def reached(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("reached sagemaker")
+
+    monkeypatch.setattr(URLLib3Session, "send", send)
+    for name in ("deploy", "ensure_emulator", "delete_deployment"):
+        monkeypatch.setattr(sagemaker, name, reached)
+    get_settings.cache_clear()
+    yield sent
+    get_settings.cache_clear()
+
+
+def test_cli_refuses_a_real_endpoint_without_yes(tmp_path, no_network: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from mlops_lab.cli import app
+
+    runner, env = CliRunner(), aws_env(tmp_path)
+    refused = runner.invoke(app, ["deploy", "sagemaker"], env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "This creates a real SageMaker endpoint (ml.m5.large, eu-west-1)" in " ".join(refused.output.split())
+    assert refused.output.strip().splitlines()[-1] == (
+        "Refused to create a billed SageMaker endpoint without confirmation (no terminal to ask on): "
+        "run again with --yes."
+    )
+    deleting = runner.invoke(app, ["deploy", "sagemaker", "--delete"], env=env)
+    assert deleting.exit_code == 1, deleting.output
+    assert "Refused to delete the SageMaker endpoint without confirmation" in deleting.output
+    assert no_network == []  # not even STS: refused before any call
+    # --yes (or a yes at a terminal) goes on to the deploy (stubbed here)
+    for args, answer in ((["--yes"], None), ([], "y\n"), (["--delete"], "y\n")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("mlops_lab.cli.deploy._interactive", lambda asked=answer is not None: asked)
+            went_on = runner.invoke(app, ["deploy", "sagemaker", *args], env=env, input=answer)
+        assert went_on.exit_code != 0 and "reached sagemaker" in went_on.output, (args, went_on.output)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("mlops_lab.cli.deploy._interactive", lambda: True)
+        declined = runner.invoke(app, ["deploy", "sagemaker"], env=env, input="n\n")
+    assert declined.exit_code == 1 and "Aborted" in declined.output and "reached" not in declined.output
+    assert no_network == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -10,7 +11,8 @@ from mlops_lab import image, sagemaker
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
-from mlops_lab.settings import get_settings
+from mlops_lab.errors import LabError
+from mlops_lab.settings import Settings, get_settings
 
 image_app = typer.Typer(help="The API's container image and its ECR repository.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deploy the champion model elsewhere.", no_args_is_help=True)
@@ -47,11 +49,21 @@ def deploy_sagemaker(
     invoke: Annotated[
         bool, typer.Option(help="Then send a CSV and a JSON invocation to the lab API's /invocations.")
     ] = True,
+    delete: Annotated[
+        bool,
+        typer.Option("--delete", help="Delete the endpoint, its endpoint configs and models, and their model data."),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="On AWS, create (or delete) the endpoint without asking for confirmation.")
+    ] = False,
 ) -> None:
     """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace)."""
     settings, aws = get_settings(), Aws()
     if emulate is None:
         emulate = not aws.on_aws
+    if delete:
+        _delete_sagemaker(settings, aws, emulate=emulate, yes=yes)
+        return
     if not emulate:  # a real endpoint bills every hour it exists: say how much before creating it
         from mlops_lab.plan import HOURS_PER_MONTH, endpoint_hourly_usd
 
@@ -63,8 +75,9 @@ def deploy_sagemaker(
         )
         console.print(
             f"[yellow]This creates a real SageMaker endpoint[/] ({sagemaker.INSTANCE_TYPE}, {aws.region}) billed at "
-            f"{price} until you delete it."
+            f"{price} until you delete it (`mlops-lab deploy sagemaker --delete`)."
         )
+        _confirm("Create it?", yes=yes, what="create a billed SageMaker endpoint")
     url = None
     if emulate:
         with console.status("Starting moto (SageMaker control plane)..."):
@@ -84,3 +97,43 @@ def deploy_sagemaker(
             console.print(f"[dim]The API is not running at {settings.api_url}: skipped the invocation round-trip.[/]")
         for content_type, answer in answers or []:
             console.print(f"  invoke_endpoint {content_type} -> {answer[:200]}")
+
+
+def _delete_sagemaker(settings: Settings, aws: Aws, *, emulate: bool, yes: bool) -> None:
+    """`deploy sagemaker --delete`: on moto when emulating (not started for this: stopped, it holds nothing)."""
+    endpoint = settings.sagemaker_endpoint
+    if not emulate:
+        console.print(
+            f"[yellow]This deletes the SageMaker endpoint {endpoint}[/] on AWS ({aws.region}), its endpoint configs "
+            f"and models, and their model data in s3://{settings.model_bucket}."
+        )
+        _confirm("Delete them?", yes=yes, what="delete the SageMaker endpoint")
+    url = settings.sagemaker_emulator_url if emulate else None
+    try:
+        with console.status(f"Deleting SageMaker endpoint {endpoint}..."):
+            changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=url, on_change=render.change)
+    except sagemaker.SageMakerUnreachable:
+        if not emulate:
+            raise
+        console.print(
+            f"moto (the offline SageMaker) is not running at {url}: it keeps endpoints, configs and models in memory "
+            "only, so there are none to delete."
+        )
+        changes = sagemaker.delete_model_data(settings, aws)  # what an earlier deploy uploaded may still be in S3
+        for change in changes:
+            render.change(change)
+    console.print(f"[bold]{sum(c.action == 'deleted' for c in changes)} deleted[/].")
+
+
+def _confirm(question: str, *, yes: bool, what: str) -> None:
+    """Go on with --yes or the person's yes at a terminal; without a terminal to ask on, refuse (exit 1)."""
+    if yes:
+        return
+    if not _interactive():
+        raise LabError(f"Refused to {what} without confirmation (no terminal to ask on): run again with --yes.")
+    if not typer.confirm(question):
+        raise typer.Abort()
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
