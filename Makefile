@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo up down status test test-unit lint format test-compose bench clean
+.PHONY: help install browser demo up down status test test-unit test-external lint format test-compose bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,9 @@ test: install ## Run the test suite (unit + integration against a real emulator 
 
 test-unit: install ## Run only the tests that start no server (well under a minute)
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-external: install ## Run the pipeline suite against whatever endpoint the SDK resolves (AWS needs LAB_EXTERNAL_ALLOW_AWS=1)
+	$(BIN)/python -m pytest tests/external $(PYTEST_ARGS)
 
 lint: install ## Check style and common bugs (ruff lint + format check)
 	$(BIN)/ruff check .

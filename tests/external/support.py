@@ -1,0 +1,66 @@
+"""What the external suite's conftest and tests share (import it from here, never from the conftest: pytest imports a
+conftest itself, and importing it again would run it twice, with two prefixes)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from mlops_lab.aws import Aws
+from mlops_lab.settings import Settings, as_environment, get_settings
+
+PREFIX = f"ext-{secrets.token_hex(4)}"  # this run's, and only this run's, resources
+ALLOW_AWS = "LAB_EXTERNAL_ALLOW_AWS"
+REFUSED_EXIT_CODE = 4  # pytest's own "usage error": the run needs the opt-in variable
+ROWS = 200  # rows of the batch the suite uploads
+# How long to wait for an output object: a cold start (onnxruntime from the layer) plus queueing; AWS's included.
+OUTPUT_WAIT = {"Delay": 0.5, "MaxAttempts": 480}
+
+
+def aws_refusal(aws: Aws) -> str | None:
+    """Why the suite will not run against this target (None: it will)."""
+    if not aws.on_aws or os.environ.get(ALLOW_AWS) == "1":
+        return None
+    return (
+        f"Refusing to run the external suite against AWS ({aws.describe()}): it would create, in that account, 3 S3 "
+        f"buckets ({PREFIX}-input/-output/-model), an IAM role, a Lambda function with an onnxruntime layer (~20 MB "
+        "through S3), an SQS queue and a CloudWatch log group, invoke the function a few times and delete all of it "
+        "at the end. That costs a few cents at most (mostly within the free tier), but it is your account: set "
+        f"{ALLOW_AWS}=1 to allow it, or point the SDK at an emulator (AWS_ENDPOINT_URL, or a profile with an "
+        "endpoint_url)."
+    )
+
+
+@dataclass
+class External:
+    """The target, the run's settings, the model it published and the batch it uploads."""
+
+    settings: Settings
+    aws: Aws
+    model_name: str
+    batch: Path  # the CSV the suite uploads (ROWS rows, the model's columns)
+    torn_down: bool = False
+
+    @property
+    def s3(self) -> Any:
+        return self.aws.client("s3")
+
+
+_runner = CliRunner()
+
+
+def teardown_by_cli(settings: Settings) -> Any:
+    """`mlops-lab teardown --yes` with these settings (as LAB_* variables) and the SDK's own configuration; click's
+    Result (``exit_code``, ``output``)."""
+    from mlops_lab.cli import app
+
+    get_settings.cache_clear()
+    try:
+        return _runner.invoke(app, ["teardown", "--yes"], env=as_environment(settings))
+    finally:
+        get_settings.cache_clear()
