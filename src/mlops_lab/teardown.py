@@ -83,12 +83,12 @@ def teardown(
         else:
             record(Change(kind, name, "deleted"))
 
-    sagemaker_url, sagemaker_note = _sagemaker_api(settings, aws)
-    if sagemaker_note is None:
+    sagemaker_url, sagemaker_absent = _sagemaker_api(settings, aws)
+    if sagemaker_absent is None:
         try:
             sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url, on_change=record)
         except sagemaker.SageMakerUnreachable as error:
-            sagemaker_note = f"not reachable: {error}"
+            record(Change("sagemaker", settings.sagemaker_endpoint, "not checked", str(error)))
 
     s3, lam, logs, sqs, ecr = (aws.client(name) for name in ("s3", "lambda", "logs", "sqs", "ecr"))
     delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
@@ -123,13 +123,7 @@ def teardown(
         keep = artifacts if keep_registry and bucket == settings.model_bucket else None
         delete("bucket", bucket, lambda bucket=bucket, keep=keep: _delete_bucket(s3, bucket, keep=keep))
 
-    for check in checks(
-        settings,
-        aws,
-        sagemaker_url=sagemaker_url,
-        sagemaker_note=sagemaker_note,
-        kept_buckets=(settings.model_bucket,) if keep_registry else (),
-    ):
+    for check in checks(settings, aws, kept_buckets=(settings.model_bucket,) if keep_registry else ()):
         report.checks.append(check)
         on_check(check)
     return report
@@ -147,7 +141,7 @@ def lab_repositories(settings: Settings) -> tuple[str, ...]:
 
 
 def _sagemaker_api(settings: Settings, aws: Aws) -> tuple[str | None, str | None]:
-    """Where SageMaker's API is (None: where the SDK resolves it), or why there is nothing to ask there."""
+    """Where SageMaker's API is (None: where the SDK resolves it), or why nothing can be there to ask about."""
     if aws.on_aws:
         return None, None
     url = settings.sagemaker_emulator_url
@@ -226,14 +220,7 @@ def _delete_registry_entries(settings: Settings) -> list[Change]:
 # -- the check afterwards ------------------------------------------------------------------------------------------
 
 
-def checks(
-    settings: Settings,
-    aws: Aws,
-    *,
-    sagemaker_url: str | None = None,
-    sagemaker_note: str | None = None,
-    kept_buckets: Iterable[str] = (),
-) -> list[Check]:
+def checks(settings: Settings, aws: Aws, *, kept_buckets: Iterable[str] = ()) -> list[Check]:
     """Look, service by service, for anything of the lab's under ``settings.prefix``."""
     kept_buckets = set(kept_buckets)
     wanted_buckets = [b for b in settings.buckets if b not in kept_buckets]
@@ -252,7 +239,7 @@ def checks(
             f"repositories {', '.join(lab_repositories(settings))}",
             lambda: _repositories(aws, lab_repositories(settings)),
         ),
-        _sagemaker_check(settings, aws, sagemaker_url, sagemaker_note),
+        _sagemaker_check(settings, aws),
         _ask(
             "Tagging API",
             f"anything tagged {PREFIX_TAG}={settings.prefix}",
@@ -268,11 +255,11 @@ def _ask(service: str, looked_for: str, find: Callable[[], list[str]]) -> Check:
         return Check(service, looked_for, checked=False, note=str(error).splitlines()[0])
 
 
-def _sagemaker_check(settings: Settings, aws: Aws, url: str | None, note: str | None) -> Check:
+def _sagemaker_check(settings: Settings, aws: Aws) -> Check:
     looked_for = f"endpoint {settings.sagemaker_endpoint}, its configs and models"
-    if note is not None:
-        offline = not aws.on_aws and "not running" in note
-        return Check("SageMaker", looked_for, checked=offline, note=note)
+    url, absent = _sagemaker_api(settings, aws)
+    if absent is not None:
+        return Check("SageMaker", looked_for, note=absent)
     try:
         left = sagemaker.remaining(settings, aws, sagemaker_url=url)
     except sagemaker.SageMakerUnreachable as error:
