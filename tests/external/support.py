@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,3 +65,36 @@ def teardown_by_cli(settings: Settings) -> Any:
         return _runner.invoke(app, ["teardown", "--yes"], env=as_environment(settings))
     finally:
         get_settings.cache_clear()
+
+
+def leftovers(client: Callable[[str], Any], prefix: str) -> list[str]:
+    """Buckets, Lambda functions and layers, IAM roles, SQS queues and log groups (``/aws/lambda/<prefix>...``) whose
+    names start with ``prefix``, through ``client(service_name)`` (``Aws().client``, or boto3 clients of an endpoint of
+    one's choosing)."""
+    s3, lam, iam, sqs, logs = (client(name) for name in ("s3", "lambda", "iam", "sqs", "logs"))
+    found = [f"bucket {b['Name']}" for b in s3.list_buckets().get("Buckets", []) if b["Name"].startswith(prefix)]
+    found += [
+        f"function {f['FunctionName']}"
+        for page in lam.get_paginator("list_functions").paginate()
+        for f in page["Functions"]
+        if f["FunctionName"].startswith(prefix)
+    ]
+    found += [
+        f"layer {layer['LayerName']}"
+        for page in lam.get_paginator("list_layers").paginate()
+        for layer in page["Layers"]
+        if layer["LayerName"].startswith(prefix)
+    ]
+    found += [
+        f"role {role['RoleName']}"
+        for page in iam.get_paginator("list_roles").paginate()
+        for role in page["Roles"]
+        if role["RoleName"].startswith(prefix)
+    ]
+    found += [f"queue {url}" for url in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])]
+    found += [
+        f"log group {group['logGroupName']}"
+        for page in logs.get_paginator("describe_log_groups").paginate(logGroupNamePrefix=f"/aws/lambda/{prefix}")
+        for group in page["logGroups"]
+    ]
+    return found

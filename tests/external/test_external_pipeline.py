@@ -23,7 +23,7 @@ from mlops_lab.aws import Aws, is_not_found
 from mlops_lab.contract import META_MODEL_NAME, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, output_columns
 from mlops_lab.settings import as_environment
-from tests.external.support import OUTPUT_WAIT, PREFIX, ROWS, External, teardown_by_cli
+from tests.external.support import OUTPUT_WAIT, PREFIX, ROWS, External, leftovers, teardown_by_cli
 from tests.support import free_port, parse_csv
 
 
@@ -218,31 +218,5 @@ def test_teardown_leaves_nothing(external: External) -> None:
     result = teardown_by_cli(external.settings)
     assert result.exit_code == 0, result.output
     external.torn_down = True
-    left = leftovers(Aws(), PREFIX)
+    left = leftovers(Aws().client, PREFIX)
     assert not left, f"still there after teardown: {left}"
-
-
-def leftovers(aws: Aws, prefix: str) -> list[str]:
-    """Buckets, Lambda functions and layers, IAM roles and SQS queues whose names start with ``prefix``."""
-    s3, lam, iam, sqs = (aws.client(name) for name in ("s3", "lambda", "iam", "sqs"))
-    found = [f"bucket {b['Name']}" for b in s3.list_buckets().get("Buckets", []) if b["Name"].startswith(prefix)]
-    found += [
-        f"function {f['FunctionName']}"
-        for page in lam.get_paginator("list_functions").paginate()
-        for f in page["Functions"]
-        if f["FunctionName"].startswith(prefix)
-    ]
-    found += [
-        f"layer {layer['LayerName']}"
-        for page in lam.get_paginator("list_layers").paginate()
-        for layer in page["Layers"]
-        if layer["LayerName"].startswith(prefix)
-    ]
-    found += [
-        f"role {role['RoleName']}"
-        for page in iam.get_paginator("list_roles").paginate()
-        for role in page["Roles"]
-        if role["RoleName"].startswith(prefix)
-    ]
-    found += [f"queue {url}" for url in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])]
-    return found
