@@ -18,15 +18,23 @@ runs, default AWS's python3.12 x86_64), except the prefix, the state dir and the
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from mlops_lab.aws import Aws
 from mlops_lab.settings import Settings
-from tests.external.support import PREFIX, REFUSED_EXIT_CODE, ROWS, External, aws_refusal, teardown_by_cli
+from tests.external.support import (
+    PREFIX,
+    REFUSED_EXIT_CODE,
+    ROWS,
+    External,
+    aws_refusal,
+    leftovers,
+    teardown_by_cli,
+)
 from tests.support import COURSE_DIR, free_port, iris_classifier
 
 HERE = Path(__file__).resolve().parent
@@ -120,12 +128,22 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[External]:
         if lab.torn_down:
             _OUTCOME.append(f"{PREFIX}: torn down by the suite's last test; nothing left")
         else:
-            result = teardown_by_cli(settings)
-            if result.exit_code == 0:
-                _OUTCOME.append(f"{PREFIX}: torn down by the session's finalizer (the last test did not)")
-            else:
-                _OUTCOME.append(f"{PREFIX}: TEARDOWN INCOMPLETE (exit {result.exit_code}):\n{result.output}")
-                print(result.output, file=sys.stderr)
-                raise AssertionError(
-                    f"teardown of {PREFIX} exited {result.exit_code}: something may be left\n{result.output}"
-                )
+            _tear_down(settings)
+
+
+def _tear_down(settings: Settings) -> None:
+    """`mlops-lab teardown --yes`, then a look of our own: an error (the run fails) unless both find nothing left."""
+    result = teardown_by_cli(settings)
+    try:
+        left = leftovers(Aws().client, PREFIX)
+    except (BotoCoreError, ClientError) as error:
+        left = [f"(could not look: {error})"]
+    if result.exit_code == 0 and not left:
+        _OUTCOME.append(f"{PREFIX}: torn down by the session's finalizer (the suite's last test did not)")
+        return
+    problem = (
+        f"{PREFIX}: TEARDOWN INCOMPLETE: `mlops-lab teardown --yes` exited {result.exit_code}; "
+        f"still there: {', '.join(left) or 'nothing found'}"
+    )
+    _OUTCOME.append(f"{problem}\n{result.output}")
+    raise AssertionError(f"{problem}\n{result.output}")
