@@ -65,6 +65,11 @@ def inventory(lab: Lab) -> dict[str, list[str]]:
         "roles": sorted(r["RoleName"] for r in aws.client("iam").list_roles()["Roles"]),
         "queues": sorted(aws.client("sqs").list_queues().get("QueueUrls", [])),
         "repositories": sorted(r["repositoryName"] for r in aws.client("ecr").describe_repositories()["repositories"]),
+        "log groups": sorted(g["logGroupName"] for g in aws.client("logs").describe_log_groups()["logGroups"]),
+        "tags": sorted(  # a dry run over existing resources tags nothing either
+            f"{m['ResourceARN']} {sorted((t['Key'], t['Value']) for t in m['Tags'])}"
+            for m in aws.client("resourcegroupstaggingapi").get_resources()["ResourceTagMappingList"]
+        ),
     }
 
 
@@ -80,6 +85,7 @@ def test_plan_for_a_new_prefix_lists_everything_and_creates_nothing(lab_stack: L
         ("queue", "created"),
         ("role", "created"),
         ("role policy", "created"),
+        ("log group", "created"),
         ("layer", "published"),
         ("function", "created"),
         ("async invocation", "created"),
@@ -90,7 +96,7 @@ def test_plan_for_a_new_prefix_lists_everything_and_creates_nothing(lab_stack: L
         ("role policy", "created"),
         ("SageMaker endpoint", "created"),
     ]
-    assert all(c.name.startswith("lab-planned") or c.name.startswith("s3-invoke-lab-planned") for c in plan.changes)
+    assert all("lab-planned" in c.name for c in plan.changes)
     assert plan.total_usd > 80 and {line.service for line in plan.costs} >= {"Lambda", "S3", "SageMaker"}
 
 
@@ -110,7 +116,7 @@ def test_plan_by_command_as_json(cli_env: None) -> None:
     result = runner.invoke(app, ["plan", "--json", "--uploads-per-day", "1000"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert {r["action"] for r in document["resources"]} == {"unchanged"} and len(document["resources"]) == 11
+    assert {r["action"] for r in document["resources"]} == {"unchanged"} and len(document["resources"]) == 12
     assert document["assumptions"]["files_per_month"] == 30_000 and document["monthly_usd"] > 0
     assert document["prices_as_of"] and "emulator" in document["target"]
     table = runner.invoke(app, ["plan"])
