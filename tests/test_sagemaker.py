@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mlops_lab import registry, sagemaker
-from mlops_lab.aws import Change
+from mlops_lab.aws import Change, tag_dict
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
@@ -273,6 +273,9 @@ def test_endpoint_config_and_model_carry_the_lab_tags(
     assert tags(model["ModelArn"])["model_uri"] == f"models:/{settings.model_name}@champion"
     # ... but gives the endpoint config only its app_name tag: deploy adds the lab's tags to it itself.
     assert wanted <= tags(config["EndpointConfigArn"]).items()
+    # The execution role deploy makes is the lab's too.
+    role_tags = mlflow_lab.aws.client("iam").list_role_tags(RoleName=settings.sagemaker_role_name)["Tags"]
+    assert wanted <= tag_dict(role_tags).items()
 
 
 def test_mlflow_names_are_the_ones_delete_looks_for() -> None:

@@ -14,6 +14,11 @@ creates the SageMaker model (image + execution role + model data), endpoint conf
   ``sagemaker``/``sagemaker-runtime`` clients are pointed at it, through the SDK's per-service endpoint variables
   (``AWS_ENDPOINT_URL_SAGEMAKER``, ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``). S3, IAM, STS and ECR stay on MiniStack.
 
+The deployment's model and endpoint carry the lab's tags through mlflow's ``tags``; mlflow gives the endpoint config
+only its own ``app_name`` tag, so ``deploy`` adds the lab's to it. ``delete_deployment`` undoes a deployment: the
+endpoint (waited for until gone), every endpoint config and model mlflow named for it (earlier deploys' leftovers too)
+and their model data; ``remaining`` lists what of that is still there (teardown's final check).
+
 moto records endpoints but runs no containers, so ``invoke_endpoint`` is exercised by sending the very request botocore
 builds for it (``text/csv`` or ``application/json`` body, Content-Type, Accept) to a container's ``/invocations``:
 the lab's API, or mlflow's scoring server (what the mlflow-pyfunc image runs). See ``forward_invocations``.
@@ -36,7 +41,7 @@ from urllib.parse import urlparse
 import httpx
 
 from mlops_lab import stack
-from mlops_lab.aws import Aws, Change, is_not_found
+from mlops_lab.aws import Aws, Change, is_not_found, missing_tags, tag_dict, tag_list
 from mlops_lab.aws import ensure_repository as ensure_ecr_repository
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.errors import LOCAL_HOSTS, ExitCode, LabError
@@ -265,10 +270,8 @@ def _endpoint_exists(sm: Any, name: str) -> bool:
 def _tag(sm: Any, arn: str, tags: dict[str, str]) -> None:
     """Add the ``tags`` a SageMaker resource lacks (or has with another value). mlflow's client tags the model and
     the endpoint with the deployment's ``tags`` but gives the endpoint config only its own ``app_name`` tag."""
-    current = {tag["Key"]: tag["Value"] for tag in sm.list_tags(ResourceArn=arn).get("Tags", [])}
-    missing = {key: value for key, value in tags.items() if current.get(key) != value}
-    if missing:
-        sm.add_tags(ResourceArn=arn, Tags=[{"Key": key, "Value": value} for key, value in missing.items()])
+    if missing := missing_tags(tag_dict(sm.list_tags(ResourceArn=arn).get("Tags")), tags):
+        sm.add_tags(ResourceArn=arn, Tags=tag_list(missing))
 
 
 def _mlflow_version() -> str:
