@@ -57,7 +57,8 @@ def deploy_sagemaker(
         bool, typer.Option("--yes", help="On AWS, create (or delete) the endpoint without asking for confirmation.")
     ] = False,
 ) -> None:
-    """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace)."""
+    """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace);
+    --delete deletes them. On AWS, asks first (or takes --yes)."""
     settings, aws = get_settings(), Aws()
     if emulate is None:
         emulate = not aws.on_aws
