@@ -23,7 +23,7 @@ from mlops_lab.aws import Aws, is_not_found
 from mlops_lab.contract import META_MODEL_NAME, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, output_columns
 from mlops_lab.settings import as_environment
-from tests.external.support import OUTPUT_WAIT, PREFIX, ROWS, External, leftovers, teardown_by_cli
+from tests.external.support import OUTPUT_WAIT, PREFIX, External, leftovers, teardown_by_cli
 from tests.support import free_port, parse_csv
 
 
@@ -103,10 +103,10 @@ def test_upload_gets_predictions(external: External, scored: Scored) -> None:
     header, rows = scored.rows[0], scored.rows[1:]
     added = output_columns(published_model(external))
     assert header == [*batch[0], *added]
-    assert len(rows) == len(batch) - 1 == ROWS
+    assert len(rows) == len(batch) - 1  # ROWS of the course's batch, or iris's 40
     assert [row[: len(batch[0])] for row in rows] == batch[1:]
     assert all(len(row) == len(header) for row in rows)
-    assert scored.head["Metadata"][META_ROWS] == str(ROWS)
+    assert scored.head["Metadata"][META_ROWS] == str(len(rows))
     assert scored.head["Metadata"][META_MODEL_NAME] == external.model_name
 
 
