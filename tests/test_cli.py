@@ -184,8 +184,8 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
 
     removed = runner.invoke(app, ["teardown", "--yes"])
     assert removed.exit_code == 0, removed.output
-    # notification, async invocation, function, layer, role policy, role, queue, three buckets
-    assert "10 deleted" in removed.output, removed.output
+    # notification, async invocation, function, layer, log group, queue, role policy, role, three buckets
+    assert "11 deleted" in removed.output, removed.output
     assert settings.input_bucket not in {b["Name"] for b in ops.Aws().client("s3").list_buckets()["Buckets"]}
 
     stopped = runner.invoke(app, ["down"])

@@ -57,6 +57,21 @@ def test_a_profiles_endpoint_url_counts(clean_sdk: Path, monkeypatch: pytest.Mon
     assert aws.describe() == "emulator at http://127.0.0.1:9999 (ap-southeast-2, profile other)"
 
 
+def test_aws_region_wins_over_aws_default_region_and_the_profile(
+    clean_sdk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the SDKs' standard says (boto3 alone reads only AWS_DEFAULT_REGION and the profile)."""
+    clean_sdk.write_text("[default]\nregion = ap-southeast-2\n")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    aws = Aws()
+    assert aws.region == "eu-central-1" and aws.endpoint_url == "https://s3.eu-central-1.amazonaws.com"
+    monkeypatch.delenv("AWS_REGION")
+    assert Aws().region == "us-west-2"
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert Aws().region == "ap-southeast-2"
+
+
 def test_env_profile_writes_the_emulators_profile_and_keeps_the_rest(clean_sdk: Path) -> None:
     clean_sdk.write_text("[default]\nregion = eu-central-1\n\n[profile work]\nregion = us-west-2\n")
     settings = Settings(_env_file=None, emulator_port=4599)

@@ -9,6 +9,7 @@ one variable.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,7 +38,7 @@ class Aws:
     """A boto3 session with the handful of facts the lab needs: region, account id, partition."""
 
     def __init__(self, session: boto3.session.Session | None = None) -> None:
-        self.session = session or boto3.session.Session()
+        self.session = session or default_session()
         self._clients: dict[str, Any] = {}
 
     @property
@@ -75,6 +76,12 @@ class Aws:
     @property
     def partition(self) -> str:
         return self.identity["Arn"].split(":")[1]
+
+
+def default_session() -> boto3.session.Session:
+    """The SDK's default session, with ``AWS_REGION`` honoured: the SDKs' standard variable (the AWS CLI v2, the
+    Lambda runtime and the other SDKs read it first), which boto3 alone ignores for the region."""
+    return boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
 
 
 def resolved_endpoint(session: boto3.session.Session, service: str, region: str | None = None) -> str:

@@ -216,12 +216,11 @@ def write_profile(settings: Settings, name: str = PROFILE) -> tuple[Path, bool]:
 def lambda_python(settings: Settings) -> Path | None:
     """The interpreter Lambda functions run on when the SDK points at this checkout's embedded emulator (MiniStack
     runs them on its own), else None: then they run on AWS's runtime (or a container's), not on anything here."""
-    import boto3
 
-    from mlops_lab.aws import resolved_endpoint
+    from mlops_lab.aws import default_session, resolved_endpoint
 
     install = EmulatorInstall(settings.emulator_venv)
-    pointed_here = resolved_endpoint(boto3.session.Session(), "lambda").rstrip("/") == settings.emulator_url
+    pointed_here = resolved_endpoint(default_session(), "lambda").rstrip("/") == settings.emulator_url
     return install.python if pointed_here and install.python.exists() else None
 
 

@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 import httpx
 
 from mlops_lab import stack
-from mlops_lab.aws import Aws, Change, is_not_found, missing_tags, tag_dict, tag_list
+from mlops_lab.aws import Aws, Change, default_session, is_not_found, missing_tags, tag_dict, tag_list
 from mlops_lab.aws import ensure_repository as ensure_ecr_repository
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.errors import LOCAL_HOSTS, ExitCode, LabError
@@ -548,13 +548,11 @@ def forward_invocations(session: Any, container: httpx.Client, *, variant: str =
 def invoke_through_api(settings: Settings, endpoint: str, url: str) -> list[tuple[str, str]] | None:
     """Send a CSV and a JSON ``invoke_endpoint`` for ``endpoint`` (on moto at ``url``) to the lab API's
     /invocations; (content type, answer) each, or None when the API is not running."""
-    import boto3
-
     from mlops_lab.data import generate
 
     if not stack.healthy(settings.api_url + "/health"):
         return None
-    session = boto3.session.Session()
+    session = default_session()
     sample = generate(3, seed=5, with_label=False)
     bodies = {
         "text/csv": sample.to_csv(index=False),

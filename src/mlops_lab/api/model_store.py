@@ -79,11 +79,12 @@ class S3Source:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3  # AWS_ENDPOINT_URL etc. come from the environment
             from botocore.config import Config
 
+            from mlops_lab.aws import default_session  # the SDK's own configuration, AWS_REGION included
+
             config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
-            self._client = boto3.client("s3", config=config)
+            self._client = default_session().client("s3", config=config)
         return self._client
 
     def fingerprint(self) -> str:
