@@ -524,3 +524,33 @@ def test_cli_refuses_a_real_endpoint_without_yes(tmp_path, no_network: list[str]
         declined = runner.invoke(app, ["deploy", "sagemaker"], env=env, input="n\n")
     assert declined.exit_code == 1 and "Aborted" in declined.output and "reached" not in declined.output
     assert no_network == []
+
+
+def test_teardown_removes_the_deployment_and_what_it_needs(
+    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str
+) -> None:
+    """`mlops-lab teardown` after `deploy sagemaker` (the issue's own finding): the endpoint, its config and model,
+    the model data, the SageMaker role and the image repository go, and the check asks SageMaker (moto) itself."""
+    from mlops_lab.teardown import teardown
+
+    port = int(moto_url.rsplit(":", 1)[1])
+    settings = mlflow_lab.settings.model_copy(update={"prefix": "lab-sm-gone", "sagemaker_emulator_port": port})
+    aws = mlflow_lab.aws
+    aws.client("s3").create_bucket(Bucket=settings.model_bucket)
+    deployed = sagemaker.deploy(settings, aws, model_uri=champion.model_uri, sagemaker_url=moto_url, timeout_s=60)
+
+    report = teardown(settings, aws)
+    deleted = {(c.kind, c.name) for c in report.changes if c.action == "deleted"}
+    assert {
+        ("SageMaker endpoint", settings.sagemaker_endpoint),
+        ("endpoint config", deployed.endpoint_config),
+        ("SageMaker model", deployed.model),
+        ("model data", deployed.model_data),
+        ("role", settings.sagemaker_role_name),
+        ("ecr repository", settings.sagemaker_repository),
+        ("bucket", settings.model_bucket),
+    } <= deleted, report.changes
+    (check,) = [c for c in report.checks if c.service == "SageMaker"]
+    assert check.checked and not check.left and not check.note, check
+    assert report.complete, (report.left, report.unchecked)
+    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []

@@ -164,8 +164,9 @@ class Settings(BaseSettings):
                     f"tag {key}={value!r}: keys 1-128 and values 0-256 characters of letters, digits, spaces "
                     "and _ . : / = + - @"
                 )
-        if len(tags) >= MAX_TAGS:
-            raise ValueError(f"{len(tags)} tags in LAB_TAGS: at most {MAX_TAGS - 1} beside {PREFIX_TAG}")
+        # Room for mlops-lab:prefix and the one tag mlflow's SageMaker client adds (model_uri, or app_name).
+        if len(tags) > MAX_TAGS - 2:
+            raise ValueError(f"{len(tags)} tags in LAB_TAGS: at most {MAX_TAGS - 2} beside the lab's own")
         return tags
 
     @property
