@@ -357,7 +357,7 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     again = teardown(settings, aws)
     assert again.complete
     # The session's stack runs no tracking server: the registry says so rather than "nothing there".
-    assert {(c.kind, c.action) for c in again.changes if c.action != "absent"} == {("registry", "not checked")}
+    assert {(c.kind, c.action) for c in again.changes if c.action != "absent"} == {("registry", "unchecked")}
 
 
 def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(

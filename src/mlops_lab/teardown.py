@@ -88,7 +88,7 @@ def teardown(
         try:
             sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url, on_change=record)
         except sagemaker.SageMakerUnreachable as error:
-            record(Change("sagemaker", settings.sagemaker_endpoint, "not checked", str(error)))
+            record(Change("sagemaker", settings.sagemaker_endpoint, "unchecked", str(error)))
 
     s3, lam, logs, sqs, ecr = (aws.client(name) for name in ("s3", "lambda", "logs", "sqs", "ecr"))
     delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
@@ -214,7 +214,7 @@ def _delete_registry_entries(settings: Settings) -> list[Change]:
     try:
         return registry.delete_tagged(settings)
     except registry.ServerUnavailable as error:
-        return [Change("registry", settings.mlflow_tracking_uri, "not checked", str(error))]
+        return [Change("registry", settings.mlflow_tracking_uri, "unchecked", str(error))]
 
 
 # -- the check afterwards ------------------------------------------------------------------------------------------

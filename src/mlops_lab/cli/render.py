@@ -26,7 +26,7 @@ _STYLE = {
     "unchanged": "dim",
     "absent": "dim",
     "detached": "red",
-    "not checked": "yellow",
+    "unchecked": "yellow",
 }
 
 
@@ -171,7 +171,7 @@ _PLANNED = {"created": "create", "published": "publish", "updated": "update", "u
 
 def plan(result: Any) -> None:
     """`mlops-lab plan` (a plan.Plan): the resources and what would happen to each, then the cost estimate."""
-    console.print(f"[bold]Plan[/] against {result.target}, region {result.region}: nothing is changed.")
+    console.print(f"[bold]Plan[/] against {result.target}: nothing is changed.")
     for item in result.changes:
         action = _PLANNED.get(item.action, item.action)
         style = _STYLE.get(item.action, "")
