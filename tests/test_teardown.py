@@ -272,6 +272,8 @@ def test_keep_registry_keeps_the_artifacts_and_the_entries(registered: Lab) -> N
         report = teardown(settings, aws, keep_registry=True)
         assert report.complete, (report.left, report.unchecked)
         assert report.kept and settings.model_bucket in report.kept[0]
+        (bucket,) = [c for c in report.changes if (c.kind, c.name) == ("bucket", settings.model_bucket)]
+        assert bucket.action == "updated" and "--keep-registry" in bucket.detail, bucket
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=settings.model_bucket).get("Contents", [])]
         assert keys == ["mlflow/7/model.onnx"]
         assert registry.client(settings).get_registered_model("lab-reg-model").name == "lab-reg-model"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -73,7 +74,7 @@ def teardown(
         report.changes.append(change)
         on_change(change)
 
-    def delete(kind: str, name: str, call: Callable[[], Any]) -> None:
+    def delete(kind: str, name: str, call: Callable[[], Any], *, done: str = "deleted", detail: str = "") -> None:
         try:
             call()
         except ClientError as error:
@@ -81,14 +82,14 @@ def teardown(
                 raise
             record(Change(kind, name, "absent"))
         else:
-            record(Change(kind, name, "deleted"))
+            record(Change(kind, name, done, detail))
 
     sagemaker_url, sagemaker_absent = _sagemaker_api(settings, aws)
     if sagemaker_absent is None:
         try:
             sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url, on_change=record)
         except sagemaker.SageMakerUnreachable as error:
-            record(Change("sagemaker", settings.sagemaker_endpoint, "unchecked", str(error)))
+            record(Change("SageMaker endpoint", settings.sagemaker_endpoint, "unchecked", str(error)))
 
     s3, lam, logs, sqs, ecr = (aws.client(name) for name in ("s3", "lambda", "logs", "sqs", "ecr"))
     delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
@@ -120,8 +121,12 @@ def teardown(
         for change in _delete_registry_entries(settings):
             record(change)
     for bucket in settings.buckets:
-        keep = artifacts if keep_registry and bucket == settings.model_bucket else None
-        delete("bucket", bucket, lambda bucket=bucket, keep=keep: _delete_bucket(s3, bucket, keep=keep))
+        if keep_registry and bucket == settings.model_bucket:
+            kept = f"everything but {artifacts} deleted (--keep-registry)"
+            empty = partial(_delete_bucket, s3, bucket, keep=artifacts)
+            delete("bucket", bucket, empty, done="updated", detail=kept)
+        else:
+            delete("bucket", bucket, partial(_delete_bucket, s3, bucket))
 
     for check in checks(settings, aws, kept_buckets=(settings.model_bucket,) if keep_registry else ()):
         report.checks.append(check)
