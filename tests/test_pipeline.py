@@ -297,9 +297,8 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
 def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
     changes = ops.run_bootstrap(lab_stack.settings, lab_stack.aws)
     assert {c.action for c in changes} == {"unchanged"}, changes
-    assert (
-        len(changes) == 12
-    )  # 3 buckets, queue, role, role policy, log group, layer, function, async, permission, notification
+    # 3 buckets, queue, role, role policy, log group, layer, function, async invocation, permission, notification
+    assert len(changes) == 12
 
 
 NOTIFICATION_KEYS = ("LambdaFunctionConfigurations", "QueueConfigurations", "TopicConfigurations")
