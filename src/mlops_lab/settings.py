@@ -26,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
 
 # Every AWS resource the lab creates (and its registered models and experiments) carries this tag with the prefix as
-# its value: teardown and `mlops-lab resources` find the lab's resources by it. LAB_TAGS adds the user's own.
+# its value: teardown's check finds anything left by it (the tagging API). LAB_TAGS adds the user's own.
 PREFIX_TAG = "mlops-lab:prefix"
 # What every service the lab tags accepts (S3, IAM, Lambda, SQS, ECR, CloudWatch Logs, SageMaker): 50 tags, keys up to
 # 128 characters and values up to 256 of these, no key under the reserved ``aws:``.
