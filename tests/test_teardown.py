@@ -97,6 +97,7 @@ def test_tags_someone_removed_are_put_back_and_a_dry_run_only_says_so(tagged: La
         ("role", settings.role_name),
         ("function", settings.function_name),
         ("log group", settings.log_group),
+        ("log group", f"/aws/sagemaker/Endpoints/{settings.sagemaker_endpoint}"),
     }
     assert {key for key, (action, _) in planned.items() if action != "unchanged"} == tags_to_fix, planned
     assert all(planned[key] == ("updated", "tags") for key in tags_to_fix), planned
@@ -149,11 +150,13 @@ def test_teardown_deletes_everything_and_its_check_agrees(lab_stack: Lab) -> Non
     sagemaker.ensure_repository(settings, aws)
     sagemaker.ensure_role(settings, aws)
     aws.client("s3").put_object(Bucket=settings.model_bucket, Key="mlflow/1/artifact.txt", Body=b"x")
+    aws.client("logs").create_log_group(logGroupName=settings.sagemaker_log_group)  # what an endpoint makes on AWS
 
     report = teardown(settings, aws)
     deleted = {(c.kind, c.name) for c in report.changes if c.action == "deleted"}
     assert {
         ("log group", settings.log_group),
+        ("log group", f"/aws/sagemaker/Endpoints/{settings.sagemaker_endpoint}"),
         ("role", settings.sagemaker_role_name),
         ("ecr repository", settings.api_repository),
         ("ecr repository", settings.sagemaker_repository),

@@ -289,6 +289,11 @@ class Settings(BaseSettings):
         return f"{self.prefix}-sagemaker-role"
 
     @property
+    def sagemaker_log_group(self) -> str:
+        """Where a SageMaker endpoint's containers log on AWS (SageMaker makes it; teardown deletes it)."""
+        return f"/aws/sagemaker/Endpoints/{self.sagemaker_endpoint}"
+
+    @property
     def sagemaker_emulator_url(self) -> str:
         return f"http://{self.emulator_host}:{self.sagemaker_emulator_port}"
 

@@ -2,8 +2,9 @@
 
 What goes, in an order that never leaves something running that depends on what is already gone:
 SageMaker (endpoint, its configs and models, their model data) -> the batch path (notification, asynchronous
-invocation, function, layer, log group, failure queue) -> both roles with their policies -> both ECR repositories with
-their images -> the registry's entries of this prefix (registered models, experiments) -> the buckets with every object.
+invocation, function, layer) -> the log groups (the function's; on AWS the endpoint's too) -> the failure queue -> both
+roles with their policies -> both ECR repositories with their images -> the registry's entries of this prefix
+(registered models, experiments) -> the buckets with every object.
 
 The registry's artifacts live in the model bucket (mlflow serves them from ``s3://<model bucket>/mlflow``), so the two
 go together: the registered models and experiments tagged with this prefix are deleted too, or, with
@@ -100,7 +101,8 @@ def teardown(
     )
     delete("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
     delete("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
-    delete("log group", settings.log_group, lambda: logs.delete_log_group(logGroupName=settings.log_group))
+    for group in lab_log_groups(settings):
+        delete("log group", group, lambda group=group: logs.delete_log_group(logGroupName=group))
     delete(
         "queue",
         settings.failure_queue_name,
@@ -143,6 +145,11 @@ def lab_roles(settings: Settings) -> tuple[str, ...]:
 
 def lab_repositories(settings: Settings) -> tuple[str, ...]:
     return (settings.api_repository, settings.sagemaker_repository)
+
+
+def lab_log_groups(settings: Settings) -> tuple[str, ...]:
+    """The function's (bootstrap makes it) and, on AWS, the SageMaker endpoint's (SageMaker makes it)."""
+    return (settings.log_group, settings.sagemaker_log_group)
 
 
 def _sagemaker_api(settings: Settings, aws: Aws) -> tuple[str | None, str | None]:
@@ -236,7 +243,11 @@ def checks(settings: Settings, aws: Aws, *, kept_buckets: Iterable[str] = ()) ->
             f"function {settings.function_name}, layer {settings.layer_name}",
             lambda: _lambda(aws, settings),
         ),
-        _ask("CloudWatch Logs", f"log group {settings.log_group}", lambda: _log_groups(aws, settings.log_group)),
+        _ask(
+            "CloudWatch Logs",
+            f"log groups {', '.join(lab_log_groups(settings))}",
+            lambda: _log_groups(aws, lab_log_groups(settings)),
+        ),
         _ask("SQS", f"queue {settings.failure_queue_name}", lambda: _queues(aws, settings.failure_queue_name)),
         _ask("IAM", f"roles {', '.join(lab_roles(settings))}", lambda: _roles(aws, lab_roles(settings))),
         _ask(
@@ -294,9 +305,15 @@ def _lambda(aws: Aws, settings: Settings) -> list[str]:
     return functions + layers
 
 
-def _log_groups(aws: Aws, name: str) -> list[str]:
-    pages = aws.client("logs").get_paginator("describe_log_groups").paginate(logGroupNamePrefix=name)
-    return [group["logGroupName"] for page in pages for group in page["logGroups"] if group["logGroupName"] == name]
+def _log_groups(aws: Aws, names: Iterable[str]) -> list[str]:
+    paginator = aws.client("logs").get_paginator("describe_log_groups")
+    return [
+        group["logGroupName"]
+        for name in names
+        for page in paginator.paginate(logGroupNamePrefix=name)
+        for group in page["logGroups"]
+        if group["logGroupName"] == name
+    ]
 
 
 def _queues(aws: Aws, name: str) -> list[str]:
