@@ -20,8 +20,7 @@ from botocore.exceptions import ClientError
 
 from mlops_lab import model, ops, registry
 from mlops_lab.aws import Aws
-from mlops_lab.settings import PREFIX_TAG
-from mlops_lab.teardown import teardown
+from mlops_lab.teardown import tagged_arns, teardown
 from tests.support import RECORD, Lab, error_code, free_port
 
 ACCOUNT = "210987654321"
@@ -82,12 +81,7 @@ def test_everything_is_in_that_region_and_account(foreign: Lab) -> None:
 
 def test_its_resources_are_tagged_there(foreign: Lab) -> None:
     """The tagging API of that account and region finds the lab by its tag, with that account's ARNs."""
-    pages = (
-        foreign.aws.client("resourcegroupstaggingapi")
-        .get_paginator("get_resources")
-        .paginate(TagFilters=[{"Key": PREFIX_TAG, "Values": [foreign.settings.prefix]}])
-    )
-    arns = {m["ResourceARN"] for page in pages for m in page["ResourceTagMappingList"]}
+    arns = set(tagged_arns(foreign.aws, foreign.settings.prefix))
     settings = foreign.settings
     assert f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{settings.function_name}" in arns, arns
     assert f"arn:aws:sqs:{REGION}:{ACCOUNT}:{settings.failure_queue_name}" in arns, arns

@@ -159,7 +159,7 @@ def test_template_is_what_bootstrap_builds() -> None:
         ]
     )
     buckets = {resources[logical_id]["BucketName"] for logical_id, kind in kinds.items() if kind == "AWS::S3::Bucket"}
-    assert buckets == {settings.input_bucket, settings.output_bucket, settings.model_bucket}
+    assert buckets == set(settings.buckets)
 
     queue = resources[cloudformation.FAILURE_QUEUE]
     assert queue["QueueName"] == settings.failure_queue_name
@@ -460,12 +460,12 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
 
         # Deleted (the buckets emptied first, as AWS requires), nothing is left.
         started = time.perf_counter()
-        for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
+        for bucket in settings.buckets:
             empty_bucket(bucket)
         aws_cli("cloudformation", "delete-stack", "--stack-name", stack)
         aws_cli("cloudformation", "wait", "stack-delete-complete", "--stack-name", stack)
         timings["delete"] = time.perf_counter() - started
-        for bucket in (settings.input_bucket, settings.output_bucket, settings.model_bucket):
+        for bucket in settings.buckets:
             assert gone(lambda bucket=bucket: s3.head_bucket(Bucket=bucket)), bucket
         assert gone(lambda: lam.get_function(FunctionName=settings.function_name))
         assert lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"] == []

@@ -22,7 +22,7 @@ from mlops_lab.bootstrap import bootstrap, bucket_tags
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
-from mlops_lab.teardown import checks, teardown
+from mlops_lab.teardown import checks, tagged_arns, teardown
 from tests.support import Lab
 
 USER_TAGS = {"team": "ml-platform", "cost-center": "1234"}
@@ -77,12 +77,7 @@ def test_every_resource_carries_the_prefix_tag_and_the_users_tags(tagged: Lab) -
 
 
 def test_the_tagging_api_finds_the_lab_by_its_tag(tagged: Lab) -> None:
-    pages = (
-        tagged.aws.client("resourcegroupstaggingapi")
-        .get_paginator("get_resources")
-        .paginate(TagFilters=[{"Key": PREFIX_TAG, "Values": ["lab-tags"]}])
-    )
-    arns = {m["ResourceARN"] for page in pages for m in page["ResourceTagMappingList"]}
+    arns = set(tagged_arns(tagged.aws, "lab-tags"))
     settings = tagged.settings
     # IAM roles and log groups are not there (teardown's check looks for those by name).
     for name in (*settings.buckets, settings.function_name, settings.failure_queue_name, settings.api_repository):

@@ -333,16 +333,16 @@ def _repositories(aws: Aws, names: Iterable[str]) -> list[str]:
     return sorted(r["repositoryName"] for page in pages for r in page["repositories"] if r["repositoryName"] in wanted)
 
 
-def _tagged(aws: Aws, prefix: str, kept_buckets: set[str]) -> list[str]:
+def tagged_arns(aws: Aws, prefix: str) -> list[str]:
+    """The ARNs the Resource Groups Tagging API lists with ``mlops-lab:prefix=<prefix>`` (this region; buckets too)."""
     pages = (
         aws.client("resourcegroupstaggingapi")
         .get_paginator("get_resources")
         .paginate(TagFilters=[{"Key": PREFIX_TAG, "Values": [prefix]}])
     )
-    kept = {f":::{bucket}" for bucket in kept_buckets}
-    return [
-        mapping["ResourceARN"]
-        for page in pages
-        for mapping in page["ResourceTagMappingList"]
-        if not any(mapping["ResourceARN"].endswith(k) for k in kept)
-    ]
+    return [mapping["ResourceARN"] for page in pages for mapping in page["ResourceTagMappingList"]]
+
+
+def _tagged(aws: Aws, prefix: str, kept_buckets: set[str]) -> list[str]:
+    kept = tuple(f":::{bucket}" for bucket in kept_buckets)
+    return [arn for arn in tagged_arns(aws, prefix) if not (kept and arn.endswith(kept))]

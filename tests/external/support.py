@@ -29,7 +29,7 @@ def aws_refusal(aws: Aws) -> str | None:
         return None
     return (
         f"Refusing to run the external suite against AWS ({aws.describe()}): it would create, in that account, 3 S3 "
-        f"buckets ({PREFIX}-input/-output/-model), an IAM role, a Lambda function with an onnxruntime layer (~20 MB "
+        f"buckets ({PREFIX}-input/-output/-model), an IAM role, a Lambda function with an onnxruntime layer (~42 MB "
         "through S3), an SQS queue and a CloudWatch log group, invoke the function a few times and delete all of it "
         "at the end. That costs a few cents at most (mostly within the free tier), but it is your account: set "
         f"{ALLOW_AWS}=1 to allow it, or point the SDK at an emulator (AWS_ENDPOINT_URL, or a profile with an "
