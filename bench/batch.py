@@ -28,7 +28,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import emulator, ops
+from mlops_lab import emulator, ops, services
 from mlops_lab.aws import Aws
 from mlops_lab.contract import prediction_key
 from mlops_lab.data import generate, write_csv
@@ -214,7 +214,7 @@ def main() -> None:
 
         aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
     finally:
-        ops.stop_services(settings)
+        services.stop_services(settings)
         os.environ.clear()
         os.environ.update(saved_env)
 

@@ -19,7 +19,7 @@ from types import ModuleType
 import httpx
 import pytest
 
-from mlops_lab import ops, stack
+from mlops_lab import emulator, ops, services, stack
 from mlops_lab.settings import Settings, get_settings
 from tests.support import COURSE_DIR, HANDLER_PATH, REPORTED, Lab, LambdaContext, free_port
 
@@ -160,7 +160,9 @@ def lab_stack(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path
     settings.model_path.parent.mkdir(parents=True)
     shutil.copyfile(trained_model_path, settings.model_path)
     try:
-        with ops.bring_up(settings, services=[ops.emulator.SERVICE_NAME]) as lab:
+        with ops.bring_up(settings, services=[emulator.SERVICE_NAME]) as lab:
+            # The session's clients, CLI runs and the services the tests start find the emulator the SDK's way.
+            os.environ.update(emulator.sdk_environment(settings))
             yield Lab(settings, lab.aws)
     finally:
         os.environ.clear()
@@ -196,7 +198,7 @@ def api(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory):  # type: ign
         update={"api_port": free_port(), "state_dir": tmp_path_factory.mktemp("api-state")}
     )
     env = {"LAB_PREFIX": settings.prefix, "LAB_API_MODEL_POLL_S": "0.2", "LAB_API_ACCESS_LOG": "false"}
-    service = ops.api_service(settings)
+    service = services.api_service(settings)
     service = dataclasses.replace(service, env={**service.env, **env})
     stack.start(settings, service)
     try:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import model, ops, registry
+from mlops_lab import jobs, model, ops, registry, services
 from mlops_lab.aws import Aws
 from mlops_lab.teardown import tagged_arns, teardown
 from tests.support import RECORD, Lab, error_code, free_port
@@ -55,7 +55,7 @@ def foreign(lab_stack: Lab, tmp_path_factory: pytest.TempPathFactory, trained_mo
     shutil.copyfile(trained_model_path, settings.model_path)
     lab = None
     try:
-        lab = ops.bring_up(settings, services=[registry.SERVICE_NAME, ops.API])
+        lab = ops.bring_up(settings, services=[registry.SERVICE_NAME, services.API])
         yield Lab(settings, lab.aws)
     finally:
         if lab is not None:
@@ -89,7 +89,7 @@ def test_its_resources_are_tagged_there(foreign: Lab) -> None:
 
 
 def test_upload_gets_predictions_there(foreign: Lab, sample_csv: Path, tmp_path: Path) -> None:
-    result = ops.predict_file(foreign.settings, foreign.aws, sample_csv, key="eu/sample.csv", out_dir=tmp_path)
+    result = jobs.predict_file(foreign.settings, foreign.aws, sample_csv, key="eu/sample.csv", out_dir=tmp_path)
     assert (result.status, result.rows) == ("ok", 500)
 
 

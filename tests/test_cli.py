@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mlops_lab import emulator, model, ops, stack
+from mlops_lab import emulator, model, ops, services, stack
 from mlops_lab.cli import app
 from mlops_lab.contract import prediction_key
 from mlops_lab.settings import get_settings
@@ -44,7 +44,7 @@ def own_stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model
     try:
         yield state_dir
     finally:
-        ops.stop_services(get_settings())
+        services.stop_services(get_settings())
         get_settings.cache_clear()
 
 
@@ -116,7 +116,7 @@ def test_status_shows_the_emulator_healthy_and_the_rest_stopped(cli_env: None, l
     result = runner.invoke(app, ["status"])
     # 0, or 7 when the session's mlflow (its pid file shares this state dir, its port is not these settings') runs:
     # the exit code is the library's verdict on what status shows (tests/test_errors.py checks the verdicts).
-    assert result.exit_code == ops.lab_health(ops.service_states(get_settings())).code, result.output
+    assert result.exit_code == services.lab_health(services.service_states(get_settings())).code, result.output
     assert _healthy(_row(result.output, "emulator")), result.output
     assert "stopped" in _row(result.output, "api") and not _healthy(_row(result.output, "api")), result.output
     live = model.live_name(lab_stack.settings, lab_stack.aws)
@@ -190,18 +190,18 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
 
     stopped = runner.invoke(app, ["down"])
     assert stopped.exit_code == 0 and "Stopped: console, api, emulator" in stopped.output, stopped.output
-    assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
+    assert [name for name in services.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)
     assert "`mlops-lab reset` wipes them" in stopped.output, stopped.output
 
-    kept = [data.path for data in ops.stored_data(settings)]
+    kept = [data.path for data in services.stored_data(settings)]
     assert emulator.state_dirs(settings).services in kept  # the emulator saved its state as it stopped
     refused = runner.invoke(app, ["reset"], input="n\n")
     assert refused.exit_code != 0 and all(path.exists() for path in kept), refused.output
     assert "This deletes, for good" in refused.output and str(kept[0]) in refused.output, refused.output
     wiped = runner.invoke(app, ["reset", "--yes"])
     assert wiped.exit_code == 0, wiped.output
-    assert not any(path.exists() for path in kept) and ops.stored_data(settings) == []
+    assert not any(path.exists() for path in kept) and services.stored_data(settings) == []
     assert "Nothing to reset" in runner.invoke(app, ["reset", "--yes"]).output
 
 
@@ -216,5 +216,5 @@ def test_up_that_fails_stops_what_it_started(own_stack_env: Path, monkeypatch: p
     settings = get_settings()
     assert result.exit_code != 0
     assert "Unexpected error: RuntimeError: bootstrap failed on purpose" in result.output, result.output
-    assert [name for name in ops.SERVICES if stack.pid_of(settings, name)] == []
+    assert [name for name in services.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)

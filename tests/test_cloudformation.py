@@ -48,7 +48,7 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 from typer.testing import CliRunner
 
-from mlops_lab import bootstrap, cloudformation, model, ops
+from mlops_lab import bootstrap, cloudformation, jobs, model
 from mlops_lab.aws import is_not_found
 from mlops_lab.cli import app
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
@@ -365,7 +365,7 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
     timings: dict[str, float] = {}
     try:
         started = time.perf_counter()
-        layer = ops.build_lambda_layer(settings)  # the session's build, cached
+        layer = bootstrap.build_lambda_layer(settings, aws)  # the session's build, cached
         package = bootstrap.function_package()
         s3.create_bucket(Bucket=artifacts)
         layer_key, function_key = f"layers/{layer.sha256}.zip", f"functions/{bootstrap.code_sha256(package)}.zip"
@@ -443,7 +443,7 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
         # The stack scores a CSV.
         started = time.perf_counter()
         model.publish(settings, aws, trained_model_path.read_bytes())
-        result = ops.predict_file(settings, aws, sample_csv, out_dir=tmp_path, timeout=120)
+        result = jobs.predict_file(settings, aws, sample_csv, out_dir=tmp_path, timeout=120)
         assert result.status == "ok", result.error
         assert result.rows == len(parse_csv(sample_csv)) - 1
         # A failing event (no model to read) lands in the stack's failure queue: the async configuration works.
@@ -452,8 +452,8 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
         # says 3 attempts whatever the setting: MiniStack writes approximateInvokeCount 3 into every one.)
         s3.delete_object(Bucket=settings.model_bucket, Key=settings.model_key)
         failing = time.perf_counter()
-        with pytest.raises(ops.PredictFailed) as failed:
-            ops.predict_file(settings, aws, sample_csv, key="no-model.csv", out_dir=tmp_path, timeout=120)
+        with pytest.raises(jobs.PredictFailed) as failed:
+            jobs.predict_file(settings, aws, sample_csv, key="no-model.csv", out_dir=tmp_path, timeout=120)
         assert failed.value.failure.inputs == ((settings.input_bucket, "no-model.csv"),)
         assert time.perf_counter() - failing < 3 * settings.emulator_async_retry_base_s
         timings["predict"] = time.perf_counter() - started

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_lab import emulator, model, ops, recovery, registry, stack
+from mlops_lab import emulator, jobs, model, ops, recovery, registry, services, stack
 from mlops_lab.contract import META_INPUT_ETAG, META_ROWS, error_key, prediction_key
 from mlops_lab.data import generate
 from mlops_lab.settings import Settings
@@ -55,7 +55,7 @@ def durable_lab(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Pa
         lab = ops.bring_up(settings, services=[emulator.SERVICE_NAME, registry.SERVICE_NAME])
         yield Lab(settings, lab.aws)
     finally:
-        ops.stop_services(settings)
+        services.stop_services(settings)
         os.environ.clear()
         os.environ.update(saved)
 
@@ -196,7 +196,7 @@ def test_down_up_keeps_the_promoted_model_its_registry_and_rollback(durable_lab:
     }
     assert artifacts
 
-    assert set(ops.stop_services(settings)) == {emulator.SERVICE_NAME, registry.SERVICE_NAME}
+    assert set(services.stop_services(settings)) == {emulator.SERVICE_NAME, registry.SERVICE_NAME}
     lab = ops.bring_up(settings, services=[emulator.SERVICE_NAME, registry.SERVICE_NAME])
     assert {c.action for c in lab.changes} == {"unchanged"}, [c for c in lab.changes if c.action != "unchanged"]
     assert model.live_version(settings, lab.aws) == second.version
@@ -223,8 +223,8 @@ def test_failing_handler_lands_in_the_failure_queue_and_redrive_completes_it(dur
         data = tmp_path / "in.csv"
         data.write_bytes(generate(25, seed=9, with_label=False).to_csv(index=False).encode())
         # `mlops-lab predict` stops waiting as soon as the event lands in the failure queue, and says why.
-        with pytest.raises(ops.PredictFailed) as caught:
-            ops.predict_file(settings, aws, data, key="redrive/in.csv", out_dir=tmp_path, timeout=120)
+        with pytest.raises(jobs.PredictFailed) as caught:
+            jobs.predict_file(settings, aws, data, key="redrive/in.csv", out_dir=tmp_path, timeout=120)
         failure = caught.value.failure
         assert "redrive" in str(caught.value) and "s3://durable-input/redrive/in.csv" in str(caught.value)
         assert failure.inputs == ((settings.input_bucket, "redrive/in.csv"),)

@@ -9,7 +9,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from typer.testing import CliRunner
 
-from mlops_lab import __version__, ops, recovery, registry
+from mlops_lab import __version__, jobs, recovery, registry, services
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode, LabError, explain
 from mlops_lab.settings import get_settings
@@ -49,7 +49,7 @@ def _client_error(code: str, operation: str = "HeadObject") -> ClientError:
         (_client_error("AccessDenied", "PutObject"), ExitCode.ACCESS_DENIED, "PutObject"),
         (registry.ServerUnavailable("the mlflow tracking server does not answer"), ExitCode.NOT_RUNNING, "mlflow"),
         (recovery.RecoveryError("no failure queue x"), ExitCode.NOT_RUNNING, "no failure queue"),
-        (ops.PredictTimeout("no predictions after 3 s"), ExitCode.TIMEOUT, "mlops-lab logs function"),
+        (jobs.PredictTimeout("no predictions after 3 s"), ExitCode.TIMEOUT, "mlops-lab logs function"),
         (registry.RegistryError("income-classifier has no version '9'"), ExitCode.REFUSED, "Refused"),
         (LabError("custom", ExitCode.UNHEALTHY), ExitCode.UNHEALTHY, "custom"),
         (ZeroDivisionError("division by zero"), ExitCode.UNEXPECTED, "--debug"),
@@ -93,23 +93,23 @@ def test_status_json(nothing_running: Path) -> None:
     assert result.exit_code == ExitCode.NOT_RUNNING
     status = json.loads(result.stdout)
     assert status["ok"] is False and status["exit_code"] == ExitCode.NOT_RUNNING
-    assert {s["name"] for s in status["services"]} == set(ops.SERVICES)
+    assert {s["name"] for s in status["services"]} == set(services.SERVICES)
     assert all(s["state"] == "stopped" for s in status["services"])
 
 
 def test_status_is_unhealthy_when_a_started_service_does_not_answer() -> None:
-    def state(name: str, pid: int | None, healthy: bool) -> ops.ServiceState:
-        return ops.ServiceState(name, pid, healthy, "http://127.0.0.1:1", "")
+    def state(name: str, pid: int | None, healthy: bool) -> services.ServiceState:
+        return services.ServiceState(name, pid, healthy, "http://127.0.0.1:1", "")
 
     fine = [state("emulator", 10, True), state("mlflow", None, False), state("api", 11, True)]
-    assert ops.lab_health(fine).code == 0
+    assert services.lab_health(fine).code == 0
     api_down = [state("emulator", 10, True), state("api", 11, False)]
-    verdict = ops.lab_health(api_down)
+    verdict = services.lab_health(api_down)
     assert verdict.code == ExitCode.UNHEALTHY and "api" in verdict.message and "mlops-lab logs api" in verdict.message
     emulator_gone = [state("emulator", None, False), state("api", 11, True)]
-    assert ops.lab_health(emulator_gone).code == ExitCode.UNHEALTHY
+    assert services.lab_health(emulator_gone).code == ExitCode.UNHEALTHY
     compose = [state("emulator", None, True), state("api", None, True)]  # containers: healthy, no pid here
-    assert ops.lab_health(compose).code == 0
+    assert services.lab_health(compose).code == 0
 
 
 def test_a_stopped_emulator_is_one_line_and_exit_5(nothing_running: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +125,9 @@ def test_a_stopped_emulator_is_one_line_and_exit_5(nothing_running: Path, monkey
     result = runner.invoke(app, ["failures"])
     assert result.exit_code == ExitCode.NOT_RUNNING, result.output
     assert "does not answer" in result.output and "mlops-lab up" in result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    where, problem = result.output.strip().splitlines()  # where the command talks to, then one line
+    assert where.startswith("Talking to emulator at") and "account unknown" in where
+    assert "Traceback" not in result.output and "does not answer" in problem, result.output
 
 
 def test_no_credentials_is_one_line_and_exit_3(
@@ -146,7 +148,7 @@ def test_debug_shows_the_traceback(nothing_running: Path, monkeypatch: pytest.Mo
     def boom(*_: object, **__: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(ops, "service_states", boom)
+    monkeypatch.setattr(services, "service_states", boom)
     quiet = runner.invoke(app, ["status"])
     assert quiet.exit_code == ExitCode.UNEXPECTED and "Unexpected error: ZeroDivisionError: a bug" in quiet.output
     assert quiet.exception is None or isinstance(quiet.exception, SystemExit)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from mlops_lab import jobs
 from mlops_lab.cli import app
-from mlops_lab.contract import error_key, prediction_key
+from mlops_lab.contract import META_MODEL_KIND, META_MODEL_NAME, META_MODEL_VERSION, error_key, prediction_key
+from mlops_lab.inference import REGRESSOR
 from tests.support import Lab, wait_for_output, wait_until
 
 runner = CliRunner()
@@ -20,15 +21,19 @@ runner = CliRunner()
 
 def test_label_counts_of_a_classifier() -> None:
     text = "age,prediction\n1,a\n2,b\n3,a\n"
-    distribution = jobs.distribution_of(io.StringIO(text), regressor=False)
+    read = jobs.read_predictions(io.StringIO(text), {META_MODEL_NAME: "m", META_MODEL_VERSION: "3"})
+    distribution = read.distribution
     assert distribution.kind == "labels" and [(b.label, b.count) for b in distribution.bars] == [("a", 2), ("b", 1)]
+    assert read.label_counts == {"a": 2, "b": 1} and read.value_range is None and read.rows == 3
 
 
 def test_a_histogram_of_a_regressor() -> None:
     text = "x,prediction\n" + "".join(f"{i},{i}.0\n" for i in range(100))
-    distribution = jobs.distribution_of(io.StringIO(text), regressor=True)
+    read = jobs.read_predictions(io.StringIO(text), {META_MODEL_KIND: REGRESSOR})
+    distribution = read.distribution
     assert distribution.kind == "histogram" and len(distribution.bars) == jobs.HISTOGRAM_BINS
     assert distribution.total == 100
+    assert read.label_counts is None and read.value_range == (0.0, 99.0)
 
 
 @pytest.mark.parametrize("key", ["a.txt", "../up.csv", "x y.csv", "/", "a/../b.csv"])

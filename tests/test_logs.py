@@ -48,7 +48,7 @@ def test_a_service_that_never_ran_has_no_log(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, state_dir=tmp_path)
     with pytest.raises(LabError) as caught:
         logs.service_log(settings, "api")
-    assert caught.value.code == ExitCode.NOT_RUNNING and "mlops-lab up" in str(caught.value)
+    assert caught.value.exit_code == ExitCode.NOT_RUNNING and "mlops-lab up" in str(caught.value)
 
 
 def test_each_handler_line_carries_the_request_id(handler_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import model, ops, registry
+from mlops_lab import jobs, model, registry
 from mlops_lab.cli import app
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION, prediction_key
 from mlops_lab.inference import TabularModel, score_csv
@@ -58,7 +58,7 @@ def test_the_course_model_published_by_command_scores_its_batch_through_the_lamb
 ) -> None:
     output = publish(course_model_path, "--no-mlflow")
     assert "course (not registered" in output and "categories read from the graph for" in output, output
-    result = ops.predict_file(
+    result = jobs.predict_file(
         lab_stack.settings, lab_stack.aws, course_batch_path, key="byom/course.csv", out_dir=tmp_path
     )
     assert (result.status, result.rows, result.model) == ("ok", 10090, "course")
@@ -83,7 +83,7 @@ def test_a_regressor_through_the_lambda_and_the_api(with_mlflow: Lab, api, tmp_p
     expected = ort_outputs(model_path, matrix)[0].reshape(-1)
 
     # Batch: the prediction column, under the model's own name and version.
-    result = ops.predict_file(settings, aws, rows_path, key="byom/diabetes.csv", out_dir=tmp_path / "out")
+    result = jobs.predict_file(settings, aws, rows_path, key="byom/diabetes.csv", out_dir=tmp_path / "out")
     assert (result.status, result.rows, result.model) == ("ok", 60, f"diabetes {latest.version}")
     scored = list(csv.reader(result.local_path.open(newline="")))
     assert scored[0] == [*header, "prediction"]
@@ -113,7 +113,9 @@ def test_a_multiclass_single_tensor_model_named_from_a_csv_header(
     publish(model_path, "--features-from", rows_path, "--no-mlflow")
     header, matrix = read_rows(rows_path)
     labels, probabilities = ort_outputs(model_path, matrix)
-    result = ops.predict_file(lab_stack.settings, lab_stack.aws, rows_path, key="byom/iris.csv", out_dir=tmp_path / "o")
+    result = jobs.predict_file(
+        lab_stack.settings, lab_stack.aws, rows_path, key="byom/iris.csv", out_dir=tmp_path / "o"
+    )
     assert (result.status, result.model) == ("ok", "iris")
     scored = list(csv.DictReader(result.local_path.open(newline="")))
     assert list(scored[0]) == [*header, "prediction", "probability_0", "probability_1", "probability_2"]
@@ -149,7 +151,7 @@ def test_a_scikit_learn_model_logged_to_mlflow_is_published_by_its_uri(with_mlfl
 
     rows_path = tmp_path / "wine.csv"
     data.data.head(30).to_csv(rows_path, index=False)
-    result = ops.predict_file(settings, aws, rows_path, key="byom/wine.csv", out_dir=tmp_path)
+    result = jobs.predict_file(settings, aws, rows_path, key="byom/wine.csv", out_dir=tmp_path)
     scored = list(csv.DictReader(result.local_path.open(newline="")))
     assert [row["prediction"] for row in scored] == [str(label) for label in pipeline.predict(data.data.head(30))]
 

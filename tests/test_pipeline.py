@@ -14,8 +14,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import model, ops
-from mlops_lab.bootstrap import bootstrap, execution_policy
+from mlops_lab import jobs, model
+from mlops_lab.bootstrap import bootstrap, build_lambda_layer, execution_policy, run_bootstrap
 from mlops_lab.contract import META_ROWS, error_key, prediction_key
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column, score_csv
@@ -42,7 +42,7 @@ def assert_absent(s3, bucket: str, key: str) -> None:  # type: ignore[no-untyped
 def test_upload_produces_predictions(
     lab_stack: Lab, sample_csv: Path, trained_model_path: Path, tmp_path: Path
 ) -> None:
-    result = ops.predict_file(
+    result = jobs.predict_file(
         lab_stack.settings, lab_stack.aws, sample_csv, key="pipeline/sample.csv", out_dir=tmp_path
     )
     assert result.status == "ok"
@@ -64,7 +64,7 @@ def test_multi_chunk_file_through_the_lambda(lab_stack: Lab, trained_model_path:
     path = tmp_path / "multi-chunk.csv"
     generate(rows, seed=29, with_label=False).to_csv(path, index=False)
     assert path.stat().st_size < settings.max_input_mb * 1024 * 1024, "the file must stay under the input limit"
-    result = ops.predict_file(settings, aws, path, key="pipeline/multi-chunk.csv", out_dir=tmp_path / "out")
+    result = jobs.predict_file(settings, aws, path, key="pipeline/multi-chunk.csv", out_dir=tmp_path / "out")
     assert result.status == "ok", result.error
     assert result.rows == rows
     assert result.local_path.read_bytes() == scored_here(trained_model_path, path, chunk_rows=rows + 1)
@@ -74,7 +74,7 @@ def test_course_batch_through_the_lambda(
     lab_stack: Lab, course_batch_path: Path, trained_model_path: Path, tmp_path: Path
 ) -> None:
     """The course's 10,090 real rows (more than one chunk), scored by the deployed function with the lab's model."""
-    result = ops.predict_file(
+    result = jobs.predict_file(
         lab_stack.settings, lab_stack.aws, course_batch_path, key="course/input_batch.csv", out_dir=tmp_path
     )
     assert result.status == "ok", result.error
@@ -295,7 +295,7 @@ def test_policy_in_the_repo_is_what_is_attached(lab_stack: Lab) -> None:
 
 
 def test_second_bootstrap_changes_nothing(lab_stack: Lab) -> None:
-    changes = ops.run_bootstrap(lab_stack.settings, lab_stack.aws)
+    changes = run_bootstrap(lab_stack.settings, lab_stack.aws)
     assert {c.action for c in changes} == {"unchanged"}, changes
     # 3 buckets, queue, role, role policy, log group, layer, function, async invocation, permission, notification
     assert len(changes) == 12
@@ -317,10 +317,10 @@ def test_bootstrap_repairs_drift(lab_stack: Lab) -> None:
         lam.update_function_configuration(FunctionName=settings.function_name, Timeout=3)
         lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
         s3.put_bucket_notification_configuration(Bucket=settings.input_bucket, NotificationConfiguration={})
-        changes = {c.kind: c for c in ops.run_bootstrap(settings, aws)}
+        changes = {c.kind: c for c in run_bootstrap(settings, aws)}
         assert changes["function"].action == "updated" and "timeout" in changes["function"].detail
         assert changes["notification"].action == "created"
-        assert {c.action for c in ops.run_bootstrap(settings, aws)} == {"unchanged"}
+        assert {c.action for c in run_bootstrap(settings, aws)} == {"unchanged"}
     finally:
         if lam.get_function_configuration(FunctionName=settings.function_name)["Timeout"] != timeout:
             lam.update_function_configuration(FunctionName=settings.function_name, Timeout=timeout)
@@ -336,7 +336,7 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     """On a second prefix, so the session's own resources stay up for the other tests."""
     settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-teardown"})
     aws = lab_stack.aws
-    layer = ops.build_lambda_layer(settings)
+    layer = build_lambda_layer(settings, aws)
     created = bootstrap(settings, aws, layer)
     assert {c.action for c in created} == {"created", "published"}, created
     aws.client("s3").put_object(Bucket=settings.output_bucket, Key=prediction_key("x.csv"), Body=b"x")
@@ -369,18 +369,18 @@ def test_layer_bundled_into_the_function_for_emulators_that_ignore_layers(
     settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-bundled", "lambda_bundle_layer": True})
     aws = lab_stack.aws
     try:
-        changes = bootstrap(settings, aws, ops.build_lambda_layer(settings))
+        changes = bootstrap(settings, aws, build_lambda_layer(settings, aws))
         assert "layer" not in {c.kind for c in changes}
         model.publish(settings, aws, trained_model_path.read_bytes())
         configuration = aws.client("lambda").get_function(FunctionName=settings.function_name)["Configuration"]
         assert not configuration.get("Layers")
         assert configuration["CodeSize"] > 10_000_000  # onnxruntime and numpy came with the code
-        result = ops.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
+        result = jobs.predict_file(settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path)
         assert (result.status, result.rows) == ("ok", 500)
-        expected = ops.predict_file(
+        expected = jobs.predict_file(
             lab_stack.settings, aws, sample_csv, key="bundled/sample.csv", out_dir=tmp_path / "l"
         )
         assert result.local_path.read_bytes() == expected.local_path.read_bytes()
-        assert {c.action for c in bootstrap(settings, aws, ops.build_lambda_layer(settings))} == {"unchanged"}
+        assert {c.action for c in bootstrap(settings, aws, build_lambda_layer(settings, aws))} == {"unchanged"}
     finally:
         teardown(settings, aws)

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from mlops_lab import emulator, ops
+from mlops_lab import emulator, services
 from mlops_lab.contract import error_key, prediction_key
 from mlops_lab.recovery import Action, StoredObject, event_inputs, failure_from_message, plan, s3_event
 from mlops_lab.settings import Settings
@@ -171,15 +171,15 @@ def test_reset_deletes_the_emulator_state_and_mlflow_together(tmp_path) -> None:
         folder.mkdir(parents=True)
         (folder / name).write_bytes(b"x" * 1000)
     (tmp_path / "models").mkdir()
-    assert {data.path for data in ops.stored_data(settings)} == {dirs.s3, dirs.services, tmp_path / "mlflow"}
-    assert all(data.bytes == 1000 for data in ops.stored_data(settings))
+    assert {data.path for data in services.stored_data(settings)} == {dirs.s3, dirs.services, tmp_path / "mlflow"}
+    assert all(data.bytes == 1000 for data in services.stored_data(settings))
 
     external = settings.model_copy(update={"mlflow_backend_uri": "postgresql://db/mlflow"})
-    with pytest.raises(ops.ResetError, match="outside"):
-        ops.reset(external)
+    with pytest.raises(services.ResetError, match="outside"):
+        services.reset(external)
     assert dirs.s3.exists()  # refused before deleting anything
 
-    stopped, deleted = ops.reset(settings)
+    stopped, deleted = services.reset(settings)
     assert stopped == [] and len(deleted) == 3
     assert not dirs.s3.exists() and not dirs.services.exists() and not (tmp_path / "mlflow").exists()
     assert (tmp_path / "models").exists()  # not the emulator's or mlflow's: kept

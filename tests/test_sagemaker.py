@@ -519,6 +519,9 @@ def test_cli_refuses_a_real_endpoint_without_yes(tmp_path, no_network: list[str]
             patch.setattr("mlops_lab.cli.deploy._interactive", lambda asked=answer is not None: asked)
             went_on = runner.invoke(app, ["deploy", "sagemaker", *args], env=env, input=answer)
         assert went_on.exit_code != 0 and "reached sagemaker" in went_on.output, (args, went_on.output)
+    # Once confirmed, the command says where it talks to (its one STS call), and only then deploys.
+    assert no_network and {url.split("/")[2] for url in no_network} == {"sts.eu-west-1.amazonaws.com"}
+    no_network.clear()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("mlops_lab.cli.deploy._interactive", lambda: True)
         declined = runner.invoke(app, ["deploy", "sagemaker"], env=env, input="n\n")

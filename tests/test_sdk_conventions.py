@@ -15,7 +15,7 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import emulator, ops, registry
+from mlops_lab import emulator, registry, services
 from mlops_lab import settings as settings_module
 from mlops_lab.aws import Aws, is_aws_endpoint
 from mlops_lab.cli import app
@@ -87,7 +87,7 @@ def test_env_profile_writes_the_emulators_profile_and_keeps_the_rest(clean_sdk: 
         "aws_secret_access_key": "test",
     }
     assert emulator.write_profile(settings) == (clean_sdk, False)  # nothing to change the second time
-    exports = ops.env_exports(settings)
+    exports = services.env_exports(settings)
     assert "export AWS_PROFILE=mlops-lab\n" in exports
     assert "AWS_ACCESS_KEY_ID" not in exports and "AWS_ENDPOINT_URL" not in exports  # a shell's own keys stay
 

@@ -16,9 +16,9 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import image, ops, registry, sagemaker
+from mlops_lab import image, registry, sagemaker
 from mlops_lab.aws import tag_dict
-from mlops_lab.bootstrap import bootstrap, bucket_tags
+from mlops_lab.bootstrap import bootstrap, bucket_tags, build_lambda_layer
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
@@ -35,7 +35,7 @@ def tagged(lab_stack: Lab) -> Iterator[Lab]:
     settings = lab_stack.settings.model_copy(update={"prefix": "lab-tags", "tags": USER_TAGS})
     aws = lab_stack.aws
     try:
-        bootstrap(settings, aws, ops.build_lambda_layer(settings))
+        bootstrap(settings, aws, build_lambda_layer(settings, aws))
         image.ensure_repository(settings, aws)
         sagemaker.ensure_repository(settings, aws)
         sagemaker.ensure_role(settings, aws)
@@ -97,7 +97,7 @@ def test_tags_someone_removed_are_put_back_and_a_dry_run_only_says_so(tagged: La
     logs.untag_resource(resourceArn=group["arn"].removesuffix(":*"), tagKeys=[PREFIX_TAG])
     before = resource_tags(tagged)
 
-    layer = ops.build_lambda_layer(settings)
+    layer = build_lambda_layer(settings, aws)
     planned = {(c.kind, c.name): (c.action, c.detail) for c in bootstrap(settings, aws, layer, dry_run=True)}
     tags_to_fix = {
         ("bucket", settings.output_bucket),
@@ -139,7 +139,7 @@ def lab_under(lab: Lab, prefix: str, **update: Any) -> Lab:
 def test_teardown_deletes_everything_and_its_check_agrees(lab_stack: Lab) -> None:
     lab = lab_under(lab_stack, "lab-gone")
     settings, aws = lab.settings, lab.aws
-    bootstrap(settings, aws, ops.build_lambda_layer(settings))
+    bootstrap(settings, aws, build_lambda_layer(settings, aws))
     image.ensure_repository(settings, aws)
     sagemaker.ensure_repository(settings, aws)
     sagemaker.ensure_role(settings, aws)

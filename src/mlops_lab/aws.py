@@ -35,10 +35,14 @@ class Change:
 
 
 class Aws:
-    """A boto3 session with the handful of facts the lab needs: region, account id, partition."""
+    """A boto3 session with the handful of facts the lab needs: region, account id, partition.
 
-    def __init__(self, session: boto3.session.Session | None = None) -> None:
+    ``endpoint_url`` sends every client there instead of where the SDK's configuration resolves (the embedded
+    emulator, given to this process explicitly rather than through its environment)."""
+
+    def __init__(self, session: boto3.session.Session | None = None, *, endpoint_url: str | None = None) -> None:
         self.session = session or default_session()
+        self._endpoint_override = endpoint_url
         self._clients: dict[str, Any] = {}
 
     @property
@@ -48,21 +52,36 @@ class Aws:
     @cached_property
     def endpoint_url(self) -> str:
         """The S3 endpoint the SDK resolved for this session (the lab's resources all live behind the same one)."""
-        return resolved_endpoint(self.session, "s3", self.region)
+        return self._endpoint_override or resolved_endpoint(self.session, "s3", self.region)
 
     @property
     def on_aws(self) -> bool:
         return is_aws_endpoint(self.endpoint_url)
 
-    def describe(self) -> str:
-        """Where calls go, in words: "AWS (eu-west-1)" or "emulator at http://127.0.0.1:4566 (us-east-1)"."""
+    def describe(self, *, account: bool = False) -> str:
+        """Where calls go, in words: "AWS (eu-west-1)" or "emulator at http://127.0.0.1:4566 (us-east-1)"; with
+        ``account``, the account id as well (one quick STS call, "account unknown" when it fails: the command's own
+        calls then say why)."""
         place = "AWS" if self.on_aws else f"emulator at {self.endpoint_url}"
         profile = f", profile {self.session.profile_name}" if self.session.profile_name not in (None, "default") else ""
-        return f"{place} ({self.region}{profile})"
+        return f"{place} ({self.region}{profile}{f', account {self._account_or_unknown()}' if account else ''})"
+
+    def _account_or_unknown(self) -> str:
+        if "identity" in self.__dict__:
+            return self.account_id
+        quick = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=5)
+        sts = self.session.client("sts", region_name=self.region, endpoint_url=self._endpoint_override, config=quick)
+        try:
+            self.__dict__["identity"] = sts.get_caller_identity()  # the cached_property's slot
+        except Exception:
+            return "unknown"
+        return self.account_id
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            self._clients[service] = self.session.client(service, region_name=self.region, config=_CONFIG)
+            self._clients[service] = self.session.client(
+                service, region_name=self.region, endpoint_url=self._endpoint_override, config=_CONFIG
+            )
         return self._clients[service]
 
     @cached_property

@@ -22,10 +22,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from mlops_lab import emulator
 from mlops_lab.aws import Aws, Change, error_code, is_not_found, missing_tags, tag_dict, tag_list, updated
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.contract import INPUT_SUFFIX
-from mlops_lab.layer import LayerArtifact, write_deterministic_zip
+from mlops_lab.errors import LabError
+from mlops_lab.layer import LayerArtifact, build_layer, check_limits, interpreter_target, write_deterministic_zip
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
 POLICY_DIR = Path(__file__).parent / "policies"
@@ -36,8 +38,8 @@ NOTIFICATION_ID = "batch-predict-csv"
 FAILURE_RETENTION_S = 14 * 24 * 3600
 
 
-class BootstrapError(RuntimeError):
-    pass
+class BootstrapError(LabError):
+    """A resource bootstrap cannot make usable (the message names it)."""
 
 
 # -- what is wanted -----------------------------------------------------------------------------------------------
@@ -508,3 +510,39 @@ def ensure_notification(settings: Settings, aws: Aws, function_arn: str, *, dry_
     return Change(
         "notification", settings.input_bucket, "updated" if current else "created", "ObjectCreated *.csv -> function"
     )
+
+
+# -- the layer it publishes ---------------------------------------------------------------------------------------
+
+
+def layer_target(settings: Settings, aws: Aws) -> tuple[str, str, bool, str | None]:
+    """(python, platform, compress, bytecode_for) of the layer bootstrap publishes: for the embedded emulator's own
+    interpreter, stored and with its bytecode (fast cold starts); otherwise AWS's runtime, deflated, source only."""
+    python = emulator.lambda_python(settings, aws)
+    if python is not None:
+        return (*interpreter_target(str(python)), False, str(python))
+    return settings.layer_python, settings.layer_platform, True, None
+
+
+def build_lambda_layer(
+    settings: Settings, aws: Aws, python: str | None = None, platform: str | None = None
+) -> LayerArtifact:
+    """The layer for bootstrap's target; an explicit python/platform (`build-layer --python`) means a deflated zip
+    for AWS or another emulator."""
+    default_python, default_platform, compress, bytecode_for = layer_target(settings, aws)
+    if python or platform:
+        compress, bytecode_for = True, None
+    artifact = build_layer(
+        settings.build_dir,
+        python=python or default_python,
+        platform=platform or default_platform,
+        compress=compress,
+        bytecode_for=bytecode_for,
+    )
+    check_limits(artifact)
+    return artifact
+
+
+def run_bootstrap(settings: Settings, aws: Aws, on_change: Callable[[Change], None] = lambda _: None) -> list[Change]:
+    """Bootstrap with the layer built for where ``aws`` points."""
+    return bootstrap(settings, aws, build_lambda_layer(settings, aws), on_change=on_change)

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from mlops_lab import bootstrap
 from mlops_lab.aws import Aws
+from mlops_lab.errors import Refused
 from mlops_lab.settings import Settings
 
 TEMPLATE_VERSION = "2010-09-09"
@@ -57,8 +58,8 @@ ROLE_DESCRIPTION = bootstrap.ROLE_DESCRIPTION
 INVOKE_ACTION, INVOKE_PRINCIPAL = bootstrap.INVOKE_ACTION, bootstrap.INVOKE_PRINCIPAL
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(Refused):
+    """A bootstrap setting the template cannot express yet, or an unknown format."""
 
 
 class _DeployTime:

@@ -15,7 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlops_lab.aws import DEFAULT_REGION
+import boto3
+
+from mlops_lab.aws import DEFAULT_REGION, Aws
 from mlops_lab.settings import PROJECT_ROOT, Settings
 from mlops_lab.stack import Service
 
@@ -170,6 +172,17 @@ def sdk_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def aws(settings: Settings) -> Aws:
+    """An AWS session on this checkout's embedded emulator, whatever this process's SDK configuration says."""
+    environment = sdk_environment(settings)
+    session = boto3.session.Session(
+        aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+        region_name=environment["AWS_DEFAULT_REGION"],
+    )
+    return Aws(session, endpoint_url=settings.emulator_url)
+
+
 PROFILE = "mlops-lab"  # the AWS profile that points at the embedded emulator (`mlops-lab env --profile`)
 
 
@@ -213,14 +226,11 @@ def write_profile(settings: Settings, name: str = PROFILE) -> tuple[Path, bool]:
     return path, True
 
 
-def lambda_python(settings: Settings) -> Path | None:
-    """The interpreter Lambda functions run on when the SDK points at this checkout's embedded emulator (MiniStack
+def lambda_python(settings: Settings, aws: Aws) -> Path | None:
+    """The interpreter Lambda functions run on when ``aws`` points at this checkout's embedded emulator (MiniStack
     runs them on its own), else None: then they run on AWS's runtime (or a container's), not on anything here."""
-
-    from mlops_lab.aws import default_session, resolved_endpoint
-
     install = EmulatorInstall(settings.emulator_venv)
-    pointed_here = resolved_endpoint(default_session(), "lambda").rstrip("/") == settings.emulator_url
+    pointed_here = aws.endpoint_url.rstrip("/") == settings.emulator_url
     return install.python if pointed_here and install.python.exists() else None
 
 

@@ -1,8 +1,14 @@
 """Expected failures, in words a person can act on: what happened, what to do, and a distinct exit code.
 
-The CLI (``mlops_lab.cli``) turns any exception a command raises into one line from :func:`explain` and exits with
-its code; the traceback is shown only with ``--debug``. The lab console shows the same line. Anything not recognised
-here is a bug: it gets ``UNEXPECTED`` and a pointer to ``--debug``.
+Every failure the library expects carries its own exit code as ``exit_code``, as click's
+``ClickException.exit_code`` and mlflow's ``MlflowException.error_code`` do: a :class:`LabError` subclass defined by
+the module that raises it (``inference.InputError`` carries the attribute alone: that module ships without the rest of
+the lab). :func:`explain` turns an exception into one line and that code: anything carrying ``exit_code`` as it is,
+the SDK's and the HTTP clients' exceptions by what they say. The CLI prints the line and exits with the code (the traceback only
+with ``--debug``); the lab console shows the same line. Anything else is a bug: ``UNEXPECTED``.
+
+This module is on the ground floor (docs/architecture.md): it imports nothing of the lab, so every module can raise
+its errors and the Lambda layer ships it beside the inference core.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ class ExitCode(IntEnum):
     ACCESS_DENIED = 8  # the credentials work but may not do this
     FUNCTION_FAILED = 9  # the Lambda failed on an event after its retries (the event is in the failure queue)
     INCOMPLETE = 10  # `teardown`: something of the lab's is still there afterwards, or a service could not be checked
+    CONFLICT = 11  # a name the lab needs is taken by something it does not own (a bucket of another account)
     INTERRUPTED = 130  # Ctrl-C
     UNEXPECTED = 70  # a bug: run again with --debug and report the traceback
 
@@ -40,14 +47,39 @@ class Problem:
 
 
 class LabError(RuntimeError):
-    """An expected failure the library raises with its exit code (the message says what to do)."""
+    """An expected failure, with its exit code: a subclass sets ``exit_code`` for all its instances, a raise site
+    may pass one. The message says what happened and what to do."""
 
-    code = ExitCode.REFUSED
+    exit_code: ExitCode = ExitCode.REFUSED
 
-    def __init__(self, message: str, code: ExitCode | None = None) -> None:
+    def __init__(self, message: str, exit_code: ExitCode | None = None) -> None:
         super().__init__(message)
-        if code is not None:
-            self.code = code
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class Refused(LabError):
+    """A model, a file or a request the lab will not take, and why."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class NotRunning(LabError):
+    """The lab, one of its services or resources is not there: `mlops-lab up` / `bootstrap`."""
+
+    exit_code = ExitCode.NOT_RUNNING
+
+
+class Unreachable(LabError):
+    """An endpoint that is not the lab's own does not answer."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class TimedOut(LabError, TimeoutError):
+    """Something took longer than allowed (also a ``TimeoutError``)."""
+
+    exit_code = ExitCode.TIMEOUT
 
 
 CREDENTIAL_CODES = frozenset(
@@ -72,6 +104,7 @@ MISSING_CODES = frozenset(
         "NoSuchEntity",
     }
 )
+TAKEN_CODES = frozenset({"BucketAlreadyExists"})  # the name is another account's
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "emulator"})
 
 
@@ -90,12 +123,13 @@ def explain(error: BaseException) -> Problem:
     """What ``error`` means for the person at the keyboard: one line and an exit code."""
     from botocore import exceptions as boto
 
-    from mlops_lab import ops, recovery, registry, stack
-
     if isinstance(error, KeyboardInterrupt):
         return Problem(ExitCode.INTERRUPTED, "Interrupted.")
-    if isinstance(error, LabError):
-        return Problem(error.code, one_line(str(error)))
+    carried = getattr(error, "exit_code", None)
+    if isinstance(carried, int) and carried in ExitCode.__members__.values():
+        refusal = isinstance(error, Refused) or not isinstance(error, LabError)
+        prefix = "Refused: " if carried == ExitCode.REFUSED and refusal else ""
+        return Problem(ExitCode(carried), prefix + one_line(str(error)))
     if isinstance(error, boto.NoCredentialsError | boto.PartialCredentialsError | boto.CredentialRetrievalError):
         return Problem(
             ExitCode.NO_CREDENTIALS,
@@ -130,26 +164,24 @@ def explain(error: BaseException) -> Problem:
                 f"Access denied ({code} on {operation}): these credentials may not do this; use a role or user "
                 "allowed to (the README lists what bootstrap needs).",
             )
+        if code in TAKEN_CODES:
+            return Problem(
+                ExitCode.CONFLICT,
+                f"A name the lab needs is taken ({code} on {operation}): bucket names are global and another account "
+                "owns this one. Choose another prefix (LAB_PREFIX).",
+            )
         if code in MISSING_CODES:
             return Problem(
                 ExitCode.NOT_RUNNING,
                 f"A lab resource is missing ({code} on {operation}): run `mlops-lab bootstrap` "
                 "(or `mlops-lab up` for the embedded lab).",
             )
-    if isinstance(error, registry.ServerUnavailable | recovery.RecoveryError | stack.StartError):
-        return Problem(ExitCode.NOT_RUNNING, one_line(str(error)))
-    if isinstance(error, ops.PredictTimeout):
-        return Problem(ExitCode.TIMEOUT, one_line(str(error)) + " Logs: `mlops-lab logs function`.")
-    if isinstance(error, ops.PredictFailed):
-        return Problem(ExitCode.FUNCTION_FAILED, one_line(str(error)) + " Logs: `mlops-lab logs function`.")
     if _is_http_connect_error(error):
         return Problem(
             ExitCode.NOT_RUNNING, f"A lab service does not answer ({one_line(str(error))}): `mlops-lab status`."
         )
     if isinstance(error, TimeoutError) or type(error).__name__ in ("ReadTimeout", "TimeoutException"):
         return Problem(ExitCode.TIMEOUT, f"Timed out: {one_line(str(error))}")
-    if _is_refusal(error):
-        return Problem(ExitCode.REFUSED, f"Refused: {one_line(str(error))}")
     return Problem(
         ExitCode.UNEXPECTED,
         f"Unexpected error: {type(error).__name__}: {one_line(str(error))}. "
@@ -167,25 +199,3 @@ def _is_http_connect_error(error: BaseException) -> bool:
     except ImportError:  # pragma: no cover - mlflow brings requests
         return False
     return isinstance(error, requests.ConnectionError)
-
-
-def _is_refusal(error: BaseException) -> bool:
-    """A model or a file the lab refuses, by the library's own exception types (imported only if already loaded:
-    classifying an error must not import scikit-learn)."""
-    import sys
-
-    from mlops_lab import registry
-
-    refusals: list[type] = [registry.RegistryError]
-    for module, name in (
-        ("mlops_lab.train", "AgreementError"),
-        ("mlops_lab.model_import", "ImportRefused"),
-        ("mlops_lab.inference", "InputError"),
-        ("mlops_lab.layer", "LayerTooLarge"),
-        ("mlops_lab.ops", "ResetError"),
-        ("mlops_lab.image", "EngineMissing"),
-    ):
-        loaded = sys.modules.get(module)
-        if loaded is not None and hasattr(loaded, name):
-            refusals.append(getattr(loaded, name))
-    return isinstance(error, tuple(refusals))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlops_lab.aws import Aws, Change
 from mlops_lab.aws import ensure_repository as ensure_ecr_repository
+from mlops_lab.errors import Refused
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
 KEEP_IMAGES = 10
@@ -44,7 +45,7 @@ LIFECYCLE_POLICY = {
 }
 
 
-class EngineMissing(RuntimeError):
+class EngineMissing(Refused):
     """No usable container engine: the message says what to install or start."""
 
 

@@ -66,6 +66,10 @@ _ONNX_TO_NUMPY = {
 class InputError(ValueError):
     """Input the model cannot score. Carries what a user needs to fix it."""
 
+    # ExitCode.REFUSED (mlops_lab.errors reads it): this module ships alone, in models and the layer, so it carries
+    # the number rather than importing the lab's errors.
+    exit_code = 1
+
     def __init__(
         self,
         reason: str,

@@ -1,9 +1,10 @@
-"""Batch jobs, read from the buckets: each CSV in the input bucket and what became of it.
+"""Batch jobs: submit a CSV, wait for what the function made of it, list the newest.
 
 A job is an input object and its current output: predictions (rows, the model that scored them, the distribution of
-its predictions) or an error report (the reason and the offending rows or columns), or nothing yet (pending). The
-console (``mlops_lab.console``) and `mlops-lab jobs` both list them through :func:`list_jobs`; both upload through
-:func:`submit`. Works the same on the emulator and on AWS: listings, HEADs and GETs only.
+its predictions) or an error report (the reason and the offending rows or columns), or nothing yet (pending).
+Everything uploads through :func:`submit` (the console, `mlops-lab jobs`, `predict` by way of :func:`predict_file`)
+and reads predictions through :func:`read_predictions`; the console and `mlops-lab jobs` list through
+:func:`list_jobs`. Works the same on the emulator and on AWS.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import json
 import math
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
+from mlops_lab import recovery
 from mlops_lab.aws import Aws, is_not_found
 from mlops_lab.contract import (
     ERRORS_PREFIX,
@@ -35,6 +39,7 @@ from mlops_lab.contract import (
     error_key,
     prediction_key,
 )
+from mlops_lab.errors import ExitCode, LabError, Refused, TimedOut
 from mlops_lab.inference import PREDICTION_COLUMN, REGRESSOR
 from mlops_lab.recovery import StoredObject
 from mlops_lab.recovery import _list as list_objects
@@ -143,7 +148,7 @@ def _job(settings: Settings, s3: Any, source: StoredObject, outputs: dict[str, S
         else:
             job.status = "ok"
             read = cache.get(output.key, output.etag, lambda: _read_predictions(s3, settings.output_bucket, output.key))
-            job.rows, job.model, job.distribution = read
+            job.rows, job.model, job.distribution = read.rows, read.model, read.distribution
     except ClientError as error:
         if not is_not_found(error):  # replaced between the listing and the read: the next refresh shows it
             raise
@@ -159,20 +164,42 @@ def _read_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _read_predictions(s3: Any, bucket: str, key: str) -> tuple[int, str, Distribution]:
+def _read_predictions(s3: Any, bucket: str, key: str) -> Predictions:
     response = s3.get_object(Bucket=bucket, Key=key)
-    metadata = response.get("Metadata", {})
-    model = " ".join(filter(None, (metadata.get(META_MODEL_NAME), metadata.get(META_MODEL_VERSION))))
     with response["Body"] as body:
         text = body.read().decode("utf-8", errors="replace")
-    distribution = distribution_of(io.StringIO(text, newline=""), regressor=metadata.get(META_MODEL_KIND) == REGRESSOR)
-    rows = int(metadata[META_ROWS]) if metadata.get(META_ROWS, "").isdigit() else distribution.total
-    return rows, model, distribution
+    return read_predictions(io.StringIO(text, newline=""), response.get("Metadata", {}))
 
 
-def distribution_of(source: IO[str], *, regressor: bool) -> Distribution:
-    """The distribution of a predictions CSV's ``prediction`` column: label counts, or a histogram of numbers."""
+@dataclass(frozen=True)
+class Predictions:
+    """What a predictions output holds: its rows, the model that scored them and their distribution."""
+
+    rows: int
+    model: str  # name and version
+    distribution: Distribution
+    value_range: tuple[float, float] | None = None  # a regressor's smallest and largest prediction
+
+    @property
+    def label_counts(self) -> dict[str, int] | None:
+        """A classifier's predictions by label (None for a regressor)."""
+        return {bar.label: bar.count for bar in self.distribution.bars} if self.distribution.kind == "labels" else None
+
+
+def read_predictions(source: IO[str], metadata: Mapping[str, str]) -> Predictions:
+    """A predictions CSV (the function's output) and its S3 metadata, read once for every view of it."""
+    model = " ".join(filter(None, (metadata.get(META_MODEL_NAME), metadata.get(META_MODEL_VERSION))))
     values = [row.get(PREDICTION_COLUMN, "") for row in csv.DictReader(source)]
+    regressor = metadata.get(META_MODEL_KIND) == REGRESSOR
+    distribution = distribution_of(values, regressor=regressor)
+    rows = int(metadata[META_ROWS]) if metadata.get(META_ROWS, "").isdigit() else len(values)
+    numbers = [float(value) for value in values if _is_number(value)] if regressor else []
+    value_range = (min(numbers), max(numbers)) if numbers else None
+    return Predictions(rows, model, distribution, value_range)
+
+
+def distribution_of(values: list[str], *, regressor: bool) -> Distribution:
+    """The distribution of a predictions CSV's ``prediction`` column: label counts, or a histogram of numbers."""
     if not regressor:
         counts = Counter(values)
         return Distribution("labels", [Bar(label, count) for label, count in sorted(counts.items())])
@@ -199,7 +226,7 @@ def _is_number(value: str) -> bool:
 # -- upload -------------------------------------------------------------------------------------------------------
 
 
-class UploadRefused(ValueError):
+class UploadRefused(Refused, ValueError):
     """A file the console (or `jobs`) will not upload, and why."""
 
 
@@ -214,8 +241,9 @@ def check_key(key: str) -> str:
 
 
 def submit(settings: Settings, aws: Aws, body: IO[bytes], key: str) -> str:
-    """Upload a CSV to the input bucket as ``key`` (checked); earlier outputs of that key are removed first so the
-    job shows as pending until the function writes the new one. Returns the input URI."""
+    """Upload a CSV to the input bucket as ``key`` (checked); earlier outputs of that key are removed first, so the
+    job shows as pending (and a wait for it cannot be satisfied by an old output) until the function writes the new
+    one. Returns the input URI."""
     key = check_key(key)
     s3 = aws.client("s3")
     s3.delete_objects(
@@ -224,3 +252,109 @@ def submit(settings: Settings, aws: Aws, body: IO[bytes], key: str) -> str:
     )
     s3.upload_fileobj(body, settings.input_bucket, key, ExtraArgs={"ContentType": "text/csv"})
     return f"s3://{settings.input_bucket}/{key}"
+
+
+# -- wait for one ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    input_uri: str
+    output_uri: str
+    status: str  # ok | rejected
+    seconds: float
+    local_path: Path
+    rows: int = 0
+    label_counts: dict[str, int] | None = None  # a classifier's predictions
+    value_range: tuple[float, float] | None = None  # a regressor's
+    model: str = ""  # the name and version that scored it
+    error: dict | None = None
+
+
+class PredictTimeout(TimedOut):
+    """No output and no failure record within the wait."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message} The function's log: `mlops-lab logs function`.")
+
+
+class PredictFailed(LabError):
+    """The function failed on the upload after its retries: the event is in the failure queue."""
+
+    exit_code = ExitCode.FUNCTION_FAILED
+
+    def __init__(self, failure: recovery.Failure) -> None:
+        self.failure = failure
+        super().__init__(
+            f"the function failed on {', '.join(failure.input_uris)} after {failure.attempts or '?'} attempt(s): "
+            f"{failure.error}. The event is kept in the failure queue: fix the cause, then `mlops-lab redrive`. "
+            "Logs: `mlops-lab logs function`."
+        )
+
+
+FAILURE_CHECK_S = 2.0  # while waiting for an output, how often to look in the failure queue as well
+
+
+def predict_file(
+    settings: Settings,
+    aws: Aws,
+    path: Path,
+    *,
+    key: str | None = None,
+    out_dir: Path | None = None,
+    timeout: float = 300,
+    on_wait: Callable[[float], None] = lambda _: None,
+) -> BatchResult:
+    """Upload a CSV (:func:`submit`) and wait for the function's predictions or error report, downloaded into
+    ``out_dir``; PredictFailed as soon as the event lands in the failure queue instead."""
+    s3 = aws.client("s3")
+    started = time.perf_counter()
+    with path.open("rb") as body:
+        input_uri = submit(settings, aws, body, key or path.name)
+    key = input_uri.removeprefix(f"s3://{settings.input_bucket}/")
+    out_dir = out_dir or settings.state_dir / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = started + timeout
+    next_failure_check = started + FAILURE_CHECK_S
+    while True:
+        if time.perf_counter() >= next_failure_check:
+            failed = recovery.find_failure(settings, aws, settings.input_bucket, key)
+            if failed is not None:
+                raise PredictFailed(failed)
+            next_failure_check = time.perf_counter() + FAILURE_CHECK_S
+        for found in (prediction_key(key), error_key(key)):
+            if _exists(s3, settings.output_bucket, found):
+                seconds = time.perf_counter() - started
+                local = out_dir / Path(found).name
+                s3.download_file(settings.output_bucket, found, str(local))
+                metadata = s3.head_object(Bucket=settings.output_bucket, Key=found).get("Metadata", {})
+                base = BatchResult(input_uri, f"s3://{settings.output_bucket}/{found}", "ok", seconds, local)
+                return _result(base, found == error_key(key), metadata)
+        if time.perf_counter() > deadline:
+            raise PredictTimeout(
+                f"no predictions for {input_uri} after {timeout:.0f} s and no failure recorded: is the notification in "
+                f"place (`mlops-lab bootstrap`)? CloudWatch group /aws/lambda/{settings.function_name}."
+            )
+        on_wait(time.perf_counter() - started)
+        time.sleep(0.1)
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as error:
+        if is_not_found(error):
+            return False
+        raise
+
+
+def _result(result: BatchResult, rejected: bool, metadata: Mapping[str, str]) -> BatchResult:
+    if rejected:
+        result.status, result.error = "rejected", json.loads(result.local_path.read_text())
+        return result
+    with result.local_path.open(newline="") as handle:
+        read = read_predictions(handle, metadata)
+    result.rows, result.model = read.rows, read.model
+    result.label_counts, result.value_range = read.label_counts, read.value_range
+    return result

@@ -20,6 +20,7 @@ from typing import IO
 
 import mlops_lab
 from mlops_lab import contract, inference
+from mlops_lab.errors import Refused
 
 # What the function needs at run time, and nothing else: pandas and sklearn stay out (size limits).
 # onnxruntime's other requirements (protobuf, flatbuffers, packaging, sympy) are only used by its tools, which are
@@ -46,7 +47,7 @@ _STRIP_SUFFIXES = (".pyi", ".pyc", ".pxd", ".h")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-class LayerTooLarge(RuntimeError):
+class LayerTooLarge(Refused):
     pass
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from mlops_lab import model, registry
+from mlops_lab import model, registry, training
 from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
+from mlops_lab.errors import Refused
 from mlops_lab.inference import CLASSIFIER, REGRESSOR, InputError, Prediction, TabularModel
 from mlops_lab.settings import Settings
 
@@ -38,7 +39,7 @@ SAMPLE_ROWS = 20  # generated rows when no --sample is given
 AGREEMENT_TOLERANCE = 1e-4
 
 
-class ImportRefused(ValueError):
+class ImportRefused(Refused, ValueError):
     """The model cannot be served as it is; the message says why and what the lab supports."""
 
 
@@ -522,7 +523,7 @@ def import_model(
         mlflow = registry.server_reachable(settings)
     if mlflow:
         example = _example_frame(served, columns)
-        logged = registry.log_imported(settings, name, stamped, example, kind=description.kind, origin=origin)
+        logged = training.log_imported(settings, name, stamped, example, kind=description.kind, origin=origin)
         promotion = registry.promote(settings, aws, logged.version, name=name)
         change, version = promotion.change, logged.version
     else:

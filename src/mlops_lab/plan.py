@@ -14,9 +14,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab import ops, sagemaker
+from mlops_lab import sagemaker
 from mlops_lab.aws import Aws, Change, is_not_found
-from mlops_lab.bootstrap import bootstrap
+from mlops_lab.bootstrap import bootstrap, build_lambda_layer
+from mlops_lab.errors import Refused
 from mlops_lab.settings import Settings
 
 PRICES = Path(__file__).parent / "pricing" / "aws-list-prices.json"
@@ -24,8 +25,8 @@ HOURS_PER_MONTH = 730  # AWS's own convention for monthly prices
 MODEL_MB = 2.0  # the published ONNX model (the lab's is ~1.8 MB)
 
 
-class PlanError(ValueError):
-    pass
+class PlanError(Refused, ValueError):
+    """A region or an instance type the price table does not have."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,10 @@ def sagemaker_changes(settings: Settings, aws: Aws) -> list[Change]:
 
 def make_plan(settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sagemaker: bool = False) -> Plan:
     """Bootstrap as a dry run (and `deploy sagemaker`'s resources), priced for the session's region."""
-    changes = bootstrap(settings, aws, ops.build_lambda_layer(settings), dry_run=True)
+    changes = bootstrap(settings, aws, build_lambda_layer(settings, aws), dry_run=True)
     if with_sagemaker:
         changes += sagemaker_changes(settings, aws)
-    plan = Plan(ops.target(aws), aws.region, changes, assumptions=assumptions)
+    plan = Plan(aws.describe(account=True), aws.region, changes, assumptions=assumptions)
     try:
         plan.costs, plan.prices_as_of = estimate(
             settings, aws.region, assumptions, sagemaker_instance=sagemaker.INSTANCE_TYPE if with_sagemaker else None

@@ -32,6 +32,7 @@ from mlops_lab.contract import (
     error_key,
     prediction_key,
 )
+from mlops_lab.errors import NotRunning
 from mlops_lab.settings import Settings
 
 # Re-runs at a time: well under the account's concurrency (a new AWS account has 10, the emulator is set the same),
@@ -274,7 +275,7 @@ class FailureQueue:
         self.sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(record))
 
 
-class RecoveryError(RuntimeError):
+class RecoveryError(NotRunning):
     pass
 
 

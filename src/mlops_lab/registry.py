@@ -1,8 +1,7 @@
-"""mlflow tracking, registry and promotion: what `mlops-lab train`, `models` and `promote` do.
+"""mlflow's tracking server and registry: the server, its client, whose entries are the lab's, promotion, versions.
 
-- ``train_and_log``: train, export to ONNX, check agreement, then log one run (params; accuracy, ROC AUC, F1 on the
-  holdout; the sklearn pipeline; the holdout rows; the ONNX model as a pyfunc with signature + input example) and
-  register it as a new version of ``settings.model_name``.
+Logging and registering new versions is beside it, in ``mlops_lab.training``.
+
 - ``promote``: re-check a version's ONNX against its own sklearn pipeline on its own holdout (refuse on mismatch),
   stamp the registry version into the ONNX metadata (``version``, ``model_name``, ``run_id``: new bytes, new ETag),
   publish it to the model bucket (the Lambda reloads on the ETag, the API hot-swaps on its poll) and point the
@@ -18,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ import httpx
 from mlops_lab import model
 from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
+from mlops_lab.errors import ExitCode, Refused
 from mlops_lab.settings import PREFIX_TAG, Settings
 from mlops_lab.stack import Service
 
@@ -48,12 +48,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
-class RegistryError(RuntimeError):
-    pass
+class RegistryError(Refused):
+    """A registry entry the lab will not promote or read (no such version, no ONNX in it...)."""
 
 
 class ServerUnavailable(RegistryError):
-    pass
+    """The tracking server does not answer."""
+
+    exit_code = ExitCode.NOT_RUNNING
 
 
 # -- the tracking server -----------------------------------------------------------------------------------------
@@ -61,11 +63,12 @@ class ServerUnavailable(RegistryError):
 SERVICE_NAME = "mlflow"
 
 
-def server_service(settings: Settings) -> Service:
-    """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3."""
+def server_service(settings: Settings, sdk: Mapping[str, str] = {}) -> Service:
+    """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3 (the
+    one ``sdk``'s variables point at, else this process's)."""
     mlflow = Path(sys.executable).with_name("mlflow")
     aws = Aws()
-    endpoint = None if aws.on_aws else aws.endpoint_url  # its S3 client needs the emulator's endpoint spelled out
+    endpoint = sdk.get("AWS_ENDPOINT_URL") or (None if aws.on_aws else aws.endpoint_url)  # spelled out for its S3
     return Service(
         name=SERVICE_NAME,
         command=[
@@ -84,10 +87,11 @@ def server_service(settings: Settings) -> Service:
             settings.mlflow_artifacts_destination,
         ],
         health_url=settings.mlflow_server_url + "/health",
-        # The server, not its clients, writes artifacts to S3: it gets this process's SDK variables (emulator or AWS).
+        # The server, not its clients, writes artifacts to S3: it gets the lab's SDK variables (emulator or AWS).
         # No job runner: it serves GenAI jobs the lab does not use, and costs a huey pool and start-up time.
         env={
             **os.environ,
+            **sdk,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -140,183 +144,16 @@ def client(settings: Settings, *, check: bool = True):  # type: ignore[no-untype
     return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
-# -- train + log ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoggedVersion:
-    name: str
-    version: str
-    run_id: str
-    metrics: dict[str, float | int]
-    model_uri: str  # models:/<name>/<version>
-    onnx_path: Path  # the local copy (settings.model_path)
-
-
-def train_and_log(
-    settings: Settings, data_path: Path | None = None, *, rows: int = 20000, seed: int = 42, run_name: str | None = None
-) -> LoggedVersion:
-    """Train on ``data_path`` (or ``rows`` generated rows), export + verify ONNX, write it locally, log and register."""
-    from mlops_lab.train import train_verified, write_atomically
-
-    verified = train_verified(data_path, rows=rows, seed=seed)  # raises AgreementError
-    result, onnx_bytes, agreement = verified.result, verified.onnx_bytes, verified.agreement
-    write_atomically(settings.model_path, onnx_bytes)
-    params = {
-        "rows": verified.rows,
-        "seed": seed,
-        "training_data": verified.source,
-        "sha256_of_training_data": verified.data_sha256,
-        "holdout_share": 0.2,
-    }
-    params |= {
-        f"rf_{k}": v
-        for k, v in result.pipeline.named_steps["classifier"].get_params().items()
-        if k in ("n_estimators", "max_depth", "min_samples_leaf", "random_state")
-    }
-    return log_version(
-        settings,
-        result.pipeline,
-        onnx_bytes,
-        result.holdout,
-        metrics=dict(result.metrics),
-        params=params,
-        extra_metrics={"onnx_max_probability_diff": agreement.max_probability_diff},
-        run_name=run_name,
-        onnx_path=settings.model_path,
-    )
-
-
-def log_version(
-    settings: Settings,
-    pipeline: Any,
-    onnx_bytes: bytes,
-    holdout: Any,  # pandas.DataFrame: features + label
-    *,
-    metrics: dict[str, float | int],
-    params: dict[str, Any] | None = None,
-    extra_metrics: dict[str, float] | None = None,
-    run_name: str | None = None,
-    onnx_path: Path | None = None,
-) -> LoggedVersion:
-    """Log one run (params, metrics, sklearn pipeline, holdout, ONNX pyfunc) and register a version of the model.
-
-    Does not check ONNX/sklearn agreement: ``train_and_log`` does before calling this, ``promote`` does again.
-    """
-    import mlflow
-    import mlflow.sklearn
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from mlops_lab.data import FEATURES, NUMERIC
-    from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
-
-    mlflow_client = client(settings)
-    _claim_experiment(settings, mlflow_client, mlflow.set_experiment(settings.mlflow_experiment))
-    example = holdout[list(FEATURES)].dropna().head(5).copy()
-    example[list(NUMERIC)] = example[list(NUMERIC)].astype("float64")
-    scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in FEATURES})
-    output = {PREDICTION_COLUMN: scored.labels.astype(str)} | {
-        probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
-    }
-    signature = infer_signature(example, pd.DataFrame(output))
-    with tempfile.TemporaryDirectory(prefix="mlops-lab-log-") as tmp, mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags({"lab.model_name": settings.model_name, "lab.onnx_opset": "18"})
-        if params:
-            mlflow.log_params(params)
-        mlflow.log_metrics({k: float(v) for k, v in {**metrics, **(extra_metrics or {})}.items()})
-        _log_evaluation(pipeline, holdout)
-        sklearn_info = mlflow.sklearn.log_model(
-            pipeline,
-            name=SKLEARN_MODEL,
-            signature=infer_signature(example, scored.labels.astype(str)),
-            input_example=example,
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            pip_requirements=_requirements("mlflow", "scikit-learn", "skops", "numpy", "pandas"),
-        )
-        holdout_file = Path(tmp) / "holdout.parquet"
-        holdout.to_parquet(holdout_file, index=False)
-        mlflow.log_artifact(str(holdout_file), artifact_path=str(Path(HOLDOUT_ARTIFACT).parent))
-        onnx_info = _log_onnx_pyfunc(
-            Path(tmp),
-            onnx_bytes,
-            signature=signature,
-            example=example,
-            name=settings.model_name,
-            metadata={"format": "onnx", "sklearn_model_uri": sklearn_info.model_uri},
-        )
-        mlflow.set_tag("lab.sklearn_model_uri", sklearn_info.model_uri)
-        mlflow.set_tag("lab.onnx_model_uri", onnx_info.model_uri)
-    version = str(onnx_info.registered_model_version)
-    _claim_registered_model(settings, mlflow_client, settings.model_name)
-    mlflow_client.set_model_version_tag(settings.model_name, version, "sklearn_model_uri", sklearn_info.model_uri)
-    return LoggedVersion(
-        settings.model_name,
-        version,
-        run.info.run_id,
-        dict(metrics),
-        f"models:/{settings.model_name}/{version}",
-        onnx_path or Path(),
-    )
-
-
-def _log_evaluation(pipeline: Any, holdout: Any) -> None:
-    """ROC, precision-recall, confusion matrix and calibration plots on the holdout, into the active run
-    (mlops_lab.evaluation), so mlflow's run comparison shows curves and not only three numbers."""
-    from mlops_lab.data import LABEL
-    from mlops_lab.evaluation import log_classifier_evaluation
-    from mlops_lab.train import _features
-
-    if LABEL in holdout.columns and hasattr(pipeline, "predict_proba"):
-        log_classifier_evaluation(pipeline, _features(holdout), holdout[LABEL])
-
-
-def log_imported(
-    settings: Settings, name: str, onnx_bytes: bytes, example: Any, *, kind: str, origin: str
-) -> LoggedVersion:
-    """Log a user's own ONNX model (as the lab's ONNX pyfunc: the same core scores it everywhere) with a signature
-    and an input example, in an experiment named after it, and register it as a new version of ``name``."""
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
-
-    mlflow_client = client(settings)
-    _claim_experiment(settings, mlflow_client, mlflow.set_experiment(name))
-    scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in example.columns})
-    output = {PREDICTION_COLUMN: scored.labels if kind == "regressor" else scored.labels.astype(str)} | {
-        probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
-    }
-    with (
-        tempfile.TemporaryDirectory(prefix="mlops-lab-import-") as tmp,
-        mlflow.start_run(run_name=f"publish {name}") as run,
-    ):
-        mlflow.set_tags({"lab.model_name": name, "lab.kind": kind, "lab.origin": origin, SOURCE_TAG: IMPORTED})
-        info = _log_onnx_pyfunc(
-            Path(tmp),
-            onnx_bytes,
-            signature=infer_signature(example, pd.DataFrame(output)),
-            example=example,
-            name=name,
-            metadata={"format": "onnx", "kind": kind, "origin": origin},
-        )
-    version = str(info.registered_model_version)
-    _claim_registered_model(settings, mlflow_client, name)
-    mlflow_client.set_model_version_tag(name, version, SOURCE_TAG, IMPORTED)
-    return LoggedVersion(name, version, run.info.run_id, {}, f"models:/{name}/{version}", Path())
-
-
 # -- whose entries these are: teardown deletes a prefix's registered models and experiments with its buckets -------
 # First come: an entry already tagged with another prefix stays that prefix's (two labs may share a server and a name).
 
 
-def _claim_experiment(settings: Settings, mlflow_client: Any, experiment: Any) -> None:
+def claim_experiment(settings: Settings, mlflow_client: Any, experiment: Any) -> None:
     if PREFIX_TAG not in (experiment.tags or {}):
         mlflow_client.set_experiment_tag(experiment.experiment_id, PREFIX_TAG, settings.prefix)
 
 
-def _claim_registered_model(settings: Settings, mlflow_client: Any, name: str) -> None:
+def claim_registered_model(settings: Settings, mlflow_client: Any, name: str) -> None:
     if PREFIX_TAG not in (mlflow_client.get_registered_model(name).tags or {}):
         mlflow_client.set_registered_model_tag(name, PREFIX_TAG, settings.prefix)
 
@@ -348,34 +185,6 @@ def _all_pages(search: Callable[..., Any], **kwargs: Any) -> list[Any]:
         token = page.token
         if not token:
             return items
-
-
-def _log_onnx_pyfunc(
-    folder: Path, onnx_bytes: bytes, *, signature: Any, example: Any, name: str, metadata: dict[str, str]
-) -> Any:
-    """Log the ONNX file as the lab's pyfunc (its inference core inside) in the active run; register it as ``name``."""
-    import mlflow
-
-    onnx_file = folder / "model.onnx"
-    onnx_file.write_bytes(onnx_bytes)
-    return mlflow.pyfunc.log_model(
-        name=ONNX_MODEL,
-        python_model=str(PYFUNC_CODE),
-        artifacts={"onnx": str(onnx_file)},
-        code_paths=[str(INFERENCE_CODE)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=_requirements("mlflow", "numpy", "onnxruntime", "pandas"),
-        registered_model_name=name,
-        metadata=metadata,
-    )
-
-
-def _requirements(*names: str) -> list[str]:
-    """Pinned to what is installed here (explicit: mlflow's own inference of them runs a slow subprocess)."""
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in names]
 
 
 # -- promote ------------------------------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ DELETE_WAIT = {"Delay": 10, "MaxAttempts": 90}  # endpoint_deleted: up to 15 min
 class SageMakerUnreachable(LabError):
     """SageMaker's API does not answer at all (offline: moto is not running). A RuntimeError, like every LabError."""
 
-    code = ExitCode.UNREACHABLE
+    exit_code = ExitCode.UNREACHABLE
 
 
 def mlflow_base_name(endpoint: str, suffix: str) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from mlops_lab.errors import NotRunning
 from mlops_lab.settings import Settings
 
 
@@ -32,7 +33,7 @@ class Service:
     cleanup: tuple[Path, ...] = ()  # folders emptied when the service stops
 
 
-class StartError(RuntimeError):
+class StartError(NotRunning):
     pass
 
 

@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlops_lab.data import CATEGORICAL, CATEGORIES, FEATURES, LABEL, NUMERIC, generate, load_training_csv
+from mlops_lab.errors import Refused
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import get_settings
 
@@ -64,7 +65,7 @@ class AgreementReport:
         return self.disagreeing_rows == 0 and self.max_probability_diff <= self.tolerance
 
 
-class AgreementError(RuntimeError):
+class AgreementError(Refused):
     """The ONNX export does not score like the sklearn pipeline it was made from."""
 
     def __init__(self, report: AgreementReport) -> None:

@@ -25,6 +25,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mlops_lab.aws import Aws
+from mlops_lab.bootstrap import build_lambda_layer
 from mlops_lab.settings import Settings
 from tests.external.support import (
     PREFIX,
@@ -107,7 +108,7 @@ def _model(folder: Path) -> tuple[Path, Path, list[str] | None]:
 def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[External]:
     """Bootstrap the lab under this run's prefix on the SDK's target and publish a model; tear it all down at the end,
     whatever happened (a test failed, bootstrap stopped half-way)."""
-    from mlops_lab import model_import, ops
+    from mlops_lab import model_import
     from mlops_lab.bootstrap import bootstrap
 
     aws = Aws()
@@ -118,7 +119,7 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[External]:
     model_path, batch, features = _model(tmp_path_factory.mktemp("external-model"))
     lab = External(settings, aws, model_name="", batch=batch)
     try:
-        bootstrap(settings, aws, ops.build_lambda_layer(settings))
+        bootstrap(settings, aws, build_lambda_layer(settings, aws))
         imported = model_import.import_model(
             settings, aws, str(model_path), features=features, sample=batch, mlflow=False
         )

@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mlops_lab import ops, recovery
+from mlops_lab import jobs, recovery
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
@@ -32,15 +32,19 @@ def predict(
     if as_json:
         predict_json(file, key, timeout)
         return
-    predict_and_render(file, key, timeout)
+    aws = Aws()
+    render.where(aws)
+    predict_and_render(aws, file, key, timeout)
 
 
 def predict_json(file: Path, key: str | None, timeout: float) -> None:
     from mlops_lab.errors import explain
 
     try:
-        result = ops.predict_file(get_settings(), Aws(), file, key=key, timeout=timeout)
-    except (ops.PredictFailed, ops.PredictTimeout) as problem:
+        aws = Aws()
+        render.where(aws)
+        result = jobs.predict_file(get_settings(), aws, file, key=key, timeout=timeout)
+    except (jobs.PredictFailed, jobs.PredictTimeout) as problem:
         explained = explain(problem)
         print(json.dumps({"status": "failed", **explained.to_json()}, indent=2))
         raise typer.Exit(int(explained.code)) from None
@@ -49,16 +53,16 @@ def predict_json(file: Path, key: str | None, timeout: float) -> None:
         raise typer.Exit(1)
 
 
-def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.BatchResult:
+def predict_and_render(aws: Aws, file: Path, key: str | None, timeout: float) -> jobs.BatchResult:
     from mlops_lab.errors import explain
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"Uploaded {file.name}; waiting for the Lambda's output...", total=None)
         try:
-            result = ops.predict_file(
-                get_settings(), Aws(), file, key=key, timeout=timeout, on_wait=lambda _: bar.update(task)
+            result = jobs.predict_file(
+                get_settings(), aws, file, key=key, timeout=timeout, on_wait=lambda _: bar.update(task)
             )
-        except (ops.PredictFailed, ops.PredictTimeout) as problem:
+        except (jobs.PredictFailed, jobs.PredictTimeout) as problem:
             bar.stop()
             console.print(f"[red]No predictions[/]: {problem}")
             console.print("The function's log: `mlops-lab logs function`.")
@@ -83,7 +87,9 @@ def predict_and_render(file: Path, key: str | None, timeout: float) -> ops.Batch
 @app.command()
 def failures() -> None:
     """List the events the function failed on (the failure queue): input, error, attempts, when."""
-    found = recovery.list_failures(get_settings(), Aws())
+    aws = Aws()
+    render.where(aws)
+    found = recovery.list_failures(get_settings(), aws)
     if not found:
         console.print("No failures: every event the function received completed.")
         return
@@ -104,7 +110,9 @@ def failures() -> None:
 @app.command()
 def redrive() -> None:
     """Run every failed event again; remove each that now completes, keep (and show) the ones still failing."""
-    result = recovery.redrive(get_settings(), Aws(), on_rerun=render.rerun)
+    aws = Aws()
+    render.where(aws)
+    result = recovery.redrive(get_settings(), aws, on_rerun=render.rerun)
     console.print(
         f"[bold]{len(result.completed)} completed[/] and removed from the failure queue, "
         f"{len(result.still_failing)} still failing (kept)."
@@ -118,7 +126,9 @@ def reconcile(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be done.")] = False,
 ) -> None:
     """Re-run every input whose output is missing or stale; remove outputs a later run superseded. Safe any time."""
-    result = recovery.reconcile(get_settings(), Aws(), dry_run=dry_run, on_rerun=render.rerun)
+    aws = Aws()
+    render.where(aws)
+    result = recovery.reconcile(get_settings(), aws, dry_run=dry_run, on_rerun=render.rerun)
     render.reconciliation(result)
     if any(rerun.status == "failed" for rerun in result.reruns):
         raise typer.Exit(1)

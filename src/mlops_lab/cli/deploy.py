@@ -27,12 +27,13 @@ def image_push(
 ) -> None:
     """Create the ECR repository (idempotent, scan on push, lifecycle policy), build api/Dockerfile, tag, push."""
     settings, aws = get_settings(), Aws()
+    render.where(aws)
     try:
         result = image.build_and_push(settings, tag=tag, base_image=base_image, aws=aws)
-    except image.EngineMissing as error:
+    except image.EngineMissing:
         uri, _ = image.ensure_repository(settings, aws)  # what can be done without an engine is still done
-        console.print(f"ECR repository ready: {uri}\n[yellow]Not built or pushed[/]: {error}")
-        raise typer.Exit(1) from None
+        console.print(f"ECR repository ready: {uri}")
+        raise
     console.print(f"[green]Pushed[/] {result.image}")
 
 
@@ -79,6 +80,7 @@ def deploy_sagemaker(
             f"{price} until you delete it (`mlops-lab deploy sagemaker --delete`)."
         )
         _confirm("Create it?", yes=yes, what="create a billed SageMaker endpoint")
+    render.where(aws)  # after the confirmation: refusing it makes no AWS call at all
     url = None
     if emulate:
         with console.status("Starting moto (SageMaker control plane)..."):
@@ -109,6 +111,7 @@ def _delete_sagemaker(settings: Settings, aws: Aws, *, emulate: bool, yes: bool)
             f"and models, and their model data in s3://{settings.model_bucket}."
         )
         _confirm("Delete them?", yes=yes, what="delete the SageMaker endpoint")
+    render.where(aws)
     url = settings.sagemaker_emulator_url if emulate else None
     try:
         with console.status(f"Deleting SageMaker endpoint {endpoint}..."):

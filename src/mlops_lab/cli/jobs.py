@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mlops_lab import jobs as lab_jobs
 from mlops_lab.aws import Aws
+from mlops_lab.cli import render
 from mlops_lab.cli.render import console
 from mlops_lab.settings import get_settings
 
@@ -23,7 +24,9 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="Print the jobs as JSON.")] = False,
 ) -> None:
     """The newest uploads to the input bucket and what became of each: rows and predictions, or the reason."""
-    listed = lab_jobs.list_jobs(get_settings(), Aws(), limit=limit)
+    aws = Aws()
+    render.where(aws)
+    listed = lab_jobs.list_jobs(get_settings(), aws, limit=limit)
     if as_json:
         print(json.dumps([job.to_json() for job in listed], indent=2))
         return

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import emulator, ops, recovery, registry
-from mlops_lab.aws import Aws
+from mlops_lab import emulator, ops, recovery, registry, services
 from mlops_lab.cli import render
 from mlops_lab.cli.batch import predict_and_render
 from mlops_lab.cli.render import console
@@ -41,17 +40,20 @@ def up(
 
 def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool = True) -> ops.Lab:
     settings = get_settings()
-    overriding = ops.credentials_in_environment()  # the shell's own, before `up` points this process at the lab
-    wanted = {emulator.SERVICE_NAME: True, registry.SERVICE_NAME: mlflow and not settings.mlflow_external, ops.API: api}
-    services = [] if external else [name for name, on in wanted.items() if on]
-    if with_console and not external:
-        services.append(ops.CONSOLE)
-    lab = ops.bring_up(settings, services=services, report=render.Report())
+    overriding = services.credentials_in_environment()  # the shell's own, before `up` points this process at the lab
+    wanted = {
+        emulator.SERVICE_NAME: True,
+        registry.SERVICE_NAME: mlflow and not settings.mlflow_external,
+        services.API: api,
+        services.CONSOLE: with_console,
+    }
+    started = [] if external else [name for name, on in wanted.items() if on]
+    lab = ops.bring_up(settings, services=started, report=render.Report())
     render.summary(lab.changes)
     render.backlog(recovery.backlog(settings, lab.aws))
     if not external:
-        render.services(settings, ops.service_states(settings))
-        if ops.CONSOLE in services:
+        render.services(settings, services.service_states(settings))
+        if services.CONSOLE in started:
             console.print(f"Open the lab console: [bold]{settings.console_url}/[/]")
         console.print(
             f"Point your shell at the lab: [bold]source {lab.env_file}[/] (selects AWS profile {emulator.PROFILE})"
@@ -67,9 +69,9 @@ def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool =
 def down() -> None:
     """Stop every embedded service (their state stays in the state dir: `up` brings it all back)."""
     settings = get_settings()
-    stopped = ops.stop_services(settings)
+    stopped = services.stop_services(settings)
     console.print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing was running.")
-    if ops.stored_data(settings):
+    if services.stored_data(settings):
         console.print(
             f"Buckets, functions and mlflow's registry are kept in {settings.state_dir}: `mlops-lab reset` wipes them."
         )
@@ -79,7 +81,7 @@ def down() -> None:
 def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
     """Stop the embedded lab and delete its state: the emulator's (buckets, objects, functions...) and mlflow's."""
     settings = get_settings()
-    data = ops.stored_data(settings)
+    data = services.stored_data(settings)
     if not data:
         console.print(f"Nothing to reset: no lab state in {settings.state_dir}.")
         return
@@ -88,7 +90,7 @@ def reset(yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confir
         console.print(f"  {item.path}  [dim]({item.bytes / 1e6:,.1f} MB)[/]  {item.holds}")
     if not yes and not typer.confirm("Stop the lab and delete all of this?"):
         raise typer.Abort()
-    stopped, deleted = ops.reset(settings)
+    stopped, deleted = services.reset(settings)
     console.print(
         (f"Stopped {', '.join(stopped)}. " if stopped else "")
         + f"Deleted {len(deleted)} folder(s). `mlops-lab up` starts an empty lab."
@@ -100,11 +102,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the statu
     """Show the embedded services, their endpoints and health, and the model they serve. Exits 5 when nothing
     runs, 7 when a service that should run is unhealthy."""
     settings = get_settings()
-    states = ops.service_states(settings)
-    live = ops.embedded_live_model(settings)
-    verdict = ops.lab_health(states)
+    states = services.service_states(settings)
+    live = services.embedded_live_model(settings)
+    verdict = services.lab_health(states)
     if as_json:
-        print(json.dumps(ops.status_json(states, live, verdict), indent=2))
+        print(json.dumps(services.status_json(states, live, verdict), indent=2))
     else:
         render.services(settings, states)
         render.live_model(live)
@@ -145,8 +147,8 @@ def env(
     if profile:
         path, changed = emulator.write_profile(settings)
         typer.echo(f"{'Wrote' if changed else 'Already there'}: [profile {emulator.PROFILE}] in {path}", err=True)
-    print(ops.env_exports(settings), end="")
-    overriding = ops.credentials_in_environment()
+    print(services.env_exports(settings), end="")
+    overriding = services.credentials_in_environment()
     if overriding:
         typer.echo(f"Note: {', '.join(overriding)} set in this shell win over any profile's credentials.", err=True)
 
@@ -184,16 +186,16 @@ def demo(
 def _demo_pipeline(lab: ops.Lab, rows: int) -> None:
     settings = lab.settings
     console.rule("Registry: train -> mlflow run + version -> promote")
-    logged = registry.train_and_log(settings, rows=20000, seed=int(time.time()) % 1000, run_name="demo")
+    logged, promotion = ops.register_demo_model(lab)
     console.print(
         f"Logged run {logged.run_id[:12]} (ROC AUC {logged.metrics['roc_auc']:.3f}) and registered "
         f"{logged.name} version {logged.version}"
     )
-    render.promotion(registry.promote(settings, Aws(), logged.version, name=logged.name))
+    render.promotion(promotion)
 
     console.rule("Batch: S3 upload -> Lambda -> S3")
     sample, record = ops.write_sample(settings, rows)
-    result = predict_and_render(sample, None, 300)
+    result = predict_and_render(lab.aws, sample, None, 300)
     with result.local_path.open() as handle:
         preview = [next(handle) for _ in range(3)]
     console.print("[dim]" + "".join(preview).rstrip() + "[/]")

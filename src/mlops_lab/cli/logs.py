@@ -38,6 +38,7 @@ def logs(
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow: that is no failure
         if target == Target.function:
             aws = Aws()
+            typer.echo(f"Talking to {aws.describe(account=True)}", err=True)
             events = lab_logs.function_events(settings, aws, since_s=since * 60, limit=lines)
             for event in events:
                 _print_event(event)

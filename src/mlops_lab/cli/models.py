@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mlops_lab import ops, registry
+from mlops_lab import registry, training
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
@@ -40,9 +40,10 @@ def train(
     ] = None,
 ) -> None:
     """Train the census-income classifier, export it to ONNX, check agreement; log + register it, or publish it."""
-    settings = get_settings()
+    settings, aws = get_settings(), Aws()
+    render.where(aws)
     with console.status("Training..."):
-        trained = ops.train(settings, data, rows=rows, seed=seed, publish=publish, mlflow=mlflow)
+        trained = training.train(settings, aws, data, rows=rows, seed=seed, publish=publish, mlflow=mlflow)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items() if isinstance(v, float))
     console.print(f"Trained and exported {trained.path} ({metrics})")
     if trained.logged is not None:
@@ -52,7 +53,7 @@ def train(
             f"{settings.mlflow_tracking_uri}/#/models/{logged.name}/versions/{logged.version}"
         )
         if trained.promotion is None:
-            console.print(f"Serve it with [bold]mlops-lab promote {logged.version}[/]")
+            console.print(f"Serve it with [bold]mlops-lab promote {logged.version} --name {logged.name}[/]")
     if trained.promotion is not None:
         render.promotion(trained.promotion)
     if trained.published is not None:
@@ -73,17 +74,9 @@ def promote(
     name: NameOption = None,
 ) -> None:
     """Check a version's ONNX (against its sklearn pipeline, for one trained here), publish it, set @champion."""
-    from mlops_lab.train import AgreementError  # scikit-learn takes ~1 s to import: only where needed
-
     settings, aws = get_settings(), Aws()
-    try:
-        promotion = registry.promote(settings, aws, version, name=name or registry.served_name(settings, aws))
-    except registry.ServerUnavailable:
-        raise  # not a refusal: the lab's one-line error and exit code (mlops_lab.errors)
-    except (AgreementError, registry.RegistryError) as error:
-        console.print(f"[red]Refused[/]: {error}")
-        raise typer.Exit(1) from None
-    render.promotion(promotion)
+    render.where(aws)
+    render.promotion(registry.promote(settings, aws, version, name=name or registry.served_name(settings, aws)))
 
 
 @app.command()
@@ -92,16 +85,10 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the versions as JSON.")] = False,
 ) -> None:
     """List a registered model's versions, their aliases and metrics, and which one the Lambda and API serve."""
-    settings = get_settings()
-    aws = Aws()
+    settings, aws = get_settings(), Aws()
+    render.where(aws)
     name = name or registry.served_name(settings, aws)
-    try:
-        rows = registry.list_versions(settings, aws, name=name)
-    except registry.ServerUnavailable:
-        raise  # the lab's one-line error and exit code (mlops_lab.errors)
-    except registry.RegistryError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from None
+    rows = registry.list_versions(settings, aws, name=name)
     if as_json:
         listed = {"name": name, "tracking_uri": settings.mlflow_tracking_uri, "versions": [asdict(r) for r in rows]}
         print(json.dumps(listed, indent=2))
@@ -167,12 +154,10 @@ def publish(
     names = [n.strip() for n in features.split(",")] if features else None
     if features_from is not None:
         names = model_import.header_of(features_from)
-    try:
-        with console.status(f"Publishing {source}..."):
-            imported = model_import.import_model(
-                get_settings(), Aws(), source, name=name, features=names, sample=sample, mlflow=mlflow
-            )
-    except (model_import.ImportRefused, registry.RegistryError) as error:
-        console.print(f"[red]Refused[/]: {error}")
-        raise typer.Exit(1) from None
+    aws = Aws()
+    render.where(aws)
+    with console.status(f"Publishing {source}..."):
+        imported = model_import.import_model(
+            get_settings(), aws, source, name=name, features=names, sample=sample, mlflow=mlflow
+        )
     render.imported(imported)

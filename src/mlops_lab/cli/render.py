@@ -8,15 +8,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import ops, recovery
-from mlops_lab.aws import Change
+from mlops_lab import jobs, ops, recovery
+from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.registry import Promotion
+from mlops_lab.services import ServiceState
 from mlops_lab.settings import Settings
 from mlops_lab.teardown import Report as TeardownReport
 
 # Without a terminal (make, CI logs) rich would wrap at 80 columns and cut the endpoints table.
 console = Console() if Console().is_terminal else Console(width=120)
+errors = Console(stderr=True) if Console(stderr=True).is_terminal else Console(stderr=True, width=120)
 
 _STYLE = {
     "created": "green",
@@ -28,6 +30,12 @@ _STYLE = {
     "detached": "red",
     "unchecked": "yellow",
 }
+
+
+def where(aws: Aws) -> None:
+    """The line every command that talks to AWS or the emulator prints first: where its calls go (on stderr, so a
+    command's JSON on stdout stays JSON)."""
+    errors.print(f"Talking to {aws.describe(account=True)}", markup=False, highlight=False)
 
 
 def change(change: Change) -> None:
@@ -117,7 +125,7 @@ def live_model(metadata: dict[str, str] | None) -> None:
     console.print(f"live model: [bold]{shown}[/]")
 
 
-def services(settings: Settings, states: list[ops.ServiceState]) -> None:
+def services(settings: Settings, states: list[ServiceState]) -> None:
     table = Table(title="mlops-lab")
     for column in ("service", "state", "endpoint", "what"):
         table.add_column(column)
@@ -210,7 +218,7 @@ def plan(result: Any) -> None:
     console.print(table)
 
 
-def batch_result_json(result: ops.BatchResult) -> dict[str, Any]:
+def batch_result_json(result: jobs.BatchResult) -> dict[str, Any]:
     """`mlops-lab predict --json`: the result of one upload."""
     return {
         "status": result.status,

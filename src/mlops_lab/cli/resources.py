@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import ops
 from mlops_lab import teardown as lab_teardown
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
@@ -22,8 +21,8 @@ app = typer.Typer()
 def bootstrap() -> None:
     """Create the buckets, role, layer, function, permission and notification (idempotent)."""
     aws = Aws()
-    console.print(f"[bold]Bootstrap[/] against {ops.target(aws)}")
-    render.summary(ops.run_bootstrap(get_settings(), aws, on_change=render.change))
+    render.where(aws)
+    render.summary(bootstrap.run_bootstrap(get_settings(), aws, on_change=render.change))
 
 
 @app.command()
@@ -47,10 +46,10 @@ def teardown(
         f"on {settings.mlflow_tracking_uri} are deleted too (--keep-registry keeps them)"
     )
     if not yes and not typer.confirm(
-        f"Delete the lab's resources (prefix {settings.prefix}) on {ops.target(aws)}; {registry_note}?"
+        f"Delete the lab's resources (prefix {settings.prefix}) on {aws.describe(account=True)}; {registry_note}?"
     ):
         raise typer.Abort()
-    console.print(f"[bold]Teardown[/] of {settings.prefix} on {ops.target(aws)}; {registry_note}.")
+    console.print(f"[bold]Teardown[/] of {settings.prefix} on {aws.describe(account=True)}; {registry_note}.")
     report = lab_teardown.teardown(settings, aws, keep_registry=keep_registry, on_change=render.change)
     render.teardown_checks(report)
     if not report.complete:
@@ -68,7 +67,7 @@ def build_layer(
 ) -> None:
     """Build the Lambda layer zip (onnxruntime + numpy + the inference core); refuse it over AWS's limits."""
     with console.status("Building the layer..."):
-        artifact = ops.build_lambda_layer(get_settings(), python, platform)
+        artifact = bootstrap.build_lambda_layer(get_settings(), Aws(), python, platform)
     console.print(
         f"{artifact.path}\n  py{artifact.python} {artifact.platform}: {artifact.zipped_bytes / 1e6:.1f} MB "
         f"{'zipped' if artifact.compressed else 'stored (emulator only: extracts faster)'}, "
@@ -101,7 +100,9 @@ def plan(
         seconds_per_file=seconds_per_file,
         image_mb=image_mb,
     )
-    result = make_plan(get_settings(), Aws(), assumptions, with_sagemaker=with_sagemaker)
+    aws = Aws()
+    render.where(aws)
+    result = make_plan(get_settings(), aws, assumptions, with_sagemaker=with_sagemaker)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
