@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo up down status test test-unit test-external lint format test-compose bench clean
+.PHONY: help install browser demo up down status test test-unit test-external lint format test-compose bench docs clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ bench: install ## Run the benchmarks: batch path, then the API against its basel
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get install -y --no-install-recommends wrk >/dev/null; } || true
 	$(BIN)/python bench/api.py --rounds 3
+
+docs: $(STAMP) ## Rewrite docs/configuration.md from the settings (src/mlops_lab/settings.py)
+	$(BIN)/python scripts/config_doc.py
 
 clean: down ## Remove the venvs, state, builds and caches
 	rm -rf $(VENV) .lab .pytest_cache build *.egg-info src/*.egg-info

@@ -61,84 +61,172 @@ _TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAB_", env_file=".env", extra="ignore")
 
-    # Names: every AWS resource the lab creates starts with this prefix.
-    prefix: str = Field("mlops-lab", pattern=r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$")
-    # Tags of your own on every resource, beside mlops-lab:prefix: LAB_TAGS='team=ml,cost-center=1234' or a JSON object.
-    tags: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    prefix: str = Field(
+        "mlops-lab",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$",
+        description="The start of every AWS resource name the lab creates (`<prefix>-input`, `<prefix>-batch-predict`, "
+        "...) and the value of its `mlops-lab:prefix` tag. Bucket names are global: choose your own on AWS.",
+    )
+    tags: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Your own tags on every resource, beside `mlops-lab:prefix`: `team=ml,cost-center=1234` or a JSON "
+        "object.",
+    )
 
-    # Where the embedded stack keeps its state, logs and pid files.
-    state_dir: Path = PROJECT_ROOT / ".lab"
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".lab",
+        description="Where the embedded stack keeps its state (the emulator's, mlflow's), logs and pid files.",
+    )
     # Installs and builds shared by every stack on this checkout (tests run their own stacks in temp state dirs).
-    emulator_venv: Path = PROJECT_ROOT / ".lab" / "emulator-venv"
-    build_dir: Path = PROJECT_ROOT / ".lab" / "build"
+    emulator_venv: Path = Field(
+        PROJECT_ROOT / ".lab" / "emulator-venv", description="The emulator's own virtualenv (MiniStack)."
+    )
+    build_dir: Path = Field(PROJECT_ROOT / ".lab" / "build", description="Where the layer zips are built.")
 
     # Embedded emulator (MiniStack), run as a server from its own virtualenv.
-    emulator_host: str = "127.0.0.1"
-    emulator_port: int = 4566
-    emulator_python: str | None = None  # interpreter for the emulator's venv; default: a 3.12 if one exists
-    emulator_auth: bool = True  # enforce IAM in the emulator, as AWS does
-    # Keep buckets, objects, IAM, Lambda, SQS... under state_dir/emulator across `down`/`up` (`mlops-lab reset` wipes).
-    emulator_persist: bool = True
+    emulator_host: str = Field("127.0.0.1", description="The address the embedded emulator listens on.")
+    emulator_port: int = Field(4566, description="The embedded emulator's port (the `mlops-lab` profile's endpoint).")
+    emulator_python: str | None = Field(
+        None,
+        description="The interpreter for the emulator's venv; default: a Python 3.12 if one is installed (on `PATH`, "
+        "under pyenv), else this one.",
+    )
+    emulator_auth: bool = Field(True, description="Enforce IAM in the emulator, as AWS does.")
+    emulator_persist: bool = Field(
+        True,
+        description="Keep buckets, objects, IAM, Lambda, SQS... under `<state dir>/emulator` across `down`/`up` "
+        "(`mlops-lab reset` wipes them).",
+    )
     # Lambda executions the emulator runs at once, account-wide: AWS's limit for a new account. MiniStack has no cap of
     # its own that fits a laptop (one ~100 MB worker per concurrent invocation); above it invocations are throttled
     # as on AWS, and throttled events that run out of retries land in the failure queue.
-    emulator_lambda_concurrency: int = Field(10, ge=1, le=1000)
+    emulator_lambda_concurrency: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Lambda executions the emulator runs at once (a new AWS account's limit); above it invocations are "
+        "throttled.",
+    )
     # Wait before the emulator's first retry of a failed or throttled event (then twice that). AWS waits about a
     # minute and keeps retrying throttled events for hours; MiniStack's 1 s lets a burst of 50 uploads on 10 slots
     # exhaust its retries while the first workers are still starting.
-    emulator_async_retry_base_s: float = Field(5.0, ge=0.1, le=60)
+    emulator_async_retry_base_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=60,
+        description="Seconds before the emulator retries a failed or throttled event (twice that before the second "
+        "retry).",
+    )
 
     # The batch-predict Lambda.
-    lambda_runtime: str = "python3.12"
-    lambda_memory_mb: int = Field(1024, ge=128, le=10240)
-    lambda_timeout_s: int = Field(300, ge=1, le=900)
-    # Put the layer's files into the function's own code zip instead of attaching a layer: for emulators that accept
-    # layers but do not apply them at run time (LocalStack's free 4.14.0). Unzipped limits are the same (250 MB).
-    lambda_bundle_layer: bool = False
+    lambda_runtime: str = Field("python3.12", description="The function's Lambda runtime.")
+    lambda_memory_mb: int = Field(1024, ge=128, le=10240, description="The function's memory, in MB.")
+    lambda_timeout_s: int = Field(300, ge=1, le=900, description="The function's timeout, in seconds.")
+    # Unzipped limits are the same either way (250 MB).
+    lambda_bundle_layer: bool = Field(
+        False,
+        description="Put the layer's files into the function's own code zip instead of attaching a layer: for "
+        "emulators that accept layers but do not apply them at run time (LocalStack's free 4.14.0).",
+    )
     # S3 invokes the function asynchronously: after this many retries (AWS allows 0-2), or once an event is this old,
     # the event goes to the failure queue (`mlops-lab failures`, `mlops-lab redrive`).
-    lambda_retry_attempts: int = Field(2, ge=0, le=2)
-    lambda_max_event_age_s: int = Field(3600, ge=60, le=21600)
-    # The function's log group keeps its logs this long (CloudWatch keeps them forever, billed, unless told otherwise).
-    log_retention_days: int = 30
-    max_input_mb: int = Field(512, ge=1)  # larger uploads get an error report instead of predictions
-    chunk_rows: int = Field(8192, ge=1)
+    lambda_retry_attempts: int = Field(
+        2, ge=0, le=2, description="Retries of an event the function failed on before it goes to the failure queue."
+    )
+    lambda_max_event_age_s: int = Field(
+        3600, ge=60, le=21600, description="Seconds after which an event not yet processed goes to the failure queue."
+    )
+    # CloudWatch keeps logs forever, billed, unless told otherwise.
+    log_retention_days: int = Field(
+        30,
+        description="Days the function's log group keeps its logs: one of the periods CloudWatch Logs takes (1, 3, 5, "
+        "7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653).",
+    )
+    max_input_mb: int = Field(
+        512, ge=1, description="Uploads larger than this (MB) get an error report instead of predictions."
+    )
+    chunk_rows: int = Field(
+        8192, ge=1, description="Rows the function reads and scores at a time (its memory stays bounded)."
+    )
 
     # Layer build target for real AWS (and for an emulator in a container, whose interpreter is not ours to run).
     # Empty means this interpreter's X.Y / this machine's architecture: what compose's bootstrap container sets,
     # since it is built from the same base image as the emulator's.
-    layer_python: str = "3.12"
-    layer_platform: str = "manylinux_2_28_x86_64"
+    layer_python: str = Field(
+        "3.12", description="The Python (`X.Y`) the layer is built for; empty: the one running `mlops-lab`."
+    )
+    layer_platform: str = Field(
+        "manylinux_2_28_x86_64",
+        description="The wheel platform the layer is built for; empty: `manylinux_2_28_<this machine>`.",
+    )
 
     # The model the Lambda and API serve, as published in the model bucket.
-    model_key: str = "models/income-classifier/model.onnx"
-    model_name: str = "income-classifier"
+    model_key: str = Field(
+        "models/income-classifier/model.onnx",
+        description="The live model's key in the model bucket: what the Lambda and the API read.",
+    )
+    model_name: str = Field(
+        "income-classifier",
+        description="The demo model's registered name: what `train` registers, and the default of `--name` when no "
+        "model is live.",
+    )
 
     # The online API (mlops_lab.api): `python -m mlops_lab.api`, or the image (which sets host 0.0.0.0, port 8080).
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = None  # when set, data endpoints need header `X-API-Key` (or `Authorization: Bearer`)
-    api_max_body_bytes: int = Field(1_048_576, ge=1)  # larger request bodies get 413
-    api_max_rows: int = Field(1000, ge=1)  # more rows in one request get 413
-    # "s3" = s3://{model_bucket}/{model_key} (what bootstrap publishes); or an s3://bucket/key URI; or a file path.
-    api_model_source: str = "s3"
-    api_model_poll_s: float = Field(10.0, ge=0)  # how often to look for a newly published model; 0 = never
-    api_access_log: bool = True  # one JSON line per request on stderr
+    api_host: str = Field("127.0.0.1", description="The address the API listens on.")
+    api_port: int = Field(8000, ge=1, le=65535, description="The API's port.")
+    api_key: str | None = Field(
+        None,
+        description="When set, `/predict`, `/invocations` and `/metadata` need header `X-API-Key: <key>` (or "
+        "`Authorization: Bearer <key>`), else 401.",
+    )
+    api_max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413.")
+    api_max_rows: int = Field(1000, ge=1, description="More rows in one request get 413.")
+    api_model_source: str = Field(
+        "s3",
+        description="What the API serves: `s3` (`s3://<prefix>-model/<model key>`, what bootstrap and `promote` "
+        "publish), an `s3://bucket/key`, a file path, or the registry (`models:/<name>@<alias>`, "
+        "`models:/<name>/<version>`).",
+    )
+    api_model_poll_s: float = Field(
+        10.0, ge=0, description="Seconds between the API's looks for a newly published model; 0: never."
+    )
+    api_access_log: bool = Field(True, description="One JSON line per request on stderr.")
 
     # The lab console (mlops_lab.console): a web page on the lab for people; `up` starts it, compose runs it.
-    console_host: str = "127.0.0.1"
-    console_port: int = Field(8001, ge=1, le=65535)
+    console_host: str = Field("127.0.0.1", description="The address the lab console listens on.")
+    console_port: int = Field(8001, ge=1, le=65535, description="The lab console's port.")
+    # A person's browser may reach mlflow and the API elsewhere than the lab does (compose: the host's published
+    # ports, not the containers' names).
+    console_mlflow_link: str | None = Field(
+        None, description="The console's link to mlflow's UI; default: the tracking URI."
+    )
+    console_api_link: str | None = Field(
+        None, description="The console's link to the API (its `/docs`); default: the API's URL."
+    )
 
     # The mlflow tracking server (mlops_lab.registry): runs, registry, promotion. Artifacts go through the server into
     # s3://{model_bucket}/{mlflow_artifacts_prefix} (served artifacts: clients need no S3 credentials).
-    mlflow_host: str = "127.0.0.1"
-    mlflow_port: int = Field(5000, ge=1, le=65535)
-    mlflow_backend_uri: str | None = None  # default: sqlite under state_dir; any SQLAlchemy URI (postgresql://...)
-    mlflow_artifacts_prefix: str = "mlflow"
-    mlflow_experiment: str = "income-classifier"
+    mlflow_host: str = Field("127.0.0.1", description="The address the embedded mlflow tracking server listens on.")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="The embedded mlflow tracking server's port.")
+    mlflow_backend_uri: str | None = Field(
+        None,
+        description="mlflow's database, any SQLAlchemy URI (`postgresql+psycopg://user:pw@host/mlflow`); default: "
+        "sqlite in `<state dir>/mlflow/mlflow.db`.",
+    )
+    mlflow_artifacts_prefix: str = Field(
+        "mlflow", description="Where mlflow's artifacts go in the model bucket: `s3://<prefix>-model/<this>/`."
+    )
+    mlflow_experiment: str = Field("income-classifier", description="The experiment `train` logs its runs to.")
     # SageMaker through mlflow's deployments client. Offline the control plane is moto (MiniStack has no SageMaker).
-    sagemaker_emulator_port: int = Field(5005, ge=1, le=65535)
-    sagemaker_endpoint_name: str | None = None  # default: {prefix}-endpoint
+    sagemaker_emulator_port: int = Field(
+        5005,
+        ge=1,
+        le=65535,
+        description="The port of moto, SageMaker's offline control plane (`deploy sagemaker` starts it on demand).",
+    )
+    sagemaker_endpoint_name: str | None = Field(
+        None, description="The SageMaker endpoint; default: `<prefix>-endpoint`."
+    )
 
     @field_validator("tags", mode="before")
     @classmethod
