@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops_lab import ops, registry, stack
+from mlops_lab import services, stack, training
 from mlops_lab.settings import PROJECT_ROOT
 from tests.support import Lab, free_port
 
@@ -28,10 +28,10 @@ class Console:
 
 @pytest.fixture(scope="session")
 def console_server(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """The console as `up` starts it (ops.console_service) on a free port, against the session's emulator and
+    """The console as `up` starts it (services.console_service) on a free port, against the session's emulator and
     mlflow."""
     settings = mlflow_lab.settings.model_copy(update={"console_port": free_port()})
-    service = ops.console_service(settings)  # its LAB_* environment is these settings
+    service = services.console_service(settings)  # its LAB_* environment is these settings
     state = settings.model_copy(update={"state_dir": tmp_path_factory.mktemp("console-state")})
     stack.start(state, service)
     try:
@@ -40,16 +40,11 @@ def console_server(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory) ->
         stack.stop(state, service)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _live_model_put_back(live_model_put_back: None) -> None:
-    """The console's tests promote on the session's stack: the model live before each module is live after it."""
-
-
 @pytest.fixture(scope="session")
 def two_versions(mlflow_lab: Lab) -> tuple[str, str]:
     """Two registered versions of the demo model (small, quick to train)."""
-    first = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=5, run_name="console-a")
-    second = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=6, run_name="console-b")
+    first = training.train_and_log(mlflow_lab.settings, rows=3000, seed=5, run_name="console-a")
+    second = training.train_and_log(mlflow_lab.settings, rows=3000, seed=6, run_name="console-b")
     return first.version, second.version
 
 

@@ -17,14 +17,17 @@ from mlops_lab import model, registry
 from tests.console.conftest import Console
 from tests.support import free_port
 
+# Its tests promote on the session's stack: the model live before this module is live again after it.
+pytestmark = pytest.mark.usefixtures("live_model_put_back")
+
 JOB_WAIT_MS = 120_000  # a cold Lambda worker plus queueing behind others: bounded, generous
 
 
 def test_the_page_shows_the_lab(page: Any, console_server: Console) -> None:
     page.goto(console_server.url)
     settings = console_server.lab.settings
-    emulator_row = page.locator('tr[data-service="emulator"]')
-    assert "healthy" in emulator_row.inner_text()
+    emulator_state = page.locator('tr[data-service="emulator"] .status')
+    assert emulator_state.inner_text() == "healthy"  # exactly: "unhealthy" and "stopped" are the other states
     assert page.locator("#live-name").inner_text() == model.live_name(settings, console_server.lab.aws)
     assert page.locator("#link-mlflow").get_attribute("href") == settings.mlflow_tracking_uri
     assert page.locator("#link-api-docs").get_attribute("href") == settings.api_url + "/docs"

@@ -5,10 +5,15 @@ from __future__ import annotations
 import re
 
 import httpx
+import pytest
 
 from mlops_lab import jobs
 from tests.console.conftest import Console
 from tests.support import wait_until
+
+# Its promote requests are all meant to be refused; should one go through, the model live before this module is live
+# again after it.
+pytestmark = pytest.mark.usefixtures("live_model_put_back")
 
 
 def _token(client: httpx.Client) -> str:

@@ -6,8 +6,9 @@ model under a request in flight; the old session is freed when the last request 
 
 A background task (started by the app's lifespan) asks the source for a cheap fingerprint (S3 ``ETag`` via
 ``head_object``; a file's inode/mtime/size) every ``api_model_poll_s`` seconds, and loads, warms up and swaps only when
-it changed. A source that is unreachable or holds a broken model is reported (``/ready``, ``/metadata``) and retried;
-a model already being served stays in service.
+it changed (the lab's one :class:`~mlops_lab.model_cache.ModelCache`). Requests never touch the source. A source that
+is unreachable or holds a broken model is reported (``/ready``, ``/metadata``) and retried; a model already being
+served stays in service.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 from mlops_lab.api.schemas import RecordTypes, build_record_types, example_record
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.inference import Prediction, TabularModel
+from mlops_lab.model_cache import ModelCache
 from mlops_lab.settings import Settings
 
 log = logging.getLogger("mlops_lab.api")
@@ -224,9 +226,11 @@ class ModelStore:
         self.max_rows = max_rows
         self.poll_s = poll_s
         self.threads = threads  # one ORT thread per session: requests, not one row, are the unit of parallelism
+        # What requests read: a plain attribute (the hot path reads it once per request), set only by check().
         self.current: Snapshot | None = None
         self.last_error: str | None = None
         self.swaps = 0
+        self._snapshots: ModelCache[Snapshot] = ModelCache()
         self._lock = asyncio.Lock()
 
     @property
@@ -236,28 +240,30 @@ class ModelStore:
     def check(self) -> bool:
         """Blocking: load the model if the source changed. True when a new snapshot was swapped in."""
         try:
-            fingerprint = self.source.fingerprint()
-            current = self.current
-            if current is not None and fingerprint == current.info.fingerprint:
-                self.last_error = None
-                return False
-            artifact = self.source.fetch()
-            if current is not None and artifact.fingerprint == current.info.fingerprint:
-                return False
-            snapshot = build_snapshot(
-                artifact, source=self.source.uri, name=self.name, max_rows=self.max_rows, threads=self.threads
-            )
+            snapshot = self._snapshots.get(self.source.fingerprint(), self._load)
         except Exception as exc:  # unreachable source, missing object, half-written or invalid model
             message = f"{type(exc).__name__}: {exc}"
             if message != self.last_error:
                 log.warning("model source %s: %s", self.source.uri, message)
             self.last_error = message
             return False
+        self.last_error = None
+        if snapshot is self.current:
+            return False
         self.current = snapshot  # the swap: one reference assignment
         self.swaps += 1
-        self.last_error = None
         log.info("serving model %s version %s from %s", snapshot.info.name, snapshot.info.version, snapshot.info.source)
         return True
+
+    def _load(self) -> Snapshot:
+        artifact = self.source.fetch()
+        current = self.current
+        # The source can change between the fingerprint and the fetch: what it returned may be what is served already.
+        if current is not None and artifact.fingerprint == current.info.fingerprint:
+            return current
+        return build_snapshot(
+            artifact, source=self.source.uri, name=self.name, max_rows=self.max_rows, threads=self.threads
+        )
 
     async def refresh(self) -> bool:
         async with self._lock:

@@ -1,4 +1,5 @@
-"""What the console shows, gathered from the library modules the CLI uses (ops, model, registry, jobs, recovery).
+"""What the console shows, gathered from the library modules the CLI uses (services, model, registry, jobs,
+recovery).
 
 Each part is read on its own: a part that fails (mlflow not running, no credentials, the stack not bootstrapped)
 becomes that part's one-line explanation (``mlops_lab.errors.explain``) and the rest of the page still shows.
@@ -7,16 +8,15 @@ becomes that part's one-line explanation (``mlops_lab.errors.explain``) and the 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mlops_lab import jobs, model, ops, recovery, registry
+from mlops_lab import jobs, model, recovery, registry, services
 from mlops_lab.aws import Aws
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.errors import ExitCode, explain
+from mlops_lab.model_cache import ModelCache
 from mlops_lab.settings import Settings
 
 T = TypeVar("T")
@@ -53,68 +53,67 @@ class LiveModel:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class SchemaCache:
-    """The live model's inputs, read from the published ONNX once per ETag."""
+@dataclass(frozen=True)
+class ModelSchema:
+    """What the published ONNX file itself says: the model's kind, its classes and its input columns."""
 
-    def __init__(self) -> None:
-        self._etag: str | None = None
-        self._value: tuple[str, list[str], list[tuple[str, str]]] = ("", [], [])
-        self._lock = threading.Lock()
+    kind: str
+    classes: list[str]
+    inputs: list[tuple[str, str]]  # (column, type)
 
-    def get(self, settings: Settings, aws: Aws) -> tuple[str, list[str], list[tuple[str, str]]]:
-        s3 = aws.client("s3")
-        etag = s3.head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
-        with self._lock:
-            if etag == self._etag:
-                return self._value
-        from mlops_lab.inference import TabularModel
 
-        body = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key, IfMatch=etag)["Body"].read()
-        loaded = TabularModel(body, threads=1)
-        inputs = [
-            (f.name, "text" if f.is_string else ("integer" if f.is_integer else "number")) for f in loaded.features
-        ]
-        value = (loaded.kind, [str(c) for c in loaded.classes], inputs)
-        with self._lock:
-            self._etag, self._value = etag, value
-        return value
+def model_schema(settings: Settings, aws: Aws, cache: ModelCache[ModelSchema]) -> ModelSchema:
+    """The live model's schema: one HEAD per call; the ONNX file is downloaded and read only when its ETag changed."""
+    s3 = aws.client("s3")
+    etag = s3.head_object(Bucket=settings.model_bucket, Key=settings.model_key)["ETag"]
+    return cache.get(etag, lambda: _read_schema(s3, settings, etag))
+
+
+def _read_schema(s3: Any, settings: Settings, etag: str) -> ModelSchema:
+    from mlops_lab.inference import TabularModel
+
+    # IfMatch: the file of the ETag the schema is cached under, or an error (the page shows it; the next one retries).
+    body = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key, IfMatch=etag)["Body"].read()
+    loaded = TabularModel(body, threads=1)
+    inputs = [(f.name, "text" if f.is_string else ("integer" if f.is_integer else "number")) for f in loaded.features]
+    return ModelSchema(loaded.kind, [str(c) for c in loaded.classes], inputs)
 
 
 def links(settings: Settings) -> dict[str, str]:
     """Where the person's browser finds mlflow's UI and the API's docs (compose sets the host-side addresses)."""
     return {
-        "mlflow": os.environ.get("LAB_CONSOLE_MLFLOW_LINK") or settings.mlflow_tracking_uri,
-        "api_docs": (os.environ.get("LAB_CONSOLE_API_LINK") or settings.api_url).rstrip("/") + "/docs",
+        "mlflow": settings.console_mlflow_link or settings.mlflow_tracking_uri,
+        "api_docs": (settings.console_api_link or settings.api_url).rstrip("/") + "/docs",
     }
 
 
 def live_model(
-    settings: Settings, aws: Aws, schemas: SchemaCache, versions: list[registry.VersionRow]
+    settings: Settings, aws: Aws, schema_cache: ModelCache[ModelSchema], versions: list[registry.VersionRow]
 ) -> LiveModel | None:
     metadata = model.published_metadata(settings, aws)
     if metadata is None:
         return None
-    kind, classes, inputs = schemas.get(settings, aws)
+    schema = model_schema(settings, aws, schema_cache)
     live = next((row for row in versions if row.live), None)
     return LiveModel(
         name=metadata.get(META_MODEL_NAME) or settings.model_name,
         version=metadata.get(META_MODEL_VERSION) or "unversioned",
-        kind=kind,
-        classes=classes,
-        inputs=inputs,
+        kind=schema.kind,
+        classes=schema.classes,
+        inputs=schema.inputs,
         metrics=dict(live.metrics) if live else {},
     )
 
 
-def page(settings: Settings, aws: Aws, schemas: SchemaCache, jobs_cache: jobs.Cache) -> dict[str, Any]:
+def page(settings: Settings, aws: Aws, schema_cache: ModelCache[ModelSchema], jobs_cache: jobs.Cache) -> dict[str, Any]:
     """Everything the page shows."""
-    services = read(lambda: ops.service_states(settings))
+    states = read(lambda: services.service_states(settings))
     name = read(lambda: registry.served_name(settings, aws))
     versions = read(lambda: registry.list_versions(settings, aws, name=name.value or settings.model_name))
-    live = read(lambda: live_model(settings, aws, schemas, versions.value or []))
+    live = read(lambda: live_model(settings, aws, schema_cache, versions.value or []))
     return {
-        "services": services,
-        "health": ops.lab_health(services.value) if services.value else None,
+        "services": states,
+        "health": services.lab_health(states.value) if states.value else None,
         "registered_name": name.value or settings.model_name,
         "versions": versions,
         "live": live,
