@@ -18,7 +18,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import jobs, model, ops, registry, services
+from mlops_lab import jobs, model, ops, registry, services, training
 from mlops_lab.aws import Aws
 from mlops_lab.teardown import tagged_arns, teardown
 from tests.support import RECORD, Lab, error_code, free_port
@@ -104,7 +104,7 @@ def test_the_default_account_sees_none_of_it(foreign: Lab, lab_stack: Lab) -> No
 
 def test_registry_and_api_there(foreign: Lab) -> None:
     settings, aws = foreign.settings, foreign.aws
-    logged = registry.train_and_log(settings, rows=3000, seed=4, run_name="eu")
+    logged = training.train_and_log(settings, rows=3000, seed=4, run_name="eu")
     registry.promote(settings, aws, logged.version)
     assert model.live_version(settings, aws) == logged.version
     artifacts = aws.client("s3").list_objects_v2(Bucket=settings.model_bucket, Prefix="mlflow/")

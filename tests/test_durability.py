@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops_lab import emulator, jobs, model, ops, recovery, registry, services, stack
+from mlops_lab import emulator, jobs, model, ops, recovery, registry, services, stack, training
 from mlops_lab.contract import META_INPUT_ETAG, META_ROWS, error_key, prediction_key
 from mlops_lab.data import generate
 from mlops_lab.settings import Settings
@@ -185,8 +185,8 @@ def test_emulator_killed_mid_run_then_up_and_reconcile_loses_nothing(durable_lab
 
 def test_down_up_keeps_the_promoted_model_its_registry_and_rollback(durable_lab: Lab) -> None:
     settings, aws = durable_lab.settings, durable_lab.aws
-    first = registry.train_and_log(settings, rows=3000, seed=1, run_name="durable-1")
-    second = registry.train_and_log(settings, rows=3000, seed=2, run_name="durable-2")
+    first = training.train_and_log(settings, rows=3000, seed=1, run_name="durable-1")
+    second = training.train_and_log(settings, rows=3000, seed=2, run_name="durable-2")
     registry.promote(settings, aws, second.version)
     s3 = aws.client("s3")
     artifacts = {

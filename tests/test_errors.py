@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def _client_error(code: str, operation: str = "HeadObject") -> ClientError:
         ),
         (_client_error("NoSuchBucket"), ExitCode.NOT_RUNNING, "mlops-lab bootstrap"),
         (_client_error("AccessDenied", "PutObject"), ExitCode.ACCESS_DENIED, "PutObject"),
+        (_client_error("BucketAlreadyExists", "CreateBucket"), ExitCode.CONFLICT, "LAB_PREFIX"),
         (registry.ServerUnavailable("the mlflow tracking server does not answer"), ExitCode.NOT_RUNNING, "mlflow"),
         (recovery.RecoveryError("no failure queue x"), ExitCode.NOT_RUNNING, "no failure queue"),
         (jobs.PredictTimeout("no predictions after 3 s"), ExitCode.TIMEOUT, "mlops-lab logs function"),
@@ -154,3 +156,63 @@ def test_debug_shows_the_traceback(nothing_running: Path, monkeypatch: pytest.Mo
     assert quiet.exception is None or isinstance(quiet.exception, SystemExit)
     loud = runner.invoke(app, ["--debug", "status"])
     assert isinstance(loud.exception, ZeroDivisionError)
+
+
+# -- every expected failure carries its code ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED_FAILURES_OUTSIDE_THE_CLI = {
+    # HTTP-only: the API and the console answer these with a status code; no command ever sees them.
+    "mlops_lab.api.payloads.PayloadError",
+    "mlops_lab.console.security.Refused",
+}
+
+
+def _library_exceptions() -> list[type[BaseException]]:
+    """Every exception class the library defines (its modules imported, then found by walking the class tree)."""
+    import importlib
+    import pkgutil
+
+    import mlops_lab
+
+    for module in pkgutil.walk_packages(mlops_lab.__path__, "mlops_lab."):
+        if not module.name.endswith(".__main__"):  # those run a program when imported
+            importlib.import_module(module.name)
+
+    def subclasses(cls: type[BaseException]) -> list[type[BaseException]]:
+        return [cls, *(sub for direct in cls.__subclasses__() for sub in subclasses(direct))]
+
+    return sorted(
+        {cls for cls in subclasses(BaseException) if cls.__module__.startswith("mlops_lab.")},
+        key=lambda cls: f"{cls.__module__}.{cls.__qualname__}",
+    )
+
+
+def test_every_exception_of_the_library_carries_its_exit_code() -> None:
+    """17 classes once had no code and fell through to "a bug, exit 70"; now each says its own code."""
+    found = _library_exceptions()
+    assert len(found) >= 17, [cls.__name__ for cls in found]
+    without = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in found
+        if f"{cls.__module__}.{cls.__qualname__}" not in EXPECTED_FAILURES_OUTSIDE_THE_CLI
+        and getattr(cls, "exit_code", None) not in set(ExitCode) - {ExitCode.OK, ExitCode.UNEXPECTED}
+    ]
+    assert without == []
+
+
+def test_the_exit_code_table_lists_every_code() -> None:
+    table = (ROOT / "docs" / "errors.md").read_text()
+    listed = {int(number) for number in re.findall(r"^\| (\d+) \|", table, flags=re.M)}
+    assert listed == {int(code) for code in ExitCode} - {0}
+
+
+def test_the_cli_holds_no_exit_numbers_of_its_own() -> None:
+    literal = re.compile(r"(typer\.Exit|SystemExit|sys\.exit)\(\s*\d")
+    found = [
+        f"{path.name}:{number}"
+        for path in sorted((ROOT / "src" / "mlops_lab" / "cli").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert found == []

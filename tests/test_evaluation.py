@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from mlops_lab import evaluation, registry
+from mlops_lab import evaluation, training
 from mlops_lab.cli import app
 from mlops_lab.settings import get_settings
 from tests.support import Lab
@@ -48,7 +48,7 @@ def test_a_regressor_gets_residuals_and_predicted_vs_actual() -> None:
 
 @pytest.mark.integration
 def test_each_training_run_logs_its_plots(mlflow_lab: Lab, cli_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    logged = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=9, run_name="plots")
+    logged = training.train_and_log(mlflow_lab.settings, rows=3000, seed=9, run_name="plots")
     client = MlflowClient(mlflow_lab.settings.mlflow_tracking_uri)
     listed = {item.path for item in client.list_artifacts(logged.run_id, evaluation.PLOTS)}
     assert listed == {f"{evaluation.PLOTS}/{name}" for name in CLASSIFIER_PLOTS}

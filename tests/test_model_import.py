@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import jobs, model, registry
+from mlops_lab import jobs, model, registry, training
 from mlops_lab.cli import app
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION, prediction_key
 from mlops_lab.inference import TabularModel, score_csv
@@ -185,7 +185,7 @@ def test_a_refused_model_leaves_the_live_one_alone(cli_env: None, lab_stack: Lab
 
 def test_promote_switches_back_to_the_demo_model(with_mlflow: Lab, tmp_path: Path) -> None:
     settings, aws = with_mlflow.settings, with_mlflow.aws
-    demo = registry.train_and_log(settings, rows=3000, seed=5, run_name="byom-demo")
+    demo = training.train_and_log(settings, rows=3000, seed=5, run_name="byom-demo")
     model_path, rows_path = iris_classifier(tmp_path)
     publish(model_path, "--features-from", rows_path)
     assert model.live_name(settings, aws) == "iris"

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops_lab import model, registry, stack
+from mlops_lab import model, registry, stack, training
 from mlops_lab.contract import META_MODEL_VERSION, prediction_key
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
@@ -28,15 +28,15 @@ from tests.support import RECORD, Lab, free_port, wait_for_output
 
 @dataclass
 class Versions:
-    first: registry.LoggedVersion
-    second: registry.LoggedVersion
+    first: training.LoggedVersion
+    second: training.LoggedVersion
 
 
 @pytest.fixture(scope="module")
 def versions(mlflow_lab: Lab) -> Versions:
     """Two registered versions from different seeds (small data: the point is the registry, not the model)."""
-    first = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=1, run_name="seed-1")
-    second = registry.train_and_log(mlflow_lab.settings, rows=3000, seed=2, run_name="seed-2")
+    first = training.train_and_log(mlflow_lab.settings, rows=3000, seed=1, run_name="seed-1")
+    second = training.train_and_log(mlflow_lab.settings, rows=3000, seed=2, run_name="seed-2")
     return Versions(first, second)
 
 
@@ -205,7 +205,7 @@ def test_mismatching_onnx_export_is_refused(mlflow_lab: Lab, versions: Versions)
     df = generate(2000, seed=9)
     logged_pipeline, other_pipeline = train(df, seed=9), train(df, seed=10)
     onnx_of_other = to_onnx(other_pipeline.pipeline, df)
-    bad = registry.log_version(
+    bad = training.log_version(
         settings,
         logged_pipeline.pipeline,
         onnx_of_other,

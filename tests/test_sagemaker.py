@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from mlops_lab import registry, sagemaker
+from mlops_lab import registry, sagemaker, training
 from mlops_lab.aws import Change, tag_dict
 from mlops_lab.data import FEATURES, generate
 from mlops_lab.inference import TabularModel
@@ -41,14 +41,14 @@ def moto_url():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def champion(mlflow_lab: Lab) -> registry.LoggedVersion:
-    logged = registry.train_and_log(mlflow_lab.settings, rows=2000, seed=4, run_name="sagemaker")
+def champion(mlflow_lab: Lab) -> training.LoggedVersion:
+    logged = training.train_and_log(mlflow_lab.settings, rows=2000, seed=4, run_name="sagemaker")
     registry.promote(mlflow_lab.settings, mlflow_lab.aws, logged.version)
     return logged
 
 
 @pytest.fixture(scope="module")
-def deployment(mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str) -> sagemaker.Deployment:
+def deployment(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> sagemaker.Deployment:
     return sagemaker.deploy(mlflow_lab.settings, mlflow_lab.aws, sagemaker_url=moto_url, timeout_s=60)
 
 
@@ -60,7 +60,7 @@ def moto_client(moto_url: str, service: str = "sagemaker"):  # type: ignore[no-u
 
 
 def test_deploy_creates_model_config_and_endpoint(
-    mlflow_lab: Lab, champion: registry.LoggedVersion, deployment: sagemaker.Deployment, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, deployment: sagemaker.Deployment, moto_url: str
 ) -> None:
     settings, aws = mlflow_lab.settings, mlflow_lab.aws
     assert deployment.mode == "create" and deployment.status == "InService"
@@ -115,7 +115,7 @@ SAMPLE = generate(25, seed=12, with_label=False)
 
 
 @pytest.fixture(scope="module")
-def containers(mlflow_lab: Lab, champion: registry.LoggedVersion, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def containers(mlflow_lab: Lab, champion: training.LoggedVersion, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The lab's API serving the champion's ONNX, and mlflow's scoring server serving the registered version."""
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
@@ -132,7 +132,7 @@ def containers(mlflow_lab: Lab, champion: registry.LoggedVersion, tmp_path_facto
         yield {"lab-api": api, "mlflow-pyfunc": mlflow_server}
 
 
-def expected_labels(champion: registry.LoggedVersion) -> list[str]:
+def expected_labels(champion: training.LoggedVersion) -> list[str]:
     return TabularModel(champion.onnx_path).predict_records(SAMPLE.to_dict("records")).labels.tolist()
 
 
@@ -156,7 +156,7 @@ REQUESTS = {
 @pytest.mark.parametrize("request_format", list(REQUESTS))
 def test_invoke_endpoint_formats_round_trip(
     containers,
-    champion: registry.LoggedVersion,
+    champion: training.LoggedVersion,
     deployment: sagemaker.Deployment,
     container: str,  # type: ignore[no-untyped-def]
     request_format: str,
@@ -212,7 +212,7 @@ BOX_RULES = str.maketrans(dict.fromkeys("│┃|", " "))
 
 
 def test_cli_models_promote_and_deploy(
-    mlflow_lab: Lab, champion: registry.LoggedVersion, monkeypatch: pytest.MonkeyPatch
+    mlflow_lab: Lab, champion: training.LoggedVersion, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlops_lab import stack
     from mlops_lab.cli import app
@@ -313,7 +313,7 @@ def object_exists(lab: Lab, key: str) -> bool:
         raise
 
 
-def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str) -> None:
+def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> None:
     settings, aws = endpoint_settings(mlflow_lab, "delete-once"), mlflow_lab.aws
     deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
     assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == [
@@ -360,7 +360,7 @@ def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: registry.
 
 
 def test_delete_removes_what_earlier_deploys_left(
-    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str
 ) -> None:
     settings, aws = endpoint_settings(mlflow_lab, "delete-twice"), mlflow_lab.aws
     first = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
@@ -414,7 +414,7 @@ def cli_settings_env(settings: Settings, monkeypatch: pytest.MonkeyPatch, **extr
 
 
 def test_cli_deploy_sagemaker_delete(
-    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str, monkeypatch: pytest.MonkeyPatch
+    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlops_lab.cli import app
 
@@ -530,7 +530,7 @@ def test_cli_refuses_a_real_endpoint_without_yes(tmp_path, no_network: list[str]
 
 
 def test_teardown_removes_the_deployment_and_what_it_needs(
-    mlflow_lab: Lab, champion: registry.LoggedVersion, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str
 ) -> None:
     """`mlops-lab teardown` after `deploy sagemaker` (the issue's own finding): the endpoint, its config and model,
     the model data, the SageMaker role and the image repository go, and the check asks SageMaker (moto) itself."""

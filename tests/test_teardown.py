@@ -16,7 +16,7 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import image, registry, sagemaker
+from mlops_lab import image, registry, sagemaker, training
 from mlops_lab.aws import tag_dict
 from mlops_lab.bootstrap import bootstrap, bucket_tags, build_lambda_layer
 from mlops_lab.cli import app
@@ -235,7 +235,7 @@ def registered(mlflow_lab: Lab, trained_model_path: Path) -> Lab:
 
     lab = lab_under(mlflow_lab, "lab-reg")
     example = generate(5, seed=3, with_label=False)[list(FEATURES)]
-    registry.log_imported(
+    training.log_imported(
         lab.settings, "lab-reg-model", trained_model_path.read_bytes(), example, kind="classifier", origin="test"
     )
     return lab

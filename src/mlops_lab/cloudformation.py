@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from mlops_lab import bootstrap
 from mlops_lab.aws import Aws
-from mlops_lab.errors import Refused
+from mlops_lab.errors import ExitCode, Refused
 from mlops_lab.settings import Settings
 
 TEMPLATE_VERSION = "2010-09-09"
@@ -287,4 +287,4 @@ def render(document: dict[str, Any], fmt: str = "json") -> str:
                 return True  # CloudFormation rejects YAML anchors and aliases (cfn-lint W1101)
 
         return yaml.dump(document, Dumper=Dumper, sort_keys=False, width=120)
-    raise ExportError(f"unknown format {fmt!r}: json or yaml")
+    raise ExportError(f"unknown format {fmt!r}: json or yaml", ExitCode.USAGE)

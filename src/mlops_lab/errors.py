@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 
 class ExitCode(IntEnum):
-    """`mlops-lab`'s exit codes (README "Exit codes")."""
+    """`mlops-lab`'s exit codes (docs/errors.md lists them for users; tests/test_errors.py keeps the two equal)."""
 
     OK = 0
     REFUSED = 1  # a model or a file the lab will not take (and why), a rejected input
@@ -162,7 +162,7 @@ def explain(error: BaseException) -> Problem:
             return Problem(
                 ExitCode.ACCESS_DENIED,
                 f"Access denied ({code} on {operation}): these credentials may not do this; use a role or user "
-                "allowed to (the README lists what bootstrap needs).",
+                "allowed to (`mlops-lab plan` lists what bootstrap creates).",
             )
         if code in TAKEN_CODES:
             return Problem(

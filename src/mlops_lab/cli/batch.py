@@ -15,6 +15,7 @@ from mlops_lab import jobs, recovery
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
+from mlops_lab.errors import ExitCode, explain
 from mlops_lab.settings import get_settings
 
 app = typer.Typer()
@@ -38,8 +39,6 @@ def predict(
 
 
 def predict_json(file: Path, key: str | None, timeout: float) -> None:
-    from mlops_lab.errors import explain
-
     try:
         aws = Aws()
         render.where(aws)
@@ -50,12 +49,10 @@ def predict_json(file: Path, key: str | None, timeout: float) -> None:
         raise typer.Exit(int(explained.code)) from None
     print(json.dumps(render.batch_result_json(result), indent=2))
     if result.status == "rejected":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.REFUSED)
 
 
 def predict_and_render(aws: Aws, file: Path, key: str | None, timeout: float) -> jobs.BatchResult:
-    from mlops_lab.errors import explain
-
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(f"Uploaded {file.name}; waiting for the Lambda's output...", total=None)
         try:
@@ -69,7 +66,7 @@ def predict_and_render(aws: Aws, file: Path, key: str | None, timeout: float) ->
             raise typer.Exit(int(explain(problem).code)) from None
     if result.status == "rejected":
         console.print(f"[red]Rejected[/]: {result.error['reason'] if result.error else ''} -> {result.output_uri}")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.REFUSED)
     if result.value_range is not None:
         summary = f"predictions from {result.value_range[0]:,.6g} to {result.value_range[1]:,.6g}"
     else:
@@ -118,7 +115,7 @@ def redrive() -> None:
         f"{len(result.still_failing)} still failing (kept)."
     )
     if result.still_failing:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FUNCTION_FAILED)
 
 
 @app.command()
@@ -131,4 +128,4 @@ def reconcile(
     result = recovery.reconcile(get_settings(), aws, dry_run=dry_run, on_rerun=render.rerun)
     render.reconciliation(result)
     if any(rerun.status == "failed" for rerun in result.reruns):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FUNCTION_FAILED)

@@ -40,12 +40,8 @@ def export_cloudformation(
         console.print(f"{code}: the function's code, {code.stat().st_size / 1e3:.0f} kB", highlight=False)
     if fmt is None:
         fmt = "yaml" if output is not None and output.suffix in {".yaml", ".yml"} else "json"
-    try:
-        document = cloudformation.template(settings)
-        text = cloudformation.render(document, fmt)
-    except cloudformation.ExportError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(2) from None
+    document = cloudformation.template(settings)
+    text = cloudformation.render(document, fmt)
     if output is None:
         typer.echo(text, nl=False)
         return
