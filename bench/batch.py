@@ -31,10 +31,11 @@ from rich.table import Table
 from mlops_lab import emulator, ops, services
 from mlops_lab.aws import Aws
 from mlops_lab.contract import prediction_key
-from mlops_lab.data import generate, write_csv
+from mlops_lab.data import write_csv
 from mlops_lab.inference import TabularModel, read_csv_chunks, score_csv
 from mlops_lab.layer import build_layer
 from mlops_lab.settings import Settings
+from mlops_lab.synthetic import generate
 
 COURSE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "course"
 

@@ -118,7 +118,8 @@ def trained_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlops_lab.data import generate, write_csv
+    from mlops_lab.data import write_csv
+    from mlops_lab.synthetic import generate
 
     path = tmp_path_factory.mktemp("data") / "sample.csv"
     write_csv(generate(500, seed=11, with_label=False), path)

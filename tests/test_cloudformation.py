@@ -48,7 +48,7 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 from typer.testing import CliRunner
 
-from mlops_lab import bootstrap, cloudformation, jobs, model
+from mlops_lab import batch_spec, bootstrap, cloudformation, jobs, model
 from mlops_lab.aws import is_not_found
 from mlops_lab.cli import app
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
@@ -163,13 +163,13 @@ def test_template_is_what_bootstrap_builds() -> None:
 
     queue = resources[cloudformation.FAILURE_QUEUE]
     assert queue["QueueName"] == settings.failure_queue_name
-    assert queue["MessageRetentionPeriod"] == bootstrap.FAILURE_RETENTION_S
+    assert queue["MessageRetentionPeriod"] == batch_spec.FAILURE_RETENTION_S
 
     role = resources[cloudformation.ROLE]
     assert role["RoleName"] == settings.role_name
-    assert role["AssumeRolePolicyDocument"] == bootstrap.trust_policy()
+    assert role["AssumeRolePolicyDocument"] == batch_spec.trust_policy()
     assert role["Policies"] == [
-        {"PolicyName": bootstrap.INLINE_POLICY_NAME, "PolicyDocument": bootstrap.execution_policy(settings, aws)}
+        {"PolicyName": batch_spec.INLINE_POLICY_NAME, "PolicyDocument": batch_spec.execution_policy(settings, aws)}
     ]
 
     log_group = resources[cloudformation.LOG_GROUP]
@@ -182,19 +182,19 @@ def test_template_is_what_bootstrap_builds() -> None:
     assert layer["CompatibleRuntimes"] == [settings.lambda_runtime]
 
     function = resources[cloudformation.FUNCTION]
-    wanted = bootstrap.function_configuration(settings, "ROLE-ARN", "LAYER-ARN")
+    wanted = batch_spec.function_configuration(settings, "ROLE-ARN", "LAYER-ARN")
     assert {key: function[key] for key in wanted} == wanted
-    assert function["Environment"] == {"Variables": bootstrap.function_environment(settings)}
+    assert function["Environment"] == {"Variables": batch_spec.function_environment(settings)}
     assert function["FunctionName"] == settings.function_name
-    assert function["Handler"] == bootstrap.FUNCTION_HANDLER
-    assert function["Description"] == bootstrap.FUNCTION_DESCRIPTION
+    assert function["Handler"] == batch_spec.FUNCTION_HANDLER
+    assert function["Description"] == batch_spec.FUNCTION_DESCRIPTION
     assert function["Code"] == {"S3Bucket": "ARTIFACTS", "S3Key": "FUNCTION-KEY"}
 
     invoke = resources[cloudformation.ASYNC_INVOCATION]
     assert invoke == {
         "FunctionName": "FUNCTION-NAME",
         "Qualifier": "$LATEST",
-        **bootstrap.async_invocation(settings, "QUEUE-ARN"),
+        **batch_spec.async_invocation(settings, "QUEUE-ARN"),
     }
 
     permission = resources[cloudformation.INVOKE_PERMISSION]
@@ -206,7 +206,7 @@ def test_template_is_what_bootstrap_builds() -> None:
         "SourceAccount": "210987654321",
     }
 
-    (rule,) = bootstrap.notification_configuration("FUNCTION-ARN")["LambdaFunctionConfigurations"]
+    (rule,) = batch_spec.notification_configuration("FUNCTION-ARN")["LambdaFunctionConfigurations"]
     assert resources[cloudformation.INPUT_BUCKET]["NotificationConfiguration"] == {
         "LambdaConfigurations": [
             {
@@ -263,7 +263,7 @@ def test_everything_taggable_carries_the_prefix_tag() -> None:
 def test_a_setting_the_template_cannot_map_fails_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
     """One source of truth: a property bootstrap starts to set that the template does not know is an error, not a
     property silently missing from the template."""
-    original = bootstrap.function_configuration
+    original = batch_spec.function_configuration
     monkeypatch.setattr(
         bootstrap, "function_configuration", lambda *args: {**original(*args), "Architectures": ["arm64"]}
     )
@@ -285,7 +285,7 @@ def test_cli_writes_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         written = runner.invoke(app, ["export", "cloudformation", "--output", "stack.yaml", "--code", "function.zip"])
         assert written.exit_code == 0, written.output
         assert yaml.safe_load((tmp_path / "stack.yaml").read_text()) == json.loads(printed.stdout)
-        assert (tmp_path / "function.zip").read_bytes() == bootstrap.function_package()
+        assert (tmp_path / "function.zip").read_bytes() == batch_spec.function_package()
         assert "aws cloudformation deploy --template-file stack.yaml" in written.stdout
     finally:
         get_settings.cache_clear()
@@ -366,9 +366,9 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
     try:
         started = time.perf_counter()
         layer = bootstrap.build_lambda_layer(settings, aws)  # the session's build, cached
-        package = bootstrap.function_package()
+        package = batch_spec.function_package()
         s3.create_bucket(Bucket=artifacts)
-        layer_key, function_key = f"layers/{layer.sha256}.zip", f"functions/{bootstrap.code_sha256(package)}.zip"
+        layer_key, function_key = f"layers/{layer.sha256}.zip", f"functions/{batch_spec.code_sha256(package)}.zip"
         s3.upload_file(str(layer.path), artifacts, layer_key)
         s3.put_object(Bucket=artifacts, Key=function_key, Body=package)
         document = cloudformation.template(settings)
@@ -392,7 +392,7 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
         # What bootstrap would do over the stack's resources: the same kinds and names, nothing to change but the
         # permission's statement id and the notification's rule id, which CloudFormation cannot set.
         changes = bootstrap.bootstrap(settings, aws, layer, dry_run=True)
-        statement_id = bootstrap.invoke_permission_statement_id(settings)
+        statement_id = batch_spec.invoke_permission_statement_id(settings)
         expected = {(c.kind, c.name) for c in changes} - {("invoke permission", statement_id)}
         (permission_id,) = [
             i["PhysicalResourceId"] for i in resources if i["ResourceType"] == "AWS::Lambda::Permission"
@@ -413,11 +413,11 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
             QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"], AttributeNames=["QueueArn"]
         )["Attributes"]["QueueArn"]
         async_config = lam.get_function_event_invoke_config(FunctionName=settings.function_name, Qualifier="$LATEST")
-        wanted_async = bootstrap.async_invocation(settings, queue_arn)
+        wanted_async = batch_spec.async_invocation(settings, queue_arn)
         assert {key: async_config[key] for key in wanted_async} == wanted_async
         # Which the emulator's CloudFormation would not refuse by itself: a layer or code object it could not read.
         function = lam.get_function(FunctionName=settings.function_name)["Configuration"]
-        assert function["CodeSha256"] == bootstrap.code_sha256(package)
+        assert function["CodeSha256"] == batch_spec.code_sha256(package)
         layer_version = lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"][0]
         assert lam.get_layer_version_by_arn(Arn=layer_version["LayerVersionArn"])["Content"]["CodeSize"] == (
             layer.zipped_bytes
@@ -429,7 +429,7 @@ def test_template_deploys_scores_a_csv_and_deletes_cleanly(
         }
         assert {**statements.pop(statement_id), "Sid": ""} == {**statements.pop(permission_id), "Sid": ""}
         notification = s3.get_bucket_notification_configuration(Bucket=settings.input_bucket)
-        wanted = bootstrap.notification_configuration(function["FunctionArn"])["LambdaFunctionConfigurations"]
+        wanted = batch_spec.notification_configuration(function["FunctionArn"])["LambdaFunctionConfigurations"]
         assert [{**rule, "Id": ""} for rule in notification["LambdaFunctionConfigurations"]] == [
             {**rule, "Id": ""} for rule in wanted
         ]

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from mlops_lab import emulator, jobs, model, ops, recovery, registry, services, stack, training
+from mlops_lab import emulator, jobs, model, ops, reconcile, recovery, registry, services, stack, training
 from mlops_lab.contract import META_INPUT_ETAG, META_ROWS, error_key, prediction_key
-from mlops_lab.data import generate
 from mlops_lab.settings import Settings
+from mlops_lab.synthetic import generate
 from tests.support import Lab, ProcessGroupMemory, free_port, report, wait_until
 
 SOAK_FILES = 200
@@ -145,7 +145,7 @@ def test_soak_every_upload_ends_in_one_output_or_one_captured_failure(durable_la
         assert not set(outputs) & set(failed), "an upload has both an output and a failure record"
         assert sorted([*outputs, *failed]) == sorted(uploads), "an upload ended in neither an output nor a failure"
         through_events = time.monotonic() - started
-        result = recovery.reconcile(durable_lab.settings, durable_lab.aws)
+        result = reconcile.reconcile(durable_lab.settings, durable_lab.aws)
     assert {a.key for a in result.actions if a.action == "rerun"} == set(failed)
     assert result.cleared_failures == len(set(failed))
     assert_complete(durable_lab, uploads, "soak/")
@@ -174,9 +174,9 @@ def test_emulator_killed_mid_run_then_up_and_reconcile_loses_nothing(durable_lab
     stored = {item["Key"] for item in s3.list_objects_v2(Bucket=settings.input_bucket, Prefix="crash/")["Contents"]}
     assert stored == set(uploads), "uploads acknowledged before the crash must survive it"
     before = len(outputs_under(durable_lab, "crash/"))
-    result = recovery.reconcile(settings, lab.aws)
+    result = reconcile.reconcile(settings, lab.aws)
     assert_complete(durable_lab, uploads, "crash/")
-    assert recovery.reconcile(settings, lab.aws, dry_run=True).actions == []
+    assert reconcile.reconcile(settings, lab.aws, dry_run=True).actions == []
     report(
         f"crash: {before} of {SOAK_FILES} outputs survived the SIGKILL; reconcile re-ran "
         f"{sum(a.action == 'rerun' for a in result.actions)} inputs (of {result.inputs} in the bucket)"

@@ -14,7 +14,7 @@ from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
-from mlops_lab.data import FEATURES, generate
+from mlops_lab.data import FEATURES
 from mlops_lab.inference import (
     PREDICTION_COLUMN,
     InputError,
@@ -24,6 +24,7 @@ from mlops_lab.inference import (
     score_csv,
     score_csv_text,
 )
+from mlops_lab.synthetic import generate
 from tests.support import parse_csv
 
 COURSE_COLUMNS = [

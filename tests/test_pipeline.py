@@ -15,11 +15,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from mlops_lab import jobs, model
-from mlops_lab.bootstrap import bootstrap, build_lambda_layer, execution_policy, run_bootstrap
+from mlops_lab.batch_spec import execution_policy
+from mlops_lab.bootstrap import bootstrap, build_lambda_layer, run_bootstrap
 from mlops_lab.contract import META_ROWS, error_key, prediction_key
-from mlops_lab.data import FEATURES, generate
+from mlops_lab.data import FEATURES
 from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column, score_csv
 from mlops_lab.settings import Settings
+from mlops_lab.synthetic import generate
 from mlops_lab.teardown import teardown
 from tests.support import NOT_FOUND_CODES, Lab, error_code, read_output, wait_for_output
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint
 
-from mlops_lab import bootstrap, cloudformation, sagemaker
+from mlops_lab import batch_spec, cloudformation, sagemaker
 from mlops_lab.settings import Settings
 
 with warnings.catch_warnings():
@@ -66,8 +66,8 @@ class SampleAws:
 def lab_policies(partition: str) -> dict[str, dict[str, Any]]:
     settings, aws = Settings(_env_file=None), SampleAws(partition)
     return {
-        "batch-predict execution": bootstrap.execution_policy(settings, aws),  # type: ignore[arg-type]
-        "lambda trust": bootstrap.trust_policy(),
+        "batch-predict execution": batch_spec.execution_policy(settings, aws),  # type: ignore[arg-type]
+        "lambda trust": batch_spec.trust_policy(),
         "sagemaker execution": sagemaker.execution_policy(settings, aws),  # type: ignore[arg-type]
         "sagemaker trust": sagemaker.trust_policy(),
     }
@@ -168,7 +168,7 @@ def test_cfn_lint_catches_a_broken_trust_policy(break_it: Any, rule: str) -> Non
 
 @pytest.mark.parametrize(
     ("trust", "service"),
-    [(bootstrap.trust_policy, "lambda.amazonaws.com"), (sagemaker.trust_policy, "sagemaker.amazonaws.com")],
+    [(batch_spec.trust_policy, "lambda.amazonaws.com"), (sagemaker.trust_policy, "sagemaker.amazonaws.com")],
     ids=["lambda", "sagemaker"],
 )
 def test_each_role_trusts_only_its_service(trust: Any, service: str) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from mlops_lab import emulator, services
 from mlops_lab.contract import error_key, prediction_key
-from mlops_lab.recovery import Action, StoredObject, event_inputs, failure_from_message, plan, s3_event
+from mlops_lab.reconcile import Action, StoredObject, plan
+from mlops_lab.recovery import event_inputs, failure_from_message, s3_event
 from mlops_lab.settings import Settings
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -198,7 +198,7 @@ def test_promoting_the_live_version_again_changes_nothing(mlflow_lab: Lab, versi
 
 def test_mismatching_onnx_export_is_refused(mlflow_lab: Lab, versions: Versions) -> None:
     """A version whose ONNX came from another pipeline: promote refuses, nothing changes."""
-    from mlops_lab.data import generate
+    from mlops_lab.synthetic import generate
     from mlops_lab.train import to_onnx, train
 
     settings, aws = mlflow_lab.settings, mlflow_lab.aws

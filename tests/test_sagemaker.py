@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 from mlops_lab import registry, sagemaker, training
 from mlops_lab.aws import Change, tag_dict
-from mlops_lab.data import FEATURES, generate
+from mlops_lab.data import FEATURES
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
+from mlops_lab.synthetic import generate
 from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port
 
 # The tests that use mlflow_lab or moto_url are marked integration by tests/conftest.py; the few without them start

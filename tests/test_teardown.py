@@ -231,7 +231,8 @@ def json_trust() -> str:
 @pytest.fixture
 def registered(mlflow_lab: Lab, trained_model_path: Path) -> Lab:
     """A model registered under a prefix of its own on the session's tracking server (as `publish` logs one)."""
-    from mlops_lab.data import FEATURES, generate
+    from mlops_lab.data import FEATURES
+    from mlops_lab.synthetic import generate
 
     lab = lab_under(mlflow_lab, "lab-reg")
     example = generate(5, seed=3, with_label=False)[list(FEATURES)]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mlops_lab import train as train_module
-from mlops_lab.data import CATEGORIES, CLASSES, FEATURES, LABEL, NUMERIC, generate, write_csv
+from mlops_lab.data import CATEGORIES, CLASSES, FEATURES, LABEL, NUMERIC, write_csv
 from mlops_lab.inference import (
     PREDICTION_COLUMN,
     InputError,
@@ -19,6 +19,7 @@ from mlops_lab.inference import (
     score_csv,
     score_csv_text,
 )
+from mlops_lab.synthetic import generate
 from mlops_lab.train import (
     AgreementError,
     TrainResult,

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
-from mlops_lab import bootstrap
+from mlops_lab import batch_spec
 from mlops_lab.aws import Aws
 from mlops_lab.errors import ExitCode, Refused
 from mlops_lab.settings import Settings
@@ -54,8 +54,8 @@ _PSEUDO = re.compile(r"\$\{AWS::(?:Partition|Region|AccountId)\}")
 
 # Bootstrap's own definitions (the deploy test also compares the stack's permission statement with the one
 # ensure_invoke_permission writes).
-ROLE_DESCRIPTION = bootstrap.ROLE_DESCRIPTION
-INVOKE_ACTION, INVOKE_PRINCIPAL = bootstrap.INVOKE_ACTION, bootstrap.INVOKE_PRINCIPAL
+ROLE_DESCRIPTION = batch_spec.ROLE_DESCRIPTION
+INVOKE_ACTION, INVOKE_PRINCIPAL = batch_spec.INVOKE_ACTION, batch_spec.INVOKE_PRINCIPAL
 
 
 class ExportError(Refused):
@@ -117,7 +117,7 @@ def _only(definition: dict[str, Any], allowed: set[str], what: str) -> dict[str,
 
 def _bucket_notification(function_arn: Any) -> dict[str, Any]:
     """bootstrap's notification (the S3 API's shape) in CloudFormation's: one entry per event, no rule id."""
-    wanted = bootstrap.notification_configuration(function_arn)
+    wanted = batch_spec.notification_configuration(function_arn)
     if set(wanted) != {"LambdaFunctionConfigurations"}:
         raise ExportError(f"bootstrap's notification has {sorted(wanted)}, the template maps Lambda targets only")
     configurations = []
@@ -166,7 +166,7 @@ def template(settings: Settings) -> dict[str, Any]:
         **_DELETED_WITH_THE_STACK,
         "Properties": {
             "QueueName": settings.failure_queue_name,
-            "MessageRetentionPeriod": bootstrap.FAILURE_RETENTION_S,
+            "MessageRetentionPeriod": batch_spec.FAILURE_RETENTION_S,
             "Tags": _tags(settings),
         },
     }
@@ -175,11 +175,11 @@ def template(settings: Settings) -> dict[str, Any]:
         "Properties": {
             "RoleName": settings.role_name,
             "Description": ROLE_DESCRIPTION,
-            "AssumeRolePolicyDocument": bootstrap.trust_policy(),
+            "AssumeRolePolicyDocument": batch_spec.trust_policy(),
             "Policies": [
                 {
-                    "PolicyName": bootstrap.INLINE_POLICY_NAME,
-                    "PolicyDocument": deploy_time(bootstrap.execution_policy, settings),
+                    "PolicyName": batch_spec.INLINE_POLICY_NAME,
+                    "PolicyDocument": deploy_time(batch_spec.execution_policy, settings),
                 }
             ],
             "Tags": _tags(settings),
@@ -203,7 +203,7 @@ def template(settings: Settings) -> dict[str, Any]:
                 "LayerName": settings.layer_name,
                 "Description": _ref(LAYER_DESCRIPTION),
                 "Content": {"S3Bucket": _ref(ARTIFACT_BUCKET), "S3Key": _ref(LAYER_KEY)},
-                "CompatibleRuntimes": bootstrap.layer_runtimes(settings),
+                "CompatibleRuntimes": batch_spec.layer_runtimes(settings),
             },
         }
     # Made before the function, as bootstrap does: Lambda would make it untagged and kept forever (and the stack's
@@ -217,14 +217,14 @@ def template(settings: Settings) -> dict[str, Any]:
             "Tags": _tags(settings),
         },
     }
-    configuration = bootstrap.function_configuration(
+    configuration = batch_spec.function_configuration(
         settings, cast(str, _arn(ROLE)), cast(str, _ref(LAYER)) if layered else None
     )
     resources[FUNCTION] = {
         "Type": "AWS::Lambda::Function",
         "Properties": {
             "FunctionName": settings.function_name,
-            "Description": bootstrap.FUNCTION_DESCRIPTION,
+            "Description": batch_spec.FUNCTION_DESCRIPTION,
             "Code": {"S3Bucket": _ref(ARTIFACT_BUCKET), "S3Key": _ref(FUNCTION_KEY)},
             **_only(configuration, _FUNCTION_PROPERTIES, "function configuration"),
             "Tags": _tags(settings),
@@ -238,7 +238,7 @@ def template(settings: Settings) -> dict[str, Any]:
         "Properties": {
             "FunctionName": _ref(FUNCTION),
             "Qualifier": "$LATEST",
-            **_only(bootstrap.async_invocation(settings, cast(str, _arn(FAILURE_QUEUE))), _ASYNC_PROPERTIES, "async"),
+            **_only(batch_spec.async_invocation(settings, cast(str, _arn(FAILURE_QUEUE))), _ASYNC_PROPERTIES, "async"),
         },
     }
     resources[INVOKE_PERMISSION] = {

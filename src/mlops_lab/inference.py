@@ -15,6 +15,10 @@ the model's metadata (``classes``), from the ZipMap's keys, or default to ``0..k
 
 Models the lab exports also carry ``categories`` in their metadata (the vocabulary each categorical column was
 trained on), so an unknown category is reported as bad input instead of being silently encoded as all zeros.
+
+Why this is one module of some 770 lines: it ships alone, as one file, in the Lambda layer and inside every registered
+model (mlflow's ``code_paths``), where nothing else of the lab is importable; split, its parts would have to travel
+together everywhere it goes.
 """
 
 from __future__ import annotations

@@ -41,8 +41,7 @@ from mlops_lab.contract import (
 )
 from mlops_lab.errors import ExitCode, LabError, Refused, TimedOut
 from mlops_lab.inference import PREDICTION_COLUMN, REGRESSOR
-from mlops_lab.recovery import StoredObject
-from mlops_lab.recovery import _list as list_objects
+from mlops_lab.reconcile import StoredObject, list_objects
 from mlops_lab.settings import Settings
 
 HISTOGRAM_BINS = 10

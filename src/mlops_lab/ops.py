@@ -145,7 +145,8 @@ def register_demo_model(lab: Lab) -> tuple[training.LoggedVersion, registry.Prom
 
 def write_sample(settings: Settings, rows: int, *, seed: int = 7) -> tuple[Path, dict]:
     """``rows`` generated rows (no label) as a CSV under the state dir; the path and the first row as a record."""
-    from mlops_lab.data import generate, write_csv
+    from mlops_lab.data import write_csv
+    from mlops_lab.synthetic import generate
 
     path = settings.state_dir / "data" / "sample.csv"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,8 @@
-"""Every upload ends in one output or one captured failure: list and redrive failures, reconcile inputs with outputs.
+"""Every upload ends in one output or one captured failure: the failure queue, and re-running an input.
 
 S3 invokes the function asynchronously. An event the function fails on (or that stays throttled) is retried, then
-Lambda sends it to the failure queue (bootstrap sets that up): ``failures`` lists those, ``redrive`` re-runs them and
-removes each that then succeeds. ``reconcile`` covers what no queue saw (an emulator killed mid-run, an event dropped):
-it compares the input bucket with the output bucket and re-runs every input whose output is missing or stale.
+Lambda sends it to the failure queue (bootstrap sets that up): ``list_failures`` lists those, ``redrive`` re-runs
+them and removes each that then succeeds. What no queue saw is ``mlops_lab.reconcile``'s, with the same re-run.
 
 Re-running means invoking the function synchronously with the S3 event it would have received, a few at a time. It
 is always safe: outputs are keyed by their input, so a second run overwrites instead of duplicating.
@@ -24,21 +23,12 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from mlops_lab.aws import Aws, error_code, is_not_found
-from mlops_lab.contract import (
-    ERRORS_PREFIX,
-    INPUT_SUFFIX,
-    META_INPUT_ETAG,
-    PREDICTIONS_PREFIX,
-    error_key,
-    prediction_key,
-)
 from mlops_lab.errors import NotRunning
 from mlops_lab.settings import Settings
 
 # Re-runs at a time: well under the account's concurrency (a new AWS account has 10, the emulator is set the same),
 # so the uploads still arriving keep room.
 RERUN_WORKERS = 4
-HEAD_WORKERS = 8  # outputs' metadata is read with this many HEADs in flight
 THROTTLE_PATIENCE_S = 120  # how long one re-run keeps retrying while the function is throttled
 
 
@@ -89,7 +79,7 @@ def event_inputs(event: dict) -> list[tuple[str, str]]:
     return found
 
 
-class _Invoker:
+class Invoker:
     """Synchronous invokes of the function, waiting out throttling (it is shared with the uploads still arriving)."""
 
     def __init__(self, settings: Settings, aws: Aws) -> None:
@@ -125,7 +115,7 @@ class _Invoker:
         return "ok", answer
 
 
-def _rerun(invoker: _Invoker, region: str, bucket: str, key: str, event: dict | None = None) -> list[Rerun]:
+def rerun_input(invoker: Invoker, region: str, bucket: str, key: str, event: dict | None = None) -> list[Rerun]:
     status, answer = invoker.run(event or s3_event(region, bucket, key))
     if status == "failed":
         return [Rerun(b, k, "failed", str(answer)) for b, k in (event_inputs(event) if event else [(bucket, key)])]
@@ -314,13 +304,13 @@ def redrive(settings: Settings, aws: Aws, *, on_rerun: Callable[[Rerun], None] =
     queue = FailureQueue(settings, aws)
     # Held for as long as re-running all of them could take, so no other reader redrives them meanwhile.
     failures = queue.hold_all(hold_s=min(43200, settings.lambda_timeout_s * 4 + 120))
-    invoker = _Invoker(settings, aws)
+    invoker = Invoker(settings, aws)
     result = RedriveResult()
 
     def one(failure: Failure) -> tuple[Failure, list[Rerun]]:
         if failure.event is None or not failure.inputs:
             return failure, [Rerun("", "", "failed", failure.error)]
-        reruns = _rerun(invoker, aws.region, *failure.inputs[0], event=failure.event)
+        reruns = rerun_input(invoker, aws.region, *failure.inputs[0], event=failure.event)
         for rerun in reruns:
             on_rerun(rerun)
         return failure, reruns
@@ -335,198 +325,3 @@ def redrive(settings: Settings, aws: Aws, *, on_rerun: Callable[[Rerun], None] =
         queue.delete(f for f in failures if f.message_id in completed)
         queue.release(f for f in failures if f.message_id not in completed)
     return result
-
-
-# -- at a glance --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backlog:
-    """What is left to recover, from listings only (cheap enough for `up` and `status`)."""
-
-    inputs_without_output: int
-    failures: int  # records in the failure queue (approximate, as SQS counts)
-
-
-def backlog(settings: Settings, aws: Aws) -> Backlog:
-    s3 = aws.client("s3")
-    inputs = [key for key in _list(s3, settings.input_bucket) if key.endswith(INPUT_SUFFIX)]
-    outputs = set(_list(s3, settings.output_bucket, PREDICTIONS_PREFIX)) | set(
-        _list(s3, settings.output_bucket, ERRORS_PREFIX)
-    )
-    missing = sum(1 for key in inputs if prediction_key(key) not in outputs and error_key(key) not in outputs)
-    queue = FailureQueue(settings, aws)
-    counts = queue.sqs.get_queue_attributes(
-        QueueUrl=queue.url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return Backlog(missing, sum(int(value) for value in counts.values()))
-
-
-# -- reconcile ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    etag: str  # without quotes
-    last_modified: datetime
-    size: int = 0
-    input_etag: str | None = None  # outputs only: the ETag of the input they were written for
-
-
-@dataclass(frozen=True)
-class Action:
-    """What reconcile does (or, in a dry run, would do) about one input key."""
-
-    key: str
-    action: str  # rerun | remove-error-report | remove-stale-predictions
-    reason: str  # missing | stale | superseded
-
-
-@dataclass
-class ReconcileResult:
-    inputs: int = 0
-    up_to_date: int = 0
-    actions: list[Action] = field(default_factory=list)
-    reruns: list[Rerun] = field(default_factory=list)
-    cleared_failures: int = 0  # failure records whose input now has its output
-    dry_run: bool = False
-
-
-def _is_current(output: StoredObject | None, source: StoredObject) -> bool:
-    """Was this output written for this very input? By the input ETag it records; an output without one (an older
-    handler's) counts if it is not older than the input."""
-    if output is None:
-        return False
-    if output.input_etag:
-        return output.input_etag == source.etag
-    return output.last_modified >= source.last_modified
-
-
-def plan(inputs: dict[str, StoredObject], outputs: dict[str, StoredObject]) -> list[Action]:
-    """The actions that leave each input with exactly one current output (pure: the buckets' listings in, actions
-    out)."""
-    actions = []
-    for key, source in sorted(inputs.items()):
-        predictions, report = outputs.get(prediction_key(key)), outputs.get(error_key(key))
-        good = predictions if _is_current(predictions, source) else None
-        bad = report if _is_current(report, source) else None
-        if good is None and bad is None:
-            actions.append(Action(key, "rerun", "stale" if predictions or report else "missing"))
-        elif good is not None and report is not None and (bad is None or report.last_modified <= good.last_modified):
-            actions.append(Action(key, "remove-error-report", "superseded"))
-        elif (
-            bad is not None
-            and predictions is not None
-            and (good is None or predictions.last_modified < bad.last_modified)
-        ):
-            actions.append(Action(key, "remove-stale-predictions", "superseded"))
-    return actions
-
-
-def _list(s3: Any, bucket: str, prefix: str = "") -> dict[str, StoredObject]:
-    found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            found[item["Key"]] = StoredObject(
-                item["Key"], item["ETag"].strip('"'), item["LastModified"], int(item.get("Size", 0))
-            )
-    return found
-
-
-def _with_input_etags(s3: Any, bucket: str, outputs: dict[str, StoredObject]) -> dict[str, StoredObject]:
-    """The outputs with the input ETag each records (a HEAD each: listings carry no metadata)."""
-
-    def head(item: StoredObject) -> StoredObject:
-        return _head(s3, bucket, item.key) or item  # (deleted since the listing: as listed)
-
-    with ThreadPoolExecutor(HEAD_WORKERS) as pool:
-        return {item.key: item for item in pool.map(head, outputs.values())}
-
-
-def reconcile(
-    settings: Settings, aws: Aws, *, dry_run: bool = False, on_rerun: Callable[[Rerun], None] = lambda _: None
-) -> ReconcileResult:
-    """Compare the input bucket with the output bucket and put right every difference (see ``plan``); then remove
-    the failure records whose input now has its output."""
-    s3 = aws.client("s3")
-    inputs = {key: item for key, item in _list(s3, settings.input_bucket).items() if key.endswith(INPUT_SUFFIX)}
-    outputs = _list(s3, settings.output_bucket, PREDICTIONS_PREFIX) | _list(s3, settings.output_bucket, ERRORS_PREFIX)
-    actions = plan(inputs, _with_input_etags(s3, settings.output_bucket, outputs))
-    result = ReconcileResult(
-        inputs=len(inputs), up_to_date=len(inputs) - len({a.key for a in actions}), actions=actions, dry_run=dry_run
-    )
-    if dry_run:
-        return result
-    for action in actions:
-        if action.action == "remove-error-report":
-            s3.delete_object(Bucket=settings.output_bucket, Key=error_key(action.key))
-        elif action.action == "remove-stale-predictions":
-            s3.delete_object(Bucket=settings.output_bucket, Key=prediction_key(action.key))
-    invoker = _Invoker(settings, aws)
-    queue = FailureQueue(settings, aws)
-    function_arn = ""
-
-    def one(action: Action) -> list[Rerun]:
-        source = inputs[action.key]
-        event = s3_event(
-            aws.region, settings.input_bucket, action.key, size=source.size, etag=source.etag, partition=aws.partition
-        )
-        reruns = _rerun(invoker, aws.region, settings.input_bucket, action.key, event=event)
-        for rerun in reruns:
-            if rerun.status == "failed":  # captured like any failed event, so `failures`/`redrive` see it
-                queue.capture(function_arn, event, rerun.detail)
-            else:  # the run wrote one output; one of the other kind, from an earlier upload, no longer stands
-                other = error_key(action.key) if rerun.status == "ok" else prediction_key(action.key)
-                s3.delete_object(Bucket=settings.output_bucket, Key=other)
-            on_rerun(rerun)
-        return reruns
-
-    to_rerun = [action for action in actions if action.action == "rerun"]
-    if to_rerun:
-        function_arn = aws.client("lambda").get_function(FunctionName=settings.function_name)["Configuration"][
-            "FunctionArn"
-        ]
-        with ThreadPoolExecutor(RERUN_WORKERS) as pool:
-            for reruns in pool.map(one, to_rerun):
-                result.reruns.extend(reruns)
-    result.cleared_failures = _clear_resolved_failures(settings, s3, queue)
-    return result
-
-
-def _clear_resolved_failures(settings: Settings, s3: Any, queue: FailureQueue) -> int:
-    """Remove failure records whose every input now has a current output (the failure no longer stands)."""
-    failures = queue.hold_all(hold_s=60)
-    resolved = {
-        failure.message_id
-        for failure in failures
-        if failure.inputs and all(_has_current_output(settings, s3, bucket, key) for bucket, key in failure.inputs)
-    }
-    queue.delete(f for f in failures if f.message_id in resolved)
-    queue.release(f for f in failures if f.message_id not in resolved)
-    return len(resolved)
-
-
-def _has_current_output(settings: Settings, s3: Any, bucket: str, key: str) -> bool:
-    source = _head(s3, bucket, key)
-    if source is None:
-        return False  # the input is gone: nothing will ever complete it, but a redrive will say so
-    outputs = (_head(s3, settings.output_bucket, output_key) for output_key in (prediction_key(key), error_key(key)))
-    return any(_is_current(output, source) for output in outputs)
-
-
-def _head(s3: Any, bucket: str, key: str) -> StoredObject | None:
-    """The object's ETag, time and recorded input ETag (one HEAD), or None when it is not there."""
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if is_not_found(error):
-            return None
-        raise
-    return StoredObject(
-        key,
-        head["ETag"].strip('"'),
-        head["LastModified"],
-        int(head.get("ContentLength", 0)),
-        head.get("Metadata", {}).get(META_INPUT_ETAG),
-    )

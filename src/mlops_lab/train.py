@@ -31,10 +31,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlops_lab.data import CATEGORICAL, CATEGORIES, FEATURES, LABEL, NUMERIC, generate, load_training_csv
+from mlops_lab.data import CATEGORICAL, CATEGORIES, FEATURES, LABEL, NUMERIC, load_training_csv
 from mlops_lab.errors import Refused
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import get_settings
+from mlops_lab.synthetic import generate
 
 # skl2onnx's string Imputer only matches a string marker, not NaN, so missing categoricals are fed to the
 # pipeline as "" (see _features). Callers of the exported model never send it: the inference core rejects any

@@ -408,8 +408,8 @@ def test_course_model_json(make_client, course_model):
 
 
 def test_trained_model_serves_generated_rows(make_client, trained_model_path):
-    """The model `mlops-lab train` exports, scored through /predict and /invocations on rows `data.generate` makes."""
-    from mlops_lab.data import generate
+    """The model `mlops-lab train` exports, scored through /predict and /invocations on rows `synthetic.generate` makes."""
+    from mlops_lab.synthetic import generate
 
     client = make_client(source=trained_model_path)
     meta = client.get("/metadata").json()

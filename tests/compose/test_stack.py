@@ -74,7 +74,7 @@ def model_versions(mlflow_url: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def sample_rows():
-    from mlops_lab.data import generate
+    from mlops_lab.synthetic import generate
 
     return generate(300, seed=5, with_label=False)
 

@@ -12,6 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mlops_lab import jobs, recovery
+from mlops_lab import reconcile as lab_reconcile
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
 from mlops_lab.cli.render import console
@@ -125,7 +126,7 @@ def reconcile(
     """Re-run every input whose output is missing or stale; remove outputs a later run superseded. Safe any time."""
     aws = Aws()
     render.where(aws)
-    result = recovery.reconcile(get_settings(), aws, dry_run=dry_run, on_rerun=render.rerun)
+    result = lab_reconcile.reconcile(get_settings(), aws, dry_run=dry_run, on_rerun=render.rerun)
     render.reconciliation(result)
     if any(rerun.status == "failed" for rerun in result.reruns):
         raise typer.Exit(ExitCode.FUNCTION_FAILED)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import bootstrap, cloudformation
+from mlops_lab import batch_spec, bootstrap, cloudformation
 from mlops_lab.aws import Aws
 from mlops_lab.cli.render import console
 from mlops_lab.settings import get_settings
@@ -36,7 +36,7 @@ def export_cloudformation(
     if code is not None:
         # With LAB_LAMBDA_BUNDLE_LAYER the code zip carries the layer, as bootstrap's does.
         bundled = bootstrap.build_lambda_layer(settings, Aws()) if settings.lambda_bundle_layer else None
-        code.write_bytes(bootstrap.function_package(bundled))
+        code.write_bytes(batch_spec.function_package(bundled))
         console.print(f"{code}: the function's code, {code.stat().st_size / 1e3:.0f} kB", highlight=False)
     if fmt is None:
         fmt = "yaml" if output is not None and output.suffix in {".yaml", ".yml"} else "json"

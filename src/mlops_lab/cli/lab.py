@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import emulator, ops, recovery, registry, services
+from mlops_lab import emulator, ops, reconcile, registry, services
 from mlops_lab.cli import render
 from mlops_lab.cli.batch import predict_and_render
 from mlops_lab.cli.render import console
@@ -50,7 +50,7 @@ def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool =
     started = [] if external else [name for name, on in wanted.items() if on]
     lab = ops.bring_up(settings, services=started, report=render.Report())
     render.summary(lab.changes)
-    render.backlog(recovery.backlog(settings, lab.aws))
+    render.backlog(reconcile.backlog(settings, lab.aws))
     if not external:
         render.services(settings, services.service_states(settings))
         if services.CONSOLE in started:

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import jobs, ops, recovery
+from mlops_lab import jobs, ops, reconcile, recovery
 from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.registry import Promotion
@@ -150,7 +150,7 @@ def rerun(rerun: recovery.Rerun) -> None:
     console.print(f"  [{style}]{rerun.status:>9}[/]  s3://{rerun.bucket}/{rerun.key}  [dim]{rerun.detail}[/]")
 
 
-def reconciliation(result: recovery.ReconcileResult) -> None:
+def reconciliation(result: reconcile.ReconcileResult) -> None:
     verb = "would" if result.dry_run else "did"
     if result.dry_run:
         for action in result.actions:
@@ -164,7 +164,7 @@ def reconciliation(result: recovery.ReconcileResult) -> None:
     )
 
 
-def backlog(backlog: recovery.Backlog) -> None:
+def backlog(backlog: reconcile.Backlog) -> None:
     if backlog.inputs_without_output:
         console.print(
             f"[yellow]{backlog.inputs_without_output} input(s) have no output yet[/] (still running, or lost in a "

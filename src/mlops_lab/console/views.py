@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mlops_lab import jobs, model, recovery, registry, services
+from mlops_lab import jobs, model, reconcile, registry, services
 from mlops_lab.aws import Aws
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.errors import ExitCode, explain
@@ -127,5 +127,5 @@ def page(settings: Settings, aws: Aws, schema_cache: ModelCache[ModelSchema], jo
 def jobs_part(settings: Settings, aws: Aws, jobs_cache: jobs.Cache) -> dict[str, Any]:
     return {
         "jobs": read(lambda: jobs.list_jobs(settings, aws, limit=LISTED_JOBS, cache=jobs_cache)),
-        "backlog": read(lambda: recovery.backlog(settings, aws)),
+        "backlog": read(lambda: reconcile.backlog(settings, aws)),
     }
