@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import shlex
 import time
 from pathlib import Path
 
@@ -196,3 +198,32 @@ def test_promote_switches_back_to_the_demo_model(with_mlflow: Lab, tmp_path: Pat
     assert back.exit_code == 0, back.output
     assert (model.live_name(settings, aws), model.live_version(settings, aws)) == (settings.model_name, demo.version)
     assert "was iris" in back.output, back.output
+
+
+def test_the_promote_command_train_prints_works_while_another_model_is_live(with_mlflow: Lab, tmp_path: Path) -> None:
+    """`train` ends with the command that serves its version; with another model live (iris), that command as printed
+    (not a bare `promote N`, which would look for version N of iris) makes the trained version live."""
+    settings, aws = with_mlflow.settings, with_mlflow.aws
+    model_path, rows_path = iris_classifier(tmp_path)
+    publish(model_path, "--features-from", rows_path)
+    assert model.live_name(settings, aws) == "iris"
+    trained = runner.invoke(app, ["train", "--rows", "2000", "--seed", "8", "--mlflow", "--no-publish"])
+    assert trained.exit_code == 0, trained.output
+    hint = re.search(r"Serve it with (mlops-lab promote .+)$", trained.output, flags=re.M)
+    assert hint, trained.output
+    command = shlex.split(hint.group(1))[1:]
+    assert command[:1] == ["promote"] and "--name" in command, command
+    promoted = runner.invoke(app, command)
+    assert promoted.exit_code == 0, promoted.output
+    version = command[1]
+    assert (model.live_name(settings, aws), model.live_version(settings, aws)) == (settings.model_name, version)
+
+
+def test_every_command_that_talks_to_aws_says_where_first(with_mlflow: Lab) -> None:
+    """One line on stderr before anything else: the endpoint, region and account the command's calls go to."""
+    for command in (["jobs"], ["failures"], ["models"], ["plan"], ["reconcile", "--dry-run"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, (command, result.output)
+        first = result.output.splitlines()[0]
+        assert first.startswith(f"Talking to emulator at {with_mlflow.settings.emulator_url}"), (command, first)
+        assert "account 000000000000" in first, (command, first)
