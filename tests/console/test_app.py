@@ -104,3 +104,18 @@ def test_the_links_default_to_where_the_lab_reaches_mlflow_and_the_api() -> None
     settings = Settings(console_mlflow_link=None, console_api_link=None, api_port=8123)
     assert views.links(settings) == {"mlflow": settings.mlflow_tracking_uri, "api_docs": "http://127.0.0.1:8123/docs"}
     assert "LAB_CONSOLE_MLFLOW_LINK" not in as_environment(settings)
+
+
+def test_without_an_aws_profile_the_page_still_shows_with_one_line_saying_why(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK cannot make a session (AWS_PROFILE names a profile that is not there): the page is served, each part
+    that needs AWS says so in one line, and the rest (links, services) still shows. It used to be a 500."""
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile-here")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path) + "/none")
+    with TestClient(create_app(Settings()), base_url=ORIGIN) as client:
+        page = client.get("/")
+        fragment = client.get("/fragments/jobs")
+    assert page.status_code == 200 and fragment.status_code == 200
+    assert "no-such-profile-here" in page.text and "no-such-profile-here" in fragment.text
+    assert "/docs" in page.text  # the links still show

@@ -105,27 +105,39 @@ def live_model(
     )
 
 
-def page(settings: Settings, aws: Aws, schema_cache: ModelCache[ModelSchema], jobs_cache: jobs.Cache) -> dict[str, Any]:
-    """Everything the page shows."""
+def page(
+    settings: Settings, aws_session: Callable[[], Aws], schema_cache: ModelCache[ModelSchema], jobs_cache: jobs.Cache
+) -> dict[str, Any]:
+    """Everything the page shows. A session that cannot be made (a profile that is not there) is one line in each
+    part that needs AWS; the services and links still show."""
+    session = read(aws_session)
     states = read(lambda: services.service_states(settings))
-    name = read(lambda: registry.served_name(settings, aws))
-    versions = read(lambda: registry.list_versions(settings, aws, name=name.value or settings.model_name))
-    live = read(lambda: live_model(settings, aws, schema_cache, versions.value or []))
+    name = _with(session, lambda aws: registry.served_name(settings, aws))
+    versions = _with(session, lambda aws: registry.list_versions(settings, aws, name=name.value or settings.model_name))
+    live = _with(session, lambda aws: live_model(settings, aws, schema_cache, versions.value or []))
     return {
         "services": states,
         "health": services.lab_health(states.value) if states.value else None,
         "registered_name": name.value or settings.model_name,
         "versions": versions,
         "live": live,
-        **jobs_part(settings, aws, jobs_cache),
+        **jobs_part(settings, aws_session, jobs_cache, session),
         "links": links(settings),
-        "target": read(lambda: aws.describe()),
+        "target": _with(session, lambda aws: aws.describe()),
         "settings": settings,
     }
 
 
-def jobs_part(settings: Settings, aws: Aws, jobs_cache: jobs.Cache) -> dict[str, Any]:
+def jobs_part(
+    settings: Settings, aws_session: Callable[[], Aws], jobs_cache: jobs.Cache, session: Part | None = None
+) -> dict[str, Any]:
+    session = session or read(aws_session)
     return {
-        "jobs": read(lambda: jobs.list_jobs(settings, aws, limit=LISTED_JOBS, cache=jobs_cache)),
-        "backlog": read(lambda: reconcile.backlog(settings, aws)),
+        "jobs": _with(session, lambda aws: jobs.list_jobs(settings, aws, limit=LISTED_JOBS, cache=jobs_cache)),
+        "backlog": _with(session, lambda aws: reconcile.backlog(settings, aws)),
     }
+
+
+def _with(session: Part, load: Callable[[Aws], T]) -> Part:
+    """``load(aws)`` read as a part, or the reason the session itself could not be made."""
+    return read(lambda: load(session.value)) if session.value is not None else Part(error=session.error)

@@ -27,7 +27,7 @@ async def index(
     schema_cache: SchemaCacheDep,
     jobs_cache: JobsCacheDep,
 ) -> HTMLResponse:
-    context = await run_in_threadpool(views.page, settings, aws_session(), schema_cache, jobs_cache)
+    context = await run_in_threadpool(views.page, settings, aws_session, schema_cache, jobs_cache)
     return render(request, "index.html", context)
 
 
@@ -35,5 +35,5 @@ async def index(
 async def jobs_fragment(
     request: Request, settings: SettingsDep, aws_session: AwsSessionDep, jobs_cache: JobsCacheDep
 ) -> HTMLResponse:
-    context = await run_in_threadpool(views.jobs_part, settings, aws_session(), jobs_cache)
+    context = await run_in_threadpool(views.jobs_part, settings, aws_session, jobs_cache)
     return render(request, "_jobs.html", context)
