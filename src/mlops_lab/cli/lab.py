@@ -103,6 +103,8 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print the statu
     runs, 7 when a service that should run is unhealthy."""
     settings = get_settings()
     states = services.service_states(settings)
+    if any(state.name == emulator.SERVICE_NAME and state.healthy for state in states):
+        render.where(emulator.aws(settings))  # the live model is read from it
     live = services.embedded_live_model(settings)
     verdict = services.lab_health(states)
     if as_json:
