@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from mlops_lab.inference import CLASSIFIER, REGRESSOR, InputError, TabularModel
-from mlops_lab.model_import import ImportRefused, default_name, describe, generated_rows
+from mlops_lab.model_describe import ImportRefused, describe
+from mlops_lab.model_import import default_name, generated_rows
 from tests.support import diabetes_regressor, iris_classifier
 
 

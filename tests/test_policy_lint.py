@@ -3,7 +3,7 @@ and enforces only what it models).
 
 The lab writes four: the batch-predict function's execution policy (``policies/batch-predict-policy.json`` as
 bootstrap renders it) and its trust policy, and the SageMaker execution role's policy and trust policy
-(``sagemaker.py``). Nothing else the lab creates holds an IAM policy (the invoke permission is Lambda's resource
+(``the sagemaker package``). Nothing else the lab creates holds an IAM policy (the invoke permission is Lambda's resource
 policy, written by ``add_permission`` from its arguments).
 
 - parliament (identity policies, with its community auditors), each policy rendered for a sample account in every

@@ -286,11 +286,11 @@ def test_mlflow_names_are_the_ones_delete_looks_for() -> None:
     for endpoint in ("lab-endpoint", "a-rather-long-endpoint-name-that-mlflow-must-truncate-somewhere"):
         model = mlflow_sagemaker._get_sagemaker_model_name(endpoint)
         config = mlflow_sagemaker._get_sagemaker_config_name(endpoint)
-        assert sagemaker._name_pattern(endpoint, sagemaker.MODEL_SUFFIX).fullmatch(model), model
-        assert sagemaker._name_pattern(endpoint, sagemaker.CONFIG_SUFFIX).fullmatch(config), config
+        assert sagemaker.name_pattern(endpoint, sagemaker.MODEL_SUFFIX).fullmatch(model), model
+        assert sagemaker.name_pattern(endpoint, sagemaker.CONFIG_SUFFIX).fullmatch(config), config
         assert model.startswith(sagemaker.mlflow_base_name(endpoint, sagemaker.MODEL_SUFFIX))
-    assert not sagemaker._name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("lab-2-model-" + "a" * 20)
-    assert not sagemaker._name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("xlab-model-" + "a" * 20)
+    assert not sagemaker.name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("lab-2-model-" + "a" * 20)
+    assert not sagemaker.name_pattern("lab", sagemaker.MODEL_SUFFIX).fullmatch("xlab-model-" + "a" * 20)
 
 
 def endpoint_settings(lab: Lab, name: str) -> Settings:
@@ -417,6 +417,7 @@ def cli_settings_env(settings: Settings, monkeypatch: pytest.MonkeyPatch, **extr
 def test_cli_deploy_sagemaker_delete(
     mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mlops_lab import stack
     from mlops_lab.cli import app
 
     settings, aws = endpoint_settings(mlflow_lab, "cli-delete"), mlflow_lab.aws
@@ -452,7 +453,7 @@ def test_cli_deploy_sagemaker_delete(
         text = " ".join(stopped.output.split())
         assert f"moto (the offline SageMaker) is not running at http://127.0.0.1:{port}" in text
         assert f"absent model data s3://{settings.model_bucket}/" in text and "0 deleted." in text
-        assert not sagemaker.stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
+        assert not stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
     finally:
         get_settings.cache_clear()
 
