@@ -4,10 +4,16 @@ Starts its own embedded stack on a free loopback port (state in a temp dir), so 
 Prints tables; asserts nothing. Ratios are from one run, side by side, because these machines are noisy.
 
     .venv/bin/python bench/batch.py [--model lab|course] [--sizes 10000,100000,1000000] [--warm-invokes 20]
+                                    [--guard-rows 1000000] [--guard-rounds 3]
 
 --model lab (default) trains the lab's own model here (random forest, 100 trees) and scores generated rows;
 --model course scores the course's own model.onnx (../shared/data/course) on its input_batch.csv rows, repeated
 to each size: a much cheaper model per row, so parsing and I/O weigh more against ONNX Runtime.
+
+Then the guard's cost on the batch path (src/mlops_lab/guard.py: every S3 request of the upload and of the Lambda goes
+through it): the same --guard-rows file end to end on the emulator behind the guard (as the lab runs it) and bare
+(MiniStack's own `ministack` command, for this comparison only), alternating for --guard-rounds rounds in one run, the
+emulator restarted between them with its state kept; and the guard's own time per request, in process. 0 rows: skipped.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from mlops_lab import emulator, ops, services
+from mlops_lab import emulator, guard, ops, services, stack
 from mlops_lab.aws import Aws
 from mlops_lab.contract import prediction_key
 from mlops_lab.data import write_csv
@@ -151,12 +158,95 @@ def force_cold(aws: Aws, settings: Settings, nonce: int) -> None:
     lam.get_waiter("function_updated_v2").wait(FunctionName=settings.function_name)
 
 
+def restart_emulator(settings: Settings, *, guarded: bool) -> None:
+    """Stop the emulator (it saves its state) and start it again, behind the lab's guard or bare."""
+    services.stop_services(settings, [emulator.SERVICE_NAME])
+    stack.start(settings, emulator.service(settings, guarded=guarded))
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of one process so far (the emulator's own: where the guard runs, not its workers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def guard_comparison(
+    settings: Settings, aws: Aws, write_rows: Any, size: int, rounds: int, work: Path, tiny: Path
+) -> dict[str, dict[str, list[float]]]:
+    """End to end at ``size`` rows, emulator bare and behind the guard, alternating, each on a warm worker: rows/s,
+    and the CPU seconds the emulator's own process spent on it (what the guard adds to, and what the other processes
+    on a busy machine move less than they move wall time)."""
+    path = work / f"guard-{size}.csv"
+    write_rows(size, path)
+    s3 = aws.client("s3")
+    s3.upload_file(str(tiny), settings.input_bucket, "bench/guard-tiny.txt")  # .txt: no notification
+    measured: dict[str, dict[str, list[float]]] = {mode: {"rate": [], "cpu": []} for mode in ("bare", "guard")}
+    for round_ in range(rounds):
+        for mode in ("bare", "guard") if round_ % 2 == 0 else ("guard", "bare"):
+            restart_emulator(settings, guarded=mode == "guard")
+            invoke_seconds(aws, settings, "bench/guard-tiny.txt")  # a warm worker, as in the throughput table
+            key = f"bench/guard-{mode}-{round_}.csv"
+            pid = stack.pid_of(settings, emulator.SERVICE_NAME)
+            cpu_before = cpu_seconds(pid)
+            elapsed, _, _ = end_to_end(settings, aws, path, key)
+            measured[mode]["cpu"].append(cpu_seconds(pid) - cpu_before)
+            measured[mode]["rate"].append(size / elapsed)
+            s3.delete_object(Bucket=settings.input_bucket, Key=key)
+            s3.delete_object(Bucket=settings.output_bucket, Key=prediction_key(key))
+    restart_emulator(settings, guarded=True)
+    path.unlink()
+    return measured
+
+
+def guard_microseconds(requests: int = 200_000) -> float:
+    """The guard's own time per request (in this process): an S3 GET's headers, as boto3 sends them, to a no-op app."""
+    import asyncio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    wrapped = guard.Guard(
+        app,
+        origins=["http://127.0.0.1:8001"],
+        admin_prefix=guard.MINISTACK_ADMIN,
+        admin_open=guard.MINISTACK_OPEN,
+        token="t",
+    )
+    headers = [
+        (b"host", b"127.0.0.1:4566"),
+        (b"accept-encoding", b"identity"),
+        (
+            b"user-agent",
+            b"Boto3/1.43.106 md/Botocore#1.43.106 ua/2.1 os/linux lang/python#3.12.1 cfg/retry-mode#legacy",
+        ),
+        (b"x-amz-date", b"20260101T000000Z"),
+        (b"x-amz-content-sha256", b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (b"authorization", b"AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=h"),
+        (b"amz-sdk-invocation-id", b"0f9c8a4e-3c1e-4a44-9a55-3f0b2f5b8c11"),
+        (b"amz-sdk-request", b"attempt=1"),
+    ]
+    scope = {"type": "http", "method": "GET", "path": "/bench-input/key.csv", "scheme": "http", "headers": headers}
+
+    async def run(target: Any) -> float:
+        started = time.perf_counter()
+        for _ in range(requests):
+            await target(scope, None, None)
+        return time.perf_counter() - started
+
+    bare, guarded = asyncio.run(run(app)), asyncio.run(run(wrapped))
+    return (guarded - bare) / requests * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["lab", "course"], default="lab")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--warm-invokes", type=int, default=20)
     parser.add_argument("--cold-invokes", type=int, default=3)
+    parser.add_argument("--guard-rows", type=int, default=1_000_000, help="rows of the guard comparison; 0: skip it")
+    parser.add_argument(
+        "--guard-rounds", type=int, default=3, help="rounds of the guard comparison (each: bare + guard)"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.model == "course" and not (COURSE_DIR / "model.onnx").exists():
@@ -213,6 +303,12 @@ def main() -> None:
             rows_table.append((size, path.stat().st_size, ceiling, local, remote, upload, worker_peak))
             path.unlink()
 
+        guard_rates = (
+            guard_comparison(settings, aws, write_rows, args.guard_rows, args.guard_rounds, work, tiny)
+            if args.guard_rows
+            else None
+        )
+
         aws_layer = build_layer(settings.build_dir, python="3.12", platform="manylinux_2_28_x86_64")
     finally:
         services.stop_services(settings)
@@ -266,8 +362,35 @@ def main() -> None:
         f"{aws_layer.unzipped_bytes / 1e6:.1f} MB",
         "50 MB zipped (direct upload) / 250 MB unzipped",
     )
-    for table in (throughput, latency, sizes_table):
+    tables = [throughput, latency, sizes_table]
+    if guard_rates is not None:
+        guard_table = Table(
+            title=f"The guard on the batch path: {args.guard_rows:,} rows end to end, warm worker, rounds alternating"
+        )
+        for column in ("emulator", *(f"round {i + 1}" for i in range(args.guard_rounds)), "median", "vs bare"):
+            guard_table.add_column(column, justify="right")
+        guard_table.add_column("emulator CPU (median)", justify="right")
+        bare_rate = statistics.median(guard_rates["bare"]["rate"])
+        bare_cpu = statistics.median(guard_rates["bare"]["cpu"])
+        for mode, name in (
+            ("bare", "bare MiniStack (`ministack`)"),
+            ("guard", "behind the guard (as the lab runs it)"),
+        ):
+            rate, cpu = statistics.median(guard_rates[mode]["rate"]), statistics.median(guard_rates[mode]["cpu"])
+            guard_table.add_row(
+                name,
+                *(f"{value:,.0f} rows/s" for value in guard_rates[mode]["rate"]),
+                f"{rate:,.0f} rows/s",
+                f"{rate / bare_rate:.1%}",
+                f"{cpu:.2f} s ({cpu / bare_cpu:.1%})",
+            )
+        tables.append(guard_table)
+    for table in tables:
         console.print(table)
+    if guard_rates is not None:
+        console.print(
+            f"the guard's own time per request (in process, an S3 GET's headers): {guard_microseconds():.2f} µs"
+        )
     console.print(f"warm overhead (warm invoke - in-process scoring of the same file): {overhead * 1000:.1f} ms")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     console.print(

@@ -30,7 +30,7 @@ class Change:
 
     kind: str
     name: str
-    action: str  # created | updated | unchanged | deleted | absent | published | detached | unchecked
+    action: str  # created | updated | unchanged | deleted | absent | published | detached | unchecked | not ours
     detail: str = ""
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab import emulator
+from mlops_lab import emulator, ownership
 from mlops_lab.aws import Aws, Change, error_code, is_not_found, missing_tags, tag_dict, tag_list, updated
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.batch_spec import (
@@ -62,14 +62,27 @@ def bootstrap(
     *,
     on_change: Callable[[Change], None] = lambda _: None,
     dry_run: bool = False,
+    adopt: bool = False,
 ) -> list[Change]:
     """Create or repair every resource; with ``dry_run``, only read what exists and say what would change (the same
-    comparisons, no write: `mlops-lab plan`)."""
+    comparisons, no write: `mlops-lab plan`). A resource of the lab's names that exists without this lab's tag is
+    not taken over (ownership.NotOurs, before any write; a dry run lists it as "not ours") unless ``adopt``."""
     changes: list[Change] = []
+    refused: set[tuple[str, str]] = set()  # a dry run's "not ours": what bootstrap would do to them does not apply
 
     def record(change: Change) -> None:
+        if (change.kind, change.name) in refused:
+            return
         changes.append(change)
         on_change(change)
+
+    if not adopt:
+        if not dry_run:
+            ownership.refuse_strangers(settings, aws, made_by="bootstrap")
+        for stranger in ownership.strangers(settings, aws, made_by="bootstrap"):
+            kind, name = stranger.resource.kind, stranger.resource.name
+            record(Change(kind, name, "not ours", f"{stranger.why}: bootstrap refuses it without --adopt"))
+            refused.add((kind, name))
 
     for bucket in settings.buckets:
         record(ensure_bucket(aws, bucket, settings.resource_tags, dry_run=dry_run))
@@ -445,6 +458,8 @@ def build_lambda_layer(
     return artifact
 
 
-def run_bootstrap(settings: Settings, aws: Aws, on_change: Callable[[Change], None] = lambda _: None) -> list[Change]:
+def run_bootstrap(
+    settings: Settings, aws: Aws, on_change: Callable[[Change], None] = lambda _: None, *, adopt: bool = False
+) -> list[Change]:
     """Bootstrap with the layer built for where ``aws`` points."""
-    return bootstrap(settings, aws, build_lambda_layer(settings, aws), on_change=on_change)
+    return bootstrap(settings, aws, build_lambda_layer(settings, aws), on_change=on_change, adopt=adopt)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import boto3
 
+from mlops_lab import guard
 from mlops_lab.aws import DEFAULT_REGION, Aws
 from mlops_lab.settings import PROJECT_ROOT, Settings
 from mlops_lab.stack import Service
@@ -24,6 +25,9 @@ from mlops_lab.stack import Service
 REQUIREMENTS = PROJECT_ROOT / "localstack" / "requirements-ministack.txt"
 HEALTH_PATH = "/_ministack/health"
 SERVICE_NAME = "emulator"
+# MiniStack's launcher with the lab's guard (src/mlops_lab/guard.py): a file the emulator's venv runs, since it cannot
+# import mlops_lab. docs/using.md says what it refuses.
+GUARD_FILE = Path(guard.__file__).resolve()
 
 
 @dataclass(frozen=True)
@@ -65,16 +69,29 @@ def _runs(python: str) -> bool:
         return False
 
 
+VENV_MARKER = ".mlops-lab-venv"  # in a venv the lab made: only such a folder is ever deleted to rebuild it
+REQUIREMENTS_STAMP = ".requirements.sha256"  # what it was installed from (an older lab's venvs carry only this)
+
+
 def ensure_installed(settings: Settings) -> EmulatorInstall:
-    """Create (or refresh, when the pinned requirements change) the emulator's own virtualenv."""
+    """Create (or refresh, when the pinned requirements change) the emulator's own virtualenv.
+
+    A rebuild deletes the old venv only if the lab made it (its marker, or the requirements stamp older labs wrote):
+    a LAB_EMULATOR_VENV that points at any other folder is refused (stack.NotTheLabs), and nothing is deleted."""
+    from mlops_lab.stack import remove_tree
+
     install = EmulatorInstall(settings.emulator_venv)
-    stamp = install.venv / ".requirements.sha256"
+    stamp = install.venv / REQUIREMENTS_STAMP
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     if install.server.exists() and stamp.exists() and stamp.read_text() == wanted:
         return install
     python = find_python(settings.emulator_python)
     if install.venv.exists():
-        shutil.rmtree(install.venv)
+        remove_tree(install.venv, owner=install.venv, markers=(VENV_MARKER, REQUIREMENTS_STAMP))
+    install.venv.mkdir(parents=True)
+    (install.venv / VENV_MARKER).write_text(
+        "The emulator's virtualenv, made by mlops-lab: it deletes and rebuilds it.\n"
+    )
     subprocess.run([python, "-m", "venv", str(install.venv)], check=True)
     result = subprocess.run(
         [
@@ -115,19 +132,44 @@ def state_dirs(settings: Settings) -> StateDirs:
     return StateDirs(services=root / "state", s3=root / "s3")
 
 
-def service(settings: Settings) -> Service:
-    """MiniStack as a supervised process: its own venv's server, on the configured loopback port."""
+def service(settings: Settings, *, guarded: bool = True) -> Service:
+    """MiniStack as a supervised process: its own venv's server, on the configured loopback port, behind the lab's
+    guard (``guard.py ministack``: MiniStack's own entry point with its app wrapped). ``guarded=False`` runs MiniStack's
+    ``ministack`` command bare: for the batch bench's side-by-side only (any web page could then drive it)."""
     install = EmulatorInstall(settings.emulator_venv)
     tmp_dir = settings.state_dir / "emulator" / "tmp"
+    env = _server_environment(settings, tmp_dir)
+    if guarded:
+        env.update({**guard_environment(settings), guard.ENV_TOKEN_FILE: str(admin_token_path(settings))})
     return Service(
         name=SERVICE_NAME,
-        command=[str(install.server)],
+        command=[str(install.python), str(GUARD_FILE), "ministack"] if guarded else [str(install.server)],
         health_url=settings.emulator_url + HEALTH_PATH,
-        env=_server_environment(settings, tmp_dir),
+        env=env,
         description=f"MiniStack (S3, IAM, Lambda, ECR){' with IAM enforced' if settings.emulator_auth else ''}",
         url=settings.emulator_url,
         cleanup=(tmp_dir,),
     )
+
+
+def guard_environment(settings: Settings) -> dict[str, str]:
+    """What the guard of a server of the lab (the emulator, mlflow) reads (``guard.config_from_environment``): the
+    lab's own origins and the Host names to accept beyond loopback ones."""
+    return {
+        guard.ENV_ORIGINS: ",".join(guard.lab_origins(settings)),
+        guard.ENV_HOSTS: ",".join(guard.lab_hosts(settings)),
+    }
+
+
+def admin_token_path(settings: Settings) -> Path:
+    """The lab's admin token for the emulator's ``/_ministack/*`` endpoints (mode 0600; made once, kept by `reset`)."""
+    return settings.state_dir / "emulator" / "admin-token"
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """The header the emulator's admin endpoints (``/_ministack/reset``, ``/_ministack/config``...) need; the token is
+    made here if the emulator has not made it yet."""
+    return {guard.TOKEN_HEADER: guard.read_token(admin_token_path(settings), create=True)}
 
 
 def _server_environment(settings: Settings, tmp_dir: Path) -> dict[str, str]:
@@ -199,31 +241,96 @@ def profile_settings(settings: Settings) -> dict[str, str]:
 
 
 def aws_config_file() -> Path:
+    """The AWS config file the SDK reads (``AWS_CONFIG_FILE``, else ``~/.aws/config``); ``~`` expanded."""
     return Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config").expanduser()
 
 
 def write_profile(settings: Settings, name: str = PROFILE) -> tuple[Path, bool]:
-    """Add or refresh ``[profile <name>]`` in the AWS config file, leaving every other section as it is; (the file,
-    whether it changed)."""
-    import configparser
+    """Add or refresh ``[profile <name>]`` in the AWS config file; (the file, whether it changed).
 
+    The file is edited as text: only that section is replaced (or added at the end), and everything else (other
+    profiles, ``sso-session`` sections, comments, blank lines) stays byte for byte, which configparser's round trip
+    would not do (it drops comments). It is written atomically: a temporary file in the same folder, then
+    ``os.replace``, so a crash leaves the old file or the new one, never half of one. A config file that is a
+    symbolic link (a dotfiles checkout) is edited where it points, and stays a link."""
     path = aws_config_file()
-    config = configparser.RawConfigParser()
-    config.read(path)
-    section = f"profile {name}"
-    wanted = profile_settings(settings)
-    if config.has_section(section) and dict(config.items(section)) == wanted:
+    target = path.resolve() if path.is_symlink() else path
+    try:
+        text = target.read_text()
+    except FileNotFoundError:
+        text = ""
+    updated = with_profile(text, f"profile {name}", profile_settings(settings))
+    if updated == text:
         return path, False
-    if not config.has_section(section):
-        config.add_section(section)
-    for key in list(config.options(section)):
-        config.remove_option(section, key)
-    for key, value in wanted.items():
-        config.set(section, key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        config.write(handle)
+    _write_atomically(target, updated)
     return path, True
+
+
+def with_profile(text: str, section: str, values: dict[str, str]) -> str:
+    """``text`` (an AWS config file) with section ``[section]`` holding exactly ``values``; ``text`` itself when it
+    already does. Comment and blank lines at the end of the replaced section stay: they introduce the next one."""
+    import re
+
+    header = re.compile(r"^\s*\[\s*([^\]]*?)\s*\]\s*(?:[#;].*)?$")
+    lines = text.splitlines(keepends=True)
+    titles = {i: found.group(1) for i, line in enumerate(lines) if (found := header.match(line))}
+    headers = list(titles)
+    ours = [i for i, title in titles.items() if title.split() == section.split()]
+    block = [f"[{section}]\n", *(f"{key} = {value}\n" for key, value in values.items())]
+    if not ours:
+        before = text if not text or text.endswith("\n") else text + "\n"
+        return before + ("\n" if before.strip() else "") + "".join(block)
+    bounds = [*headers, len(lines)]
+    spans = []
+    for i in ours:
+        stop = next(start for start in bounds if start > i)
+        while stop > i + 1 and (not lines[stop - 1].strip() or lines[stop - 1].lstrip().startswith(("#", ";"))):
+            stop -= 1
+        spans.append((i, stop))
+    if len(spans) == 1 and _option_values(lines[spans[0][0] + 1 : spans[0][1]]) == values:
+        return text
+    out, position = [], 0
+    for n, (i, stop) in enumerate(spans):
+        out += lines[position:i] + (block if n == 0 else [])  # a repeated section: its first place, once
+        position = stop
+    return "".join(out + lines[position:])
+
+
+def _option_values(lines: list[str]) -> dict[str, str] | None:
+    """``key = value`` lines as a dict (comments and blank lines skipped); None when they hold anything else."""
+    values = {}
+    for line in lines:
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        key, equals, value = stripped.partition("=")
+        if not equals or line[:1].isspace():  # a nested value (`s3 =` then indented lines): not ours to compare
+            return None
+        values[key.strip()] = value.strip()
+    return values
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` holds ``text`` afterwards, or (on any failure) exactly what it held before; its mode is kept (a new
+    file is private: it holds credentials)."""
+    import contextlib
+    import stat
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o600
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as sink:
+            sink.write(text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def lambda_python(settings: Settings, aws: Aws) -> Path | None:

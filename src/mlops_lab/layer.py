@@ -46,6 +46,10 @@ _STRIP_PATHS = (
 _STRIP_SUFFIXES = (".pyi", ".pyc", ".pxd", ".h")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
+# How every layer version the lab publishes begins its description (layers cannot be tagged: this is how the lab
+# tells its own versions, see mlops_lab.ownership).
+DESCRIPTION_MARK = "onnxruntime+numpy+mlops_lab.inference"
+
 
 class LayerTooLarge(Refused):
     pass
@@ -66,9 +70,7 @@ class LayerArtifact:
     def description(self) -> str:
         """Stored as the layer version's description, so bootstrap can tell whether this build is published."""
         packing = ("" if self.compressed else " stored") + (" pyc" if self.bytecode else "")
-        return (
-            f"onnxruntime+numpy+mlops_lab.inference py{self.python} {self.platform}{packing} sha256:{self.sha256[:16]}"
-        )
+        return f"{DESCRIPTION_MARK} py{self.python} {self.platform}{packing} sha256:{self.sha256[:16]}"
 
 
 def interpreter_target(python: str) -> tuple[str, str]:

@@ -193,9 +193,12 @@ def sagemaker_changes(settings: Settings, aws: Aws) -> list[Change]:
     return [*changes, Change("SageMaker endpoint", endpoint, action, "model, endpoint config, endpoint")]
 
 
-def make_plan(settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sagemaker: bool = False) -> Plan:
-    """Bootstrap as a dry run (and `deploy sagemaker`'s resources), priced for the session's region."""
-    changes = bootstrap(settings, aws, build_lambda_layer(settings, aws), dry_run=True)
+def make_plan(
+    settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sagemaker: bool = False, adopt: bool = False
+) -> Plan:
+    """Bootstrap as a dry run (and `deploy sagemaker`'s resources), priced for the session's region; resources that
+    exist without the lab's tag are "not ours" (or, with ``adopt``, what bootstrap --adopt would change)."""
+    changes = bootstrap(settings, aws, build_lambda_layer(settings, aws), dry_run=True, adopt=adopt)
     if with_sagemaker:
         changes += sagemaker_changes(settings, aws)
     plan = Plan(aws.describe(account=True), aws.region, changes, assumptions=assumptions)

@@ -65,15 +65,23 @@ SERVICE_NAME = "mlflow"
 
 def server_service(settings: Settings, sdk: Mapping[str, str] = {}) -> Service:
     """The mlflow tracking server: backend store from settings, artifacts proxied into the model bucket on S3 (the
-    one ``sdk``'s variables point at, else this process's)."""
-    mlflow = Path(sys.executable).with_name("mlflow")
+    one ``sdk``'s variables point at, else this process's). Behind the lab's guard (``python -m mlops_lab.guard
+    mlflow``: `mlflow server` whose uvicorn serves its app wrapped; docs/using.md), with mlflow's own Host and
+    CORS options set to the lab's values as well."""
+    from mlops_lab import emulator, guard  # the guard's configuration is the emulator's too
+
     aws = Aws()
     endpoint = sdk.get("AWS_ENDPOINT_URL") or (None if aws.on_aws else aws.endpoint_url)  # spelled out for its S3
+    hosts = ["*"] if "*" in settings.allowed_hosts else guard.lab_hosts(settings) + list(guard.LOOPBACK_NAMES)
+    # mlflow's --allowed-hosts takes fnmatch patterns: each name with any port ("[" escaped as "[[]").
+    patterns = [pattern for host in dict.fromkeys(hosts) for pattern in (host, host.replace("[", "[[]", 1) + ":*")]
     return Service(
         name=SERVICE_NAME,
         command=[
-            *([str(mlflow)] if mlflow.exists() else [sys.executable, "-m", "mlflow"]),
-            "server",
+            sys.executable,
+            "-m",
+            "mlops_lab.guard",
+            "mlflow",
             "--host",
             settings.mlflow_host,
             "--port",
@@ -85,6 +93,10 @@ def server_service(settings: Settings, sdk: Mapping[str, str] = {}) -> Service:
             "--serve-artifacts",
             "--artifacts-destination",
             settings.mlflow_artifacts_destination,
+            "--allowed-hosts",
+            "*" if hosts == ["*"] else ",".join(patterns),
+            "--cors-allowed-origins",
+            ",".join(guard.lab_origins(settings)),
         ],
         health_url=settings.mlflow_server_url + "/health",
         # The server, not its clients, writes artifacts to S3: it gets the lab's SDK variables (emulator or AWS).
@@ -92,6 +104,7 @@ def server_service(settings: Settings, sdk: Mapping[str, str] = {}) -> Service:
         env={
             **os.environ,
             **sdk,
+            **emulator.guard_environment(settings),
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -144,31 +157,61 @@ def client(settings: Settings, *, check: bool = True):  # type: ignore[no-untype
     return MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
 
 
-# -- whose entries these are: teardown deletes a prefix's registered models and experiments with its buckets -------
-# First come: an entry already tagged with another prefix stays that prefix's (two labs may share a server and a name).
+# -- whose entries these are: teardown deletes what the lab made, and only that ----------------------------------------
+# The lab tags what it creates with its prefix: every model version it registers, and a registered model or an
+# experiment only when it created it. A tracking server may be shared: publishing into someone's registered model adds
+# a version (tagged) and leaves the model untagged, so teardown removes that version and keeps the model.
 
 
-def claim_experiment(settings: Settings, mlflow_client: Any, experiment: Any) -> None:
-    if PREFIX_TAG not in (experiment.tags or {}):
-        mlflow_client.set_experiment_tag(experiment.experiment_id, PREFIX_TAG, settings.prefix)
+def experiment(settings: Settings, mlflow_client: Any, name: str) -> Any:
+    """The experiment ``name`` made active (mlflow.set_experiment); tagged as the lab's when this call creates it."""
+    import mlflow
+
+    existed = mlflow_client.get_experiment_by_name(name) is not None
+    active = mlflow.set_experiment(name)
+    if not existed:
+        mlflow_client.set_experiment_tag(active.experiment_id, PREFIX_TAG, settings.prefix)
+    return active
 
 
-def claim_registered_model(settings: Settings, mlflow_client: Any, name: str) -> None:
-    if PREFIX_TAG not in (mlflow_client.get_registered_model(name).tags or {}):
-        mlflow_client.set_registered_model_tag(name, PREFIX_TAG, settings.prefix)
+def prepare_registered_model(settings: Settings, mlflow_client: Any, name: str) -> None:
+    """Create the registered model ``name``, tagged as the lab's, unless it exists (then it stays as it is)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.create_registered_model(name, tags={PREFIX_TAG: settings.prefix})
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def claim_version(settings: Settings, mlflow_client: Any, name: str, version: str) -> None:
+    mlflow_client.set_model_version_tag(name, version, PREFIX_TAG, settings.prefix)
 
 
 def delete_tagged(settings: Settings) -> list[Change]:
-    """Delete the registered models (with their versions) and experiments tagged with this prefix on the tracking
-    server: their artifacts are in the model bucket teardown deletes. mlflow keeps a deleted experiment's name taken,
-    so each is renamed first and a later `train` can use the name again."""
+    """Delete the model versions, registered models and experiments the lab made under this prefix on the tracking
+    server (their artifacts are in the model bucket teardown deletes); a registered model the lab made that still
+    holds versions it did not make is kept. mlflow keeps a deleted experiment's name taken, so each is renamed first
+    and a later `train` can use the name again."""
     mlflow_client = client(settings)
     where = f"tags.`{PREFIX_TAG}` = '{settings.prefix}'"
     changes = []
+    versions = _all_pages(mlflow_client.search_model_versions, filter_string=where)
+    for version in versions:
+        mlflow_client.delete_model_version(version.name, version.version)
+    for name in sorted({version.name for version in versions}):
+        count = sum(version.name == name for version in versions)
+        changes.append(Change("model versions", name, "deleted", f"{count} made by the lab"))
     for registered in _all_pages(mlflow_client.search_registered_models, filter_string=where):
-        versions = len(mlflow_client.search_model_versions(f"name = '{registered.name}'"))
+        left = len(mlflow_client.search_model_versions(f"name = '{registered.name}'"))
+        if left:
+            changes.append(
+                Change("registered model", registered.name, "not ours", f"kept: {left} version(s) of others")
+            )
+            continue
         mlflow_client.delete_registered_model(registered.name)
-        changes.append(Change("registered model", registered.name, "deleted", f"{versions} version(s)"))
+        changes.append(Change("registered model", registered.name, "deleted"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for experiment in _all_pages(mlflow_client.search_experiments, filter_string=where):
         mlflow_client.rename_experiment(experiment.experiment_id, f"{experiment.name} (deleted {stamp})")

@@ -4,10 +4,14 @@ Everything the lab names or sizes comes from here (environment variables prefixe
 How to reach AWS is deliberately *not* here: boto3 resolves it from the SDK's own configuration (``AWS_PROFILE``
 and its ``endpoint_url``, ``AWS_ENDPOINT_URL[_<SERVICE>]``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials), so
 choosing a profile is the whole switch between the emulator (profile ``mlops-lab``) and an AWS account.
+
+Why this is one module of some 500 lines: the one ``Settings`` class is the one list of settings, with the checks
+that tie them together (the function's /tmp and its input limit); docs/configuration.md is generated from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +60,18 @@ LOG_RETENTION_DAYS = (
     3653,
 )
 _TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$")
+
+# The function's /tmp (its ephemeral storage) holds the input and its predictions at once. The predictions are the
+# input's rows plus a prediction and probability columns: for rows of the lab's model's width that is well under
+# twice the input, so /tmp is sized for the largest input allowed and twice that again, plus room to spare. The
+# handler bounds each file's own output before scoring it and refuses one that could not fit.
+TMP_OUTPUT_FACTOR = 2
+TMP_SPARE_MB = 64
+EPHEMERAL_MIN_MB, EPHEMERAL_MAX_MB = 512, 10240  # what Lambda allows (512: its default)
+
+# The longest endpoint name mlflow keeps whole in "<endpoint>-config-<20 hex>" (SageMaker's 63 characters; mlflow
+# middle-truncates the endpoint's part beyond this: mlops_lab.sagemaker.delete.mlflow_base_name).
+SAGEMAKER_WHOLE_NAME = 63 - len("-config-") - 20
 
 
 class Settings(BaseSettings):
@@ -143,10 +159,27 @@ class Settings(BaseSettings):
         "7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653).",
     )
     max_input_mb: int = Field(
-        512, ge=1, description="Uploads larger than this (MB) get an error report instead of predictions."
+        512,
+        ge=1,
+        description="Uploads larger than this (MB) get an error report instead of predictions. The function's /tmp "
+        "is sized for it (`LAB_LAMBDA_EPHEMERAL_STORAGE_MB`): at most 3392.",
+    )
+    lambda_ephemeral_storage_mb: int | None = Field(
+        None,
+        ge=EPHEMERAL_MIN_MB,
+        le=EPHEMERAL_MAX_MB,
+        description="The function's /tmp (ephemeral storage), in MB: it holds an input and its predictions at once. "
+        "Default: sized from `LAB_MAX_INPUT_MB` (3 x it + 64, at least 512); a smaller value is refused.",
     )
     chunk_rows: int = Field(
         8192, ge=1, description="Rows the function reads and scores at a time (its memory stays bounded)."
+    )
+    chunk_mb: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="A chunk also ends once its rows reach this much text (MB), so a file of very wide rows cannot "
+        "fill the function's memory `LAB_CHUNK_ROWS` at a time.",
     )
 
     # Layer build target for real AWS (and for an emulator in a container, whose interpreter is not ours to run).
@@ -203,6 +236,13 @@ class Settings(BaseSettings):
     console_api_link: str | None = Field(
         None, description="The console's link to the API (its `/docs`); default: the API's URL."
     )
+    # What the guard of the emulator, mlflow and the API (mlops_lab.guard, docs/using.md) accepts in `Host`.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the emulator, mlflow and the API answer besides loopback names (`127.0.0.1`, "
+        "`localhost`, `[::1]`) and single-label ones (compose's service names), comma-separated; `*`: any (the API "
+        "image on EC2 or SageMaker). Any other `Host` gets 400 (DNS rebinding).",
+    )
 
     # The mlflow tracking server (mlops_lab.registry): runs, registry, promotion. Artifacts go through the server into
     # s3://{model_bucket}/{mlflow_artifacts_prefix} (served artifacts: clients need no S3 credentials).
@@ -241,6 +281,13 @@ class Settings(BaseSettings):
             raise ValueError(f"LAB_TAGS={value!r}: write key=value pairs separated by commas, or a JSON object")
         return {key.strip(): tag.strip() for key, _, tag in pairs}
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     @field_validator("tags")
     @classmethod
     def _valid_tags(cls, tags: dict[str, str]) -> dict[str, str]:
@@ -256,6 +303,44 @@ class Settings(BaseSettings):
         if len(tags) > MAX_TAGS - 2:
             raise ValueError(f"{len(tags)} tags in LAB_TAGS: at most {MAX_TAGS - 2} beside the lab's own")
         return tags
+
+    @field_validator("state_dir", "emulator_venv", "build_dir")
+    @classmethod
+    def _home_expanded(cls, path: Path) -> Path:
+        """``~`` means the home folder, as in a shell: never a folder named ``~`` under the current one."""
+        return path.expanduser()
+
+    @field_validator("emulator_python")
+    @classmethod
+    def _home_expanded_text(cls, value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else value
+
+    @model_validator(mode="after")
+    def _tmp_holds_input_and_output(self) -> Settings:
+        needed = self.tmp_needed_mb
+        if needed > EPHEMERAL_MAX_MB:
+            largest = (EPHEMERAL_MAX_MB - TMP_SPARE_MB) // (1 + TMP_OUTPUT_FACTOR)
+            raise ValueError(
+                f"LAB_MAX_INPUT_MB={self.max_input_mb}: an input that large and its predictions need {needed} MB of "
+                f"the function's /tmp, more than Lambda's {EPHEMERAL_MAX_MB} MB: at most {largest}"
+            )
+        if self.lambda_ephemeral_storage_mb is not None and self.lambda_ephemeral_storage_mb < needed:
+            raise ValueError(
+                f"LAB_LAMBDA_EPHEMERAL_STORAGE_MB={self.lambda_ephemeral_storage_mb}: an input of "
+                f"LAB_MAX_INPUT_MB={self.max_input_mb} and its predictions need {needed} MB of /tmp; raise it, lower "
+                "LAB_MAX_INPUT_MB, or unset it (sized from LAB_MAX_INPUT_MB)"
+            )
+        return self
+
+    @property
+    def tmp_needed_mb(self) -> int:
+        """The /tmp the function needs for the largest input and its predictions (see TMP_OUTPUT_FACTOR)."""
+        return self.max_input_mb * (1 + TMP_OUTPUT_FACTOR) + TMP_SPARE_MB
+
+    @property
+    def lambda_ephemeral_mb(self) -> int:
+        """The function's ephemeral storage (/tmp), as bootstrap configures it."""
+        return self.lambda_ephemeral_storage_mb or max(EPHEMERAL_MIN_MB, self.tmp_needed_mb)
 
     @property
     def resource_tags(self) -> dict[str, str]:
@@ -365,7 +450,17 @@ class Settings(BaseSettings):
 
     @property
     def sagemaker_endpoint(self) -> str:
-        return self.sagemaker_endpoint_name or f"{self.prefix}-endpoint"
+        """``<prefix>-endpoint``; a long prefix is cut and given a hash of itself, so that the name stays whole in the
+        names mlflow gives the endpoint's models and configs (it middle-truncates longer ones, and two long prefixes
+        could then share them: one lab's teardown would find the other's)."""
+        if self.sagemaker_endpoint_name:
+            return self.sagemaker_endpoint_name
+        name = f"{self.prefix}-endpoint"
+        if len(name) <= SAGEMAKER_WHOLE_NAME:
+            return name
+        digest = hashlib.sha256(self.prefix.encode()).hexdigest()[:8]
+        head = self.prefix[: SAGEMAKER_WHOLE_NAME - len(f"--{digest}-endpoint") + 1].rstrip("-")
+        return f"{head}-{digest}-endpoint"
 
     @property
     def sagemaker_repository(self) -> str:
@@ -389,10 +484,16 @@ class Settings(BaseSettings):
 def as_environment(settings: Settings) -> dict[str, str]:
     """These settings as the ``LAB_*`` variables a child process (the API, the console) reads them back from."""
     return {
-        f"LAB_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
-        for name, value in settings.model_dump().items()
-        if value is not None
+        f"LAB_{name.upper()}": _as_variable(value) for name, value in settings.model_dump().items() if value is not None
     }
+
+
+def _as_variable(value: object) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):  # comma-separated, as a person writes them (allowed_hosts)
+        return ",".join(map(str, value))
+    return str(value)
 
 
 @lru_cache

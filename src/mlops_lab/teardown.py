@@ -10,6 +10,9 @@ The registry's artifacts live in the model bucket (mlflow serves them from ``s3:
 go together: the registered models and experiments tagged with this prefix are deleted too, or, with
 ``keep_registry``, the bucket keeps those artifacts (and only those) and the registry stays as it is.
 
+Only what is the lab's goes (``mlops_lab.ownership``): a resource of the lab's name without its
+``mlops-lab:prefix=<prefix>`` tag is kept and reported "not ours", and so are layer versions the lab did not publish.
+
 The check afterwards looks for each resource by its name and, where the account has the Resource Groups Tagging API,
 for anything else still tagged ``mlops-lab:prefix=<prefix>``. A service that cannot be reached is "not checked", never
 "nothing left".
@@ -24,7 +27,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mlops_lab import registry, sagemaker, stack
+from mlops_lab import ownership, registry, sagemaker, stack
 from mlops_lab.aws import Aws, Change, error_code, is_not_found
 from mlops_lab.settings import PREFIX_TAG, Settings
 
@@ -45,6 +48,7 @@ class Report:
     changes: list[Change] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # left on purpose (``keep_registry``)
+    not_ours: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) of the lab's names, not the lab's
 
     @property
     def left(self) -> list[str]:
@@ -85,6 +89,18 @@ def teardown(
         else:
             record(Change(kind, name, done, detail))
 
+    tags = {(r.kind, r.name): r.read_tags(aws) for r in ownership.inventory(settings)}  # None: not there
+
+    def ours(kind: str, name: str) -> bool:
+        """Is it the lab's (or not there, which its delete then reports)? Otherwise kept, and said so once."""
+        found = tags[(kind, name)]
+        if found is None or ownership.is_ours(found, settings):
+            return True
+        if (kind, name) not in report.not_ours:
+            report.not_ours.add((kind, name))
+            record(Change(kind, name, "not ours", f"{ownership.whose(found)}: kept"))
+        return False
+
     sagemaker_url, sagemaker_absent = _sagemaker_api(settings, aws)
     if sagemaker_absent is None:
         try:
@@ -93,28 +109,42 @@ def teardown(
             record(Change("SageMaker endpoint", settings.sagemaker_endpoint, "unchecked", str(error)))
 
     s3, lam, logs, sqs, ecr = (aws.client(name) for name in ("s3", "lambda", "logs", "sqs", "ecr"))
-    delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
-    delete(
-        "async invocation",
-        settings.function_name,
-        lambda: lam.delete_function_event_invoke_config(FunctionName=settings.function_name),
-    )
-    delete("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
-    delete("layer", settings.layer_name, lambda: _delete_layer_versions(lam, settings.layer_name))
-    for group in lab_log_groups(settings):
-        delete("log group", group, lambda group=group: logs.delete_log_group(logGroupName=group))
-    delete(
-        "queue",
-        settings.failure_queue_name,
-        lambda: sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]),
-    )
-    for role in lab_roles(settings):
-        for change in _delete_role(aws.client("iam"), role):
-            record(change)
-    for repository in lab_repositories(settings):
+    if ours("bucket", settings.input_bucket):
+        delete("notification", settings.input_bucket, lambda: _clear_notification(s3, settings.input_bucket))
+    if ours("function", settings.function_name):
         delete(
-            "ecr repository", repository, lambda name=repository: ecr.delete_repository(repositoryName=name, force=True)
+            "async invocation",
+            settings.function_name,
+            lambda: lam.delete_function_event_invoke_config(FunctionName=settings.function_name),
         )
+        delete("function", settings.function_name, lambda: lam.delete_function(FunctionName=settings.function_name))
+    layer_deleted, layer_kept = _delete_layer_versions(lam, settings.layer_name)
+    record(Change("layer", settings.layer_name, "deleted" if layer_deleted else "absent"))
+    if layer_kept:
+        report.not_ours.add(("layer", settings.layer_name))
+        record(
+            Change("layer", settings.layer_name, "not ours", f"{layer_kept} version(s) not published by the lab: kept")
+        )
+    for group in lab_log_groups(settings):
+        if group != settings.log_group or ours("log group", group):
+            delete("log group", group, lambda group=group: logs.delete_log_group(logGroupName=group))
+    if ours("queue", settings.failure_queue_name):
+        delete(
+            "queue",
+            settings.failure_queue_name,
+            lambda: sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]),
+        )
+    for role in lab_roles(settings):
+        if ours("role", role):
+            for change in _delete_role(aws.client("iam"), role):
+                record(change)
+    for repository in lab_repositories(settings):
+        if ours("ecr repository", repository):
+            delete(
+                "ecr repository",
+                repository,
+                lambda name=repository: ecr.delete_repository(repositoryName=name, force=True),
+            )
 
     artifacts = f"{settings.mlflow_artifacts_prefix.strip('/')}/"
     if keep_registry:
@@ -123,6 +153,8 @@ def teardown(
         for change in _delete_registry_entries(settings):
             record(change)
     for bucket in settings.buckets:
+        if not ours("bucket", bucket):
+            continue
         if keep_registry and bucket == settings.model_bucket:
             kept = f"everything but {artifacts} deleted (--keep-registry)"
             empty = partial(_delete_bucket, s3, bucket, keep=artifacts)
@@ -130,7 +162,8 @@ def teardown(
         else:
             delete("bucket", bucket, partial(_delete_bucket, s3, bucket))
 
-    for check in checks(settings, aws, kept_buckets=(settings.model_bucket,) if keep_registry else ()):
+    kept_buckets = (settings.model_bucket,) if keep_registry else ()
+    for check in checks(settings, aws, kept_buckets=kept_buckets, not_ours=report.not_ours):
         report.checks.append(check)
         on_check(check)
     return report
@@ -171,14 +204,15 @@ def _clear_notification(s3: Any, bucket: str) -> None:
     s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={})
 
 
-def _delete_layer_versions(lam: Any, name: str) -> None:
+def _delete_layer_versions(lam: Any, name: str) -> tuple[int, int]:
+    """Delete the versions the lab published; (how many, how many others were kept: not the lab's)."""
     versions = [
         v for page in lam.get_paginator("list_layer_versions").paginate(LayerName=name) for v in page["LayerVersions"]
     ]
-    if not versions:
-        raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "ListLayerVersions")
-    for version in versions:
+    ours = [version for version in versions if ownership.layer_version_is_ours(version)]
+    for version in ours:
         lam.delete_layer_version(LayerName=name, VersionNumber=version["Version"])
+    return len(ours), len(versions) - len(ours)
 
 
 def _delete_role(iam: Any, name: str) -> list[Change]:
@@ -232,29 +266,26 @@ def _delete_registry_entries(settings: Settings) -> list[Change]:
 # -- the check afterwards ------------------------------------------------------------------------------------------
 
 
-def checks(settings: Settings, aws: Aws, *, kept_buckets: Iterable[str] = ()) -> list[Check]:
-    """Look, service by service, for anything of the lab's under ``settings.prefix``."""
-    kept_buckets = set(kept_buckets)
-    wanted_buckets = [b for b in settings.buckets if b not in kept_buckets]
+def checks(
+    settings: Settings, aws: Aws, *, kept_buckets: Iterable[str] = (), not_ours: Iterable[tuple[str, str]] = ()
+) -> list[Check]:
+    """Look, service by service, for anything of the lab's under ``settings.prefix`` (what was kept on purpose, or
+    is not the lab's, is not looked for)."""
+    skip = {name for _, name in not_ours} | set(kept_buckets)
+    wanted_buckets = [b for b in settings.buckets if b not in skip]
+    groups, roles, repositories = (
+        [name for name in names if name not in skip]
+        for names in (lab_log_groups(settings), lab_roles(settings), lab_repositories(settings))
+    )
+    queues = [name for name in (settings.failure_queue_name,) if name not in skip]
+    lambda_names = [name for name in (settings.function_name, settings.layer_name) if name not in skip]
     return [
         _ask("S3", f"buckets {', '.join(wanted_buckets)}", lambda: _buckets(aws, wanted_buckets)),
-        _ask(
-            "Lambda",
-            f"function {settings.function_name}, layer {settings.layer_name}",
-            lambda: _lambda(aws, settings),
-        ),
-        _ask(
-            "CloudWatch Logs",
-            f"log groups {', '.join(lab_log_groups(settings))}",
-            lambda: _log_groups(aws, lab_log_groups(settings)),
-        ),
-        _ask("SQS", f"queue {settings.failure_queue_name}", lambda: _queues(aws, settings.failure_queue_name)),
-        _ask("IAM", f"roles {', '.join(lab_roles(settings))}", lambda: _roles(aws, lab_roles(settings))),
-        _ask(
-            "ECR",
-            f"repositories {', '.join(lab_repositories(settings))}",
-            lambda: _repositories(aws, lab_repositories(settings)),
-        ),
+        _ask("Lambda", f"function and layer {', '.join(lambda_names)}", lambda: _lambda(aws, lambda_names)),
+        _ask("CloudWatch Logs", f"log groups {', '.join(groups)}", lambda: _log_groups(aws, groups)),
+        _ask("SQS", f"queue {', '.join(queues)}", lambda: [q for name in queues for q in _queues(aws, name)]),
+        _ask("IAM", f"roles {', '.join(roles)}", lambda: _roles(aws, roles)),
+        _ask("ECR", f"repositories {', '.join(repositories)}", lambda: _repositories(aws, repositories)),
         _sagemaker_check(settings, aws),
         _ask(
             "Tagging API",
@@ -288,19 +319,19 @@ def _buckets(aws: Aws, names: list[str]) -> list[str]:
     return [name for name in names if name in existing]
 
 
-def _lambda(aws: Aws, settings: Settings) -> list[str]:
-    lam = aws.client("lambda")
+def _lambda(aws: Aws, names: Iterable[str]) -> list[str]:
+    lam, wanted = aws.client("lambda"), set(names)
     functions = [
         f"function {fn['FunctionName']}"
         for page in lam.get_paginator("list_functions").paginate()
         for fn in page["Functions"]
-        if fn["FunctionName"] == settings.function_name
+        if fn["FunctionName"] in wanted
     ]
     layers = [
         f"layer {layer['LayerName']}"
         for page in lam.get_paginator("list_layers").paginate()
         for layer in page["Layers"]
-        if layer["LayerName"] == settings.layer_name
+        if layer["LayerName"] in wanted
     ]
     return functions + layers
 

@@ -90,7 +90,8 @@ def log_version(
     from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 
     mlflow_client = registry.client(settings)
-    registry.claim_experiment(settings, mlflow_client, mlflow.set_experiment(settings.mlflow_experiment))
+    registry.experiment(settings, mlflow_client, settings.mlflow_experiment)
+    registry.prepare_registered_model(settings, mlflow_client, settings.model_name)
     example = holdout[list(FEATURES)].dropna().head(5).copy()
     example[list(NUMERIC)] = example[list(NUMERIC)].astype("float64")
     scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in FEATURES})
@@ -126,7 +127,7 @@ def log_version(
         mlflow.set_tag("lab.sklearn_model_uri", sklearn_info.model_uri)
         mlflow.set_tag("lab.onnx_model_uri", onnx_info.model_uri)
     version = str(onnx_info.registered_model_version)
-    registry.claim_registered_model(settings, mlflow_client, settings.model_name)
+    registry.claim_version(settings, mlflow_client, settings.model_name, version)
     mlflow_client.set_model_version_tag(settings.model_name, version, "sklearn_model_uri", sklearn_info.model_uri)
     return LoggedVersion(
         settings.model_name,
@@ -161,7 +162,8 @@ def log_imported(
     from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_column
 
     mlflow_client = registry.client(settings)
-    registry.claim_experiment(settings, mlflow_client, mlflow.set_experiment(name))
+    registry.experiment(settings, mlflow_client, name)
+    registry.prepare_registered_model(settings, mlflow_client, name)
     scored = TabularModel(onnx_bytes).predict({c: example[c].tolist() for c in example.columns})
     output = {PREDICTION_COLUMN: scored.labels if kind == "regressor" else scored.labels.astype(str)} | {
         probability_column(c): scored.probabilities[:, i].astype("float64") for i, c in enumerate(scored.classes)
@@ -182,7 +184,7 @@ def log_imported(
             metadata={"format": "onnx", "kind": kind, "origin": origin},
         )
     version = str(info.registered_model_version)
-    registry.claim_registered_model(settings, mlflow_client, name)
+    registry.claim_version(settings, mlflow_client, name, version)
     mlflow_client.set_model_version_tag(name, version, registry.SOURCE_TAG, registry.IMPORTED)
     return LoggedVersion(name, version, run.info.run_id, {}, f"models:/{name}/{version}", Path())
 

@@ -7,7 +7,9 @@ contract ``/ping`` + ``/invocations`` (CSV or JSON), so the same image serves on
 Scoring one request is CPU-light (validation + one ORT call), so the endpoints are ``async`` and run on the event
 loop; requests with many rows are scored in the threadpool so they do not stall the loop for everyone else.
 Successful ``POST /predict`` requests are answered by an ASGI fast path in front of the router, running the same
-validation and scoring as the route (``mlops_lab.api.predict``); the route answers every error.
+validation and scoring as the route (``mlops_lab.api.predict``); the route answers every error. In front of both,
+the lab's guard (``mlops_lab.api.guard``) refuses what another web page could make a browser send (another
+``Origin``, ``Sec-Fetch-Site: cross-site``/``same-site``, a ``Host`` that is not the lab's).
 
 Where things are: the routes in ``mlops_lab.api.routes`` (``ops``, ``model``, ``sagemaker``), their typed
 dependencies in ``deps``, the OpenAPI document in ``openapi``, exception handlers in ``errors``. ``create_app`` only
@@ -27,6 +29,7 @@ from fastapi import FastAPI
 from mlops_lab import __version__
 from mlops_lab.api.access_log import AccessLogMiddleware, configure_logging
 from mlops_lab.api.errors import add_exception_handlers
+from mlops_lab.api.guard import ApiGuard
 from mlops_lab.api.model_store import ModelSource, ModelStore, resolve_source
 from mlops_lab.api.openapi import openapi_document
 from mlops_lab.api.predict import PredictFastPath
@@ -73,6 +76,9 @@ def create_app(settings: Settings | None = None, model_source: str | Path | Mode
     app.add_middleware(
         PredictFastPath, store=store, max_body_bytes=settings.api_max_body_bytes, api_key=settings.api_key
     )
+    # Another web page's requests (foreign Origin, Sec-Fetch-Site cross-site/same-site, a Host that is not the lab's)
+    # are refused here, before the fast path and the routes (src/mlops_lab/api/guard.py); the access log records them.
+    app.add_middleware(ApiGuard, settings=settings)
     if settings.api_access_log:
         configure_logging()
         app.add_middleware(AccessLogMiddleware)

@@ -29,6 +29,8 @@ _STYLE = {
     "absent": "dim",
     "detached": "red",
     "unchecked": "yellow",
+    "not ours": "yellow",  # exists under the lab's name without its tag: refused, or kept by teardown
+    "kept": "yellow",
 }
 
 

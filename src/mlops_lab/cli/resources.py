@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from mlops_lab import bootstrap as lab_bootstrap
 from mlops_lab import teardown as lab_teardown
 from mlops_lab.aws import Aws
 from mlops_lab.cli import render
@@ -17,12 +18,23 @@ from mlops_lab.settings import get_settings
 app = typer.Typer()
 
 
+AdoptOption = Annotated[
+    bool,
+    typer.Option(
+        "--adopt",
+        help="Take over resources of the lab's names that exist without its mlops-lab:prefix tag (adds the tag; "
+        "teardown then deletes them). Without it they are refused.",
+    ),
+]
+
+
 @app.command()
-def bootstrap() -> None:
-    """Create the buckets, role, layer, function, permission and notification (idempotent)."""
+def bootstrap(adopt: AdoptOption = False) -> None:
+    """Create the buckets, role, layer, function, permission and notification (idempotent); refuse resources of the
+    lab's names that are not its own, unless --adopt."""
     aws = Aws()
     render.where(aws)
-    render.summary(bootstrap.run_bootstrap(get_settings(), aws, on_change=render.change))
+    render.summary(lab_bootstrap.run_bootstrap(get_settings(), aws, on_change=render.change, adopt=adopt))
 
 
 @app.command()
@@ -67,7 +79,7 @@ def build_layer(
 ) -> None:
     """Build the Lambda layer zip (onnxruntime + numpy + the inference core); refuse it over AWS's limits."""
     with console.status("Building the layer..."):
-        artifact = bootstrap.build_lambda_layer(get_settings(), Aws(), python, platform)
+        artifact = lab_bootstrap.build_lambda_layer(get_settings(), Aws(), python, platform)
     console.print(
         f"{artifact.path}\n  py{artifact.python} {artifact.platform}: {artifact.zipped_bytes / 1e6:.1f} MB "
         f"{'zipped' if artifact.compressed else 'stored (emulator only: extracts faster)'}, "
@@ -89,6 +101,7 @@ def plan(
         bool, typer.Option("--sagemaker", help="Include `deploy sagemaker`'s resources and its endpoint's cost.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    adopt: AdoptOption = False,
 ) -> None:
     """What bootstrap would create, update or leave (a dry run: nothing is changed) and an estimate of its cost."""
     from mlops_lab.plan import Assumptions, make_plan
@@ -102,7 +115,7 @@ def plan(
     )
     aws = Aws()
     render.where(aws)
-    result = make_plan(get_settings(), aws, assumptions, with_sagemaker=with_sagemaker)
+    result = make_plan(get_settings(), aws, assumptions, with_sagemaker=with_sagemaker, adopt=adopt)
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return

@@ -1,0 +1,177 @@
+"""The lab touches only what carries its tag: bootstrap refuses resources of its names that are not its own (until
+--adopt), teardown keeps them, the registry loses only the versions the lab made, and two long prefixes never share
+SageMaker names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from mlops_lab import ownership, registry, training
+from mlops_lab.aws import tag_list
+from mlops_lab.bootstrap import bootstrap, build_lambda_layer
+from mlops_lab.cli import app
+from mlops_lab.errors import ExitCode
+from mlops_lab.sagemaker.delete import CONFIG_SUFFIX, MODEL_SUFFIX, UNIQUE_ID_LENGTH, mlflow_base_name, name_pattern
+from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
+from mlops_lab.teardown import teardown
+from tests.support import Lab
+
+runner = CliRunner()
+
+
+def lab_of(lab: Lab, prefix: str) -> Lab:
+    return Lab(Settings(**{**lab.settings.model_dump(), "prefix": prefix}), lab.aws)
+
+
+@pytest.fixture
+def strange_bucket(lab_stack: Lab) -> Iterator[Lab]:
+    """A lab whose input bucket's name is already taken by an untagged bucket (someone else's, as far as tags say)."""
+    lab = lab_of(lab_stack, "lab-own-a")
+    s3 = lab.aws.client("s3")
+    s3.create_bucket(Bucket=lab.settings.input_bucket)
+    s3.put_object(Bucket=lab.settings.input_bucket, Key="theirs.txt", Body=b"not the lab's")
+    yield lab
+    teardown(lab.settings, lab.aws)  # the adopted bucket goes with the lab; one still not adopted stays
+    if ownership.strangers(lab.settings, lab.aws):
+        for item in s3.list_objects_v2(Bucket=lab.settings.input_bucket).get("Contents", []):
+            s3.delete_object(Bucket=lab.settings.input_bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=lab.settings.input_bucket)
+
+
+def test_bootstrap_refuses_a_resource_of_its_name_without_its_tag_until_adopt(strange_bucket: Lab) -> None:
+    settings, aws = strange_bucket.settings, strange_bucket.aws
+    layer = build_lambda_layer(settings, aws)
+
+    planned = {(c.kind, c.name): c for c in bootstrap(settings, aws, layer, dry_run=True)}
+    refused = planned[("bucket", settings.input_bucket)]
+    assert refused.action == "not ours" and "--adopt" in refused.detail, refused
+
+    with pytest.raises(ownership.NotOurs) as caught:
+        bootstrap(settings, aws, layer)
+    assert caught.value.exit_code == ExitCode.CONFLICT
+    assert settings.input_bucket in str(caught.value) and "--adopt" in str(caught.value)
+    found = [(s.resource.kind, s.resource.name, s.why) for s in ownership.strangers(settings, aws)]
+    assert found == [("bucket", settings.input_bucket, f"no {PREFIX_TAG} tag")]
+    assert aws.client("sqs").list_queues(QueueNamePrefix=settings.failure_queue_name).get("QueueUrls", []) == [], (
+        "refused before any write"
+    )
+
+    adopted = {(c.kind, c.name): c for c in bootstrap(settings, aws, layer, adopt=True)}
+    assert adopted[("bucket", settings.input_bucket)].action == "updated"
+    assert ownership.strangers(settings, aws) == []
+    assert {c.action for c in bootstrap(settings, aws, layer)} == {"unchanged"}
+
+
+def test_the_cli_exits_11_naming_what_is_not_ours_and_adopts_with_the_flag(
+    strange_bucket: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAB_PREFIX", strange_bucket.settings.prefix)
+    monkeypatch.setenv("LAB_STATE_DIR", str(strange_bucket.settings.state_dir))
+    monkeypatch.setenv("LAB_EMULATOR_PORT", str(strange_bucket.settings.emulator_port))
+    get_settings.cache_clear()
+    try:
+        refused = runner.invoke(app, ["bootstrap"])
+        assert refused.exit_code == ExitCode.CONFLICT, refused.output
+        assert strange_bucket.settings.input_bucket in refused.output and "--adopt" in refused.output
+        plan = runner.invoke(app, ["plan"])
+        assert plan.exit_code == 0 and "not ours" in plan.output, plan.output
+        adopted = runner.invoke(app, ["bootstrap", "--adopt"])
+        assert adopted.exit_code == 0, adopted.output
+    finally:
+        get_settings.cache_clear()
+
+
+def test_teardown_deletes_only_what_carries_the_tag(lab_stack: Lab) -> None:
+    lab = lab_of(lab_stack, "lab-own-b")
+    settings, aws = lab.settings, lab.aws
+    bootstrap(settings, aws, build_lambda_layer(settings, aws))
+    sqs, iam, ecr, lam = (aws.client(name) for name in ("sqs", "iam", "ecr", "lambda"))
+    # The queue becomes another lab's, the role loses its tag, the API's repository is made by someone else, and a
+    # layer version the lab did not publish appears beside its own.
+    queue_url = sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"]
+    sqs.tag_queue(QueueUrl=queue_url, Tags={PREFIX_TAG: "another-lab"})
+    iam.untag_role(RoleName=settings.role_name, TagKeys=[PREFIX_TAG])
+    ecr.create_repository(repositoryName=settings.api_repository, tags=tag_list({"owner": "someone"}, "Key", "Value"))
+    lam.publish_layer_version(
+        LayerName=settings.layer_name, Description="someone's layer", Content={"ZipFile": b"PK\x05\x06" + b"\0" * 18}
+    )
+    try:
+        report = teardown(settings, aws)
+        kept = {(c.kind, c.name): c.detail for c in report.changes if c.action == "not ours"}
+        assert set(kept) == {
+            ("queue", settings.failure_queue_name),
+            ("role", settings.role_name),
+            ("ecr repository", settings.api_repository),
+            ("layer", settings.layer_name),
+        }, report.changes
+        assert "another-lab" in kept[("queue", settings.failure_queue_name)]
+        assert report.complete, (report.left, report.unchecked)
+        # Kept, and whole.
+        assert sqs.get_queue_url(QueueName=settings.failure_queue_name)["QueueUrl"] == queue_url
+        assert iam.get_role(RoleName=settings.role_name)["Role"]["RoleName"] == settings.role_name
+        assert iam.list_role_policies(RoleName=settings.role_name)["PolicyNames"], "its policy stays with it"
+        assert ecr.describe_repositories(repositoryNames=[settings.api_repository])["repositories"]
+        (layer_left,) = lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]
+        assert layer_left["Description"] == "someone's layer"
+        # The lab's own are gone.
+        assert ownership.inventory(settings)[0].read_tags(aws) is None, "the function is gone"
+        buckets = {b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]}
+        assert not buckets & set(settings.buckets)
+    finally:
+        sqs.delete_queue(QueueUrl=queue_url)
+        for policy in iam.list_role_policies(RoleName=settings.role_name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=settings.role_name, PolicyName=policy)
+        iam.delete_role(RoleName=settings.role_name)
+        ecr.delete_repository(repositoryName=settings.api_repository, force=True)
+        for version in lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]:
+            lam.delete_layer_version(LayerName=settings.layer_name, VersionNumber=version["Version"])
+
+
+def test_teardown_removes_only_the_versions_the_lab_made_in_someone_elses_registered_model(
+    mlflow_lab: Lab, trained_model_path
+) -> None:  # type: ignore[no-untyped-def]
+    from mlops_lab.data import FEATURES
+    from mlops_lab.synthetic import generate
+
+    lab = lab_of(mlflow_lab, "lab-own-c")
+    client = registry.client(lab.settings)
+    theirs = "someone-elses-model"
+    client.create_registered_model(theirs, tags={"owner": "someone"})
+    example = generate(5, seed=3, with_label=False)[list(FEATURES)]
+    bytes_ = trained_model_path.read_bytes()
+    # Someone's own version (no lab tag), then one the lab publishes into the same registered model.
+    their_version = client.create_model_version(theirs, source="s3://elsewhere/model", tags={"owner": "someone"})
+    ours = training.log_imported(lab.settings, theirs, bytes_, example, kind="classifier", origin="test")
+    try:
+        assert PREFIX_TAG not in client.get_registered_model(theirs).tags, "publishing claims no one's model"
+        assert client.get_model_version(theirs, ours.version).tags[PREFIX_TAG] == "lab-own-c"
+
+        report = teardown(lab.settings, lab.aws)
+        assert ("model versions", theirs, "deleted") in {(c.kind, c.name, c.action) for c in report.changes}
+        left = {v.version for v in client.search_model_versions(f"name = '{theirs}'")}
+        assert left == {their_version.version}, "only the lab's version went"
+    finally:
+        client.delete_registered_model(theirs)
+
+
+@pytest.mark.parametrize(
+    "prefixes",
+    [
+        ("team-alpha-project-one-experiment-aaaaa-x", "team-alpha-project-one-experiment-bbbbb-x"),
+        ("a" * 20 + "-one-" + "z" * 17, "a" * 20 + "-two-" + "z" * 17),
+    ],
+)
+def test_two_long_prefixes_never_share_sagemaker_names(prefixes: tuple[str, str]) -> None:
+    """mlflow middle-truncates long endpoint names in its model and config names; the lab's endpoint names are short
+    enough to stay whole, and distinct, so one lab's teardown never matches the other's models or configs."""
+    first, second = (Settings(_env_file=None, prefix=prefix) for prefix in prefixes)
+    assert first.sagemaker_endpoint != second.sagemaker_endpoint
+    for suffix in (MODEL_SUFFIX, CONFIG_SUFFIX):
+        for settings in (first, second):
+            assert mlflow_base_name(settings.sagemaker_endpoint, suffix) == settings.sagemaker_endpoint
+        theirs = f"{second.sagemaker_endpoint}{suffix}{'0' * UNIQUE_ID_LENGTH}"
+        assert not name_pattern(first.sagemaker_endpoint, suffix).fullmatch(theirs)
+        assert name_pattern(second.sagemaker_endpoint, suffix).fullmatch(theirs)
