@@ -20,7 +20,9 @@ case " $* " in
     *) set -- --artifacts-destination "$destination" "$@" ;;
 esac
 
-exec mlflow server \
+# Through the lab's guard (src/mlops_lab/guard.py): mlflow's own server, its app wrapped (LAB_GUARD_ORIGINS: the lab's
+# own origins as a browser sees them).
+exec python3 /opt/lab/lab_guard.py mlflow \
     --host "${MLFLOW_HOST:-0.0.0.0}" \
     --port "${MLFLOW_PORT:-5000}" \
     --workers "${MLFLOW_WORKERS:-1}" \
