@@ -122,6 +122,7 @@ LANE_OF: dict[str, str] = {
     "test_teardown.py::test_lab_tags_are_validated_as_aws_takes_them": UNIT,
     "test_train.py": UNIT,
     "test_wide_rows.py": UNIT,
+    "test_wide_rows.py::test_byte_cap_bounds_peak_memory_of_wide_rows": INTEGRATION,  # a subprocess, ~5 s
 }
 
 

@@ -80,6 +80,7 @@ def function_environment(settings: Settings) -> dict[str, str]:
         "MODEL_KEY": settings.model_key,
         "MAX_INPUT_BYTES": str(settings.max_input_mb * 1024 * 1024),
         "CHUNK_ROWS": str(settings.chunk_rows),
+        "CHUNK_BYTES": str(settings.chunk_mb * 1024 * 1024),
     }
 
 
@@ -112,6 +113,8 @@ def function_configuration(settings: Settings, role_arn: str, layer_arn: str | N
         "Role": role_arn,
         "MemorySize": settings.lambda_memory_mb,
         "Timeout": settings.lambda_timeout_s,
+        # /tmp holds an input and its predictions at once: sized from LAB_MAX_INPUT_MB (settings.lambda_ephemeral_mb).
+        "EphemeralStorage": {"Size": settings.lambda_ephemeral_mb},
         "Layers": [layer_arn] if layer_arn else [],
         "Environment": {"Variables": function_environment(settings)},
     }

@@ -315,7 +315,7 @@ class TabularModel:
         try:
             outputs = self.session.run(self._output_names, dict(feeds))
         except Exception as error:  # ORT's own exception types; a value the model's operators cannot take
-            raise InputError(f"the model could not score this input: {error}") from None
+            raise _scoring_error(error) from None
         labels = np.asarray(outputs[0]).reshape(-1)
         if self.kind == REGRESSOR:
             return Prediction(labels, np.empty((len(labels), 0), np.float32), (), REGRESSOR)
@@ -392,7 +392,7 @@ class TabularModel:
         try:
             return self._run_raw(self._output_names, feeds, None)
         except Exception as error:  # as in run()
-            raise InputError(f"the model could not score this input: {error}") from None
+            raise _scoring_error(error) from None
 
     def _fill_row(self, record: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
         """One record written into the model's reusable one-row tensors (caller holds ``_row_lock``), or None."""
@@ -423,23 +423,58 @@ class TabularModel:
             return None
 
 
+# ONNX Runtime reports an allocation that failed as a RuntimeException of its own, not as MemoryError.
+_OUT_OF_MEMORY = ("bad_alloc", "bad allocation", "failed to allocate", "out of memory")
+
+
+def _scoring_error(error: Exception) -> Exception:
+    """What ORT's failure to score means: no memory (the machine's fault, MemoryError: the caller retries or fails)
+    or a value the model's operators cannot take (the input's, InputError)."""
+    if isinstance(error, MemoryError) or any(sign in str(error).lower() for sign in _OUT_OF_MEMORY):
+        return MemoryError(f"onnxruntime ran out of memory scoring a chunk: {error}")
+    return InputError(f"the model could not score this input: {error}")
+
+
 # -- CSV --------------------------------------------------------------------------------------------------------
 
 
 def read_csv_chunks(
-    text: IO[str], feature_names: Sequence[str], chunk_rows: int
+    text: IO[str], feature_names: Sequence[str], chunk_rows: int, *, chunk_chars: int | None = None
 ) -> Iterator[tuple[int, list[str], list[list[str]]]]:
     """Yield ``(first_row_number, header, rows)`` chunks from a CSV stream, validating its shape as it goes.
 
+    A chunk holds at most ``chunk_rows`` rows and, with ``chunk_chars``, stops at the line that reaches that many
+    characters (a chunk always holds at least one line): very wide rows cannot fill memory ``chunk_rows`` at a time.
     Row numbers are the file's own line numbers for data rows (the header is row 1), assuming no quoted newlines.
     Raises InputError for an empty file, a header with missing/extra/duplicate columns, no data rows, or ragged rows.
     """
-    for first_row, header, rows, _ in _csv_chunks(text, feature_names, chunk_rows, keep_lines=False):
+    for first_row, header, rows, _ in _csv_chunks(
+        text, feature_names, chunk_rows, keep_lines=False, chunk_chars=chunk_chars
+    ):
         yield first_row, header, rows
 
 
+def _take_lines(lines: Iterator[str], rows: int, chars: int | None) -> list[str]:
+    """The next ``rows`` lines, or fewer: up to and including the one that brings them to ``chars`` characters."""
+    if chars is None:
+        return list(itertools.islice(lines, rows))
+    taken: list[str] = []
+    size = 0
+    for line in lines:
+        taken.append(line)
+        size += len(line)
+        if size >= chars or len(taken) >= rows:
+            break
+    return taken
+
+
 def _csv_chunks(
-    text: Iterable[str], feature_names: Sequence[str], chunk_rows: int, *, keep_lines: bool
+    text: Iterable[str],
+    feature_names: Sequence[str],
+    chunk_rows: int,
+    *,
+    keep_lines: bool,
+    chunk_chars: int | None = None,
 ) -> Iterator[tuple[int, list[str], list[list[str]], list[str] | None]]:
     """``read_csv_chunks`` plus, with ``keep_lines``, each row's own source line (None for a chunk where a quoted
     field spans lines): score_csv echoes the input columns as they came instead of re-encoding every field."""
@@ -454,7 +489,7 @@ def _csv_chunks(
     row_number = 2
     any_rows = False
     while True:
-        chunk = list(itertools.islice(lines_in, chunk_rows))
+        chunk = _take_lines(lines_in, chunk_rows, chunk_chars)
         if not chunk:
             break
         lines: list[str] | None = chunk
@@ -511,12 +546,16 @@ def output_columns(model: TabularModel) -> list[str]:
     return [PREDICTION_COLUMN, *map(probability_column, model.classes)]
 
 
-def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows: int = 8192) -> ScoreSummary:
+def score_csv(
+    model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows: int = 8192, chunk_chars: int | None = None
+) -> ScoreSummary:
     """Score a CSV stream chunk by chunk; write input columns + ``prediction`` + ``probability_<class>``.
 
-    Memory stays bounded by ``chunk_rows``. While ONNX Runtime scores one chunk (in a worker thread, without the
-    GIL), this thread parses the next one and writes the previous one, so parsing and scoring overlap. Input columns
-    are written as they came (each row's own line, with the new columns appended).
+    Memory stays bounded by ``chunk_rows`` and, for files of very wide rows, by ``chunk_chars`` (a chunk ends at the
+    line that reaches that many characters; see ``read_csv_chunks``). While ONNX Runtime scores one chunk (in a
+    worker thread, without the GIL), this thread parses the next one and writes the previous one, so parsing and
+    scoring overlap: about two chunks are in memory at once. Input columns are written as they came (each row's own
+    line, with the new columns appended).
     On bad input an InputError is raised; whatever was already written to ``sink`` must then be discarded by the
     caller (the Lambda writes to a temp file and uploads only on success).
     """
@@ -524,7 +563,9 @@ def score_csv(model: TabularModel, source: IO[str], sink: IO[str], *, chunk_rows
     summary = ScoreSummary()
     pending: tuple[list[list[str]], list[str] | None, Future[Prediction]] | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime") as scorer:
-        for first_row, header, rows, lines in _csv_chunks(source, model.feature_names, chunk_rows, keep_lines=True):
+        for first_row, header, rows, lines in _csv_chunks(
+            source, model.feature_names, chunk_rows, keep_lines=True, chunk_chars=chunk_chars
+        ):
             feeds = model.prepare(
                 dict(zip(header, zip(*rows, strict=False), strict=True)), first_row=first_row, text=True
             )

@@ -5,6 +5,14 @@ its predictions) or an error report (the reason and the offending rows or column
 Everything uploads through :func:`submit` (the console, `mlops-lab jobs`, `predict` by way of :func:`predict_file`)
 and reads predictions through :func:`read_predictions`; the console and `mlops-lab jobs` list through
 :func:`list_jobs`. Works the same on the emulator and on AWS.
+
+An output is shown only if it answers the input as it is now: it records the ETag of the input it was written for
+(``META_INPUT_ETAG``), which must be the input's current ETag (``reconcile.is_current``; an output of an older
+handler, without one, counts when it is not older than the input). An output left from an earlier upload under the
+same key, say one whose delete raced the new upload, is never shown or waited for as the new one's.
+
+Why this is one module of some 450 lines: listing, submitting and waiting are three readings of one contract (an input
+and its current output, by that rule); split, each part would carry its own copy of it.
 """
 
 from __future__ import annotations
@@ -14,13 +22,15 @@ import io
 import json
 import math
 import re
+import shutil
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +51,7 @@ from mlops_lab.contract import (
 )
 from mlops_lab.errors import ExitCode, LabError, Refused, TimedOut
 from mlops_lab.inference import PREDICTION_COLUMN, REGRESSOR
-from mlops_lab.reconcile import StoredObject, list_objects
+from mlops_lab.reconcile import StoredObject, head_object, is_current, list_objects
 from mlops_lab.settings import Settings
 
 HISTOGRAM_BINS = 10
@@ -130,32 +140,53 @@ def list_jobs(settings: Settings, aws: Aws, *, limit: int = 20, cache: Cache | N
 
 def _job(settings: Settings, s3: Any, source: StoredObject, outputs: dict[str, StoredObject], cache: Cache) -> Job:
     job = Job(source.key, source.last_modified, source.size, "pending")
-    predictions, report = outputs.get(prediction_key(source.key)), outputs.get(error_key(source.key))
-    current = [o for o in (predictions, report) if o is not None and o.last_modified >= source.last_modified]
+    current = [
+        output
+        for output in (
+            _headed(s3, settings.output_bucket, outputs.get(prediction_key(source.key))),
+            _headed(s3, settings.output_bucket, outputs.get(error_key(source.key))),
+        )
+        if output is not None and is_current(output, source)
+    ]
     if not current:
         return job
     output = max(current, key=lambda o: o.last_modified)
     job.seconds = max(0.0, (output.last_modified - source.last_modified).total_seconds())
     job.output_uri = f"s3://{settings.output_bucket}/{output.key}"
     try:
-        if output is report:
+        if output.key == error_key(source.key):
+            error = cache.get(
+                output.key, output.etag, lambda: _read_json(s3, settings.output_bucket, output.key, output.etag)
+            )
             job.status = "rejected"
-            error = cache.get(output.key, output.etag, lambda: _read_json(s3, settings.output_bucket, output.key))
             job.reason = str(error.get("reason", ""))
             job.columns = [str(c) for c in error.get("columns", [])]
             job.offending = [row for row in error.get("rows", []) if isinstance(row, dict)][:SHOWN_OFFENDING_ROWS]
         else:
+            read = cache.get(
+                output.key, output.etag, lambda: _read_predictions(s3, settings.output_bucket, output.key, output.etag)
+            )
             job.status = "ok"
-            read = cache.get(output.key, output.etag, lambda: _read_predictions(s3, settings.output_bucket, output.key))
             job.rows, job.model, job.distribution = read.rows, read.model, read.distribution
     except ClientError as error:
-        if not is_not_found(error):  # replaced between the listing and the read: the next refresh shows it
+        # Replaced (or removed) between the HEAD and the read: pending until the next refresh shows what is there.
+        if not (is_not_found(error) or _precondition_failed(error)):
             raise
+        job.seconds, job.output_uri = None, ""
     return job
 
 
-def _read_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+def _headed(s3: Any, bucket: str, listed: StoredObject | None) -> StoredObject | None:
+    """A listed output with the input ETag it records (listings carry no metadata: one HEAD), or None."""
+    return None if listed is None else head_object(s3, bucket, listed.key)
+
+
+def _precondition_failed(error: ClientError) -> bool:
+    return str(error.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed", "412")
+
+
+def _read_json(s3: Any, bucket: str, key: str, etag: str) -> dict[str, Any]:
+    body = s3.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')["Body"].read()
     try:
         data = json.loads(body)
     except json.JSONDecodeError:
@@ -163,8 +194,8 @@ def _read_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _read_predictions(s3: Any, bucket: str, key: str) -> Predictions:
-    response = s3.get_object(Bucket=bucket, Key=key)
+def _read_predictions(s3: Any, bucket: str, key: str, etag: str) -> Predictions:
+    response = s3.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')  # the object HEAD found current, or 412
     with response["Body"] as body:
         text = body.read().decode("utf-8", errors="replace")
     return read_predictions(io.StringIO(text, newline=""), response.get("Metadata", {}))
@@ -277,6 +308,12 @@ class PredictTimeout(TimedOut):
         super().__init__(f"{message} The function's log: `mlops-lab logs function`.")
 
 
+class PredictSuperseded(LabError):
+    """Another upload replaced the input while waiting: the output that comes answers that file, not this one."""
+
+    exit_code = ExitCode.CONFLICT
+
+
 class PredictFailed(LabError):
     """The function failed on the upload after its retries: the event is in the failure queue."""
 
@@ -305,30 +342,41 @@ def predict_file(
     on_wait: Callable[[float], None] = lambda _: None,
 ) -> BatchResult:
     """Upload a CSV (:func:`submit`) and wait for the function's predictions or error report, downloaded into
-    ``out_dir``; PredictFailed as soon as the event lands in the failure queue instead."""
+    ``out_dir``; PredictFailed as soon as the event lands in the failure queue instead.
+
+    Only an output written for this very upload is taken: it records this upload's ETag and is not older than it.
+    One left from an earlier upload under the same key (its delete in ``submit`` raced a late write) is waited past.
+    """
     s3 = aws.client("s3")
     started = time.perf_counter()
     with path.open("rb") as body:
         input_uri = submit(settings, aws, body, key or path.name)
     key = input_uri.removeprefix(f"s3://{settings.input_bucket}/")
+    uploaded = head_object(s3, settings.input_bucket, key)
+    if uploaded is None:
+        raise PredictSuperseded(f"{input_uri} was deleted as soon as it was uploaded: nothing to wait for")
     out_dir = out_dir or settings.state_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = started + timeout
     next_failure_check = started + FAILURE_CHECK_S
     while True:
         if time.perf_counter() >= next_failure_check:
-            failed = recovery.find_failure(settings, aws, settings.input_bucket, key)
+            failed = _failure_of(settings, aws, uploaded)
             if failed is not None:
                 raise PredictFailed(failed)
+            _check_still_ours(s3, settings, uploaded, input_uri)
             next_failure_check = time.perf_counter() + FAILURE_CHECK_S
         for found in (prediction_key(key), error_key(key)):
-            if _exists(s3, settings.output_bucket, found):
-                seconds = time.perf_counter() - started
-                local = out_dir / Path(found).name
-                s3.download_file(settings.output_bucket, found, str(local))
-                metadata = s3.head_object(Bucket=settings.output_bucket, Key=found).get("Metadata", {})
-                base = BatchResult(input_uri, f"s3://{settings.output_bucket}/{found}", "ok", seconds, local)
-                return _result(base, found == error_key(key), metadata)
+            output = head_object(s3, settings.output_bucket, found)
+            if output is None or not _answers(output, uploaded):
+                continue
+            seconds = time.perf_counter() - started
+            local = out_dir / Path(found).name
+            metadata = _download_exactly(s3, settings.output_bucket, output, local)
+            if metadata is None:  # replaced between the HEAD and the read: look again
+                continue
+            base = BatchResult(input_uri, f"s3://{settings.output_bucket}/{found}", "ok", seconds, local)
+            return _result(base, found == error_key(key), metadata)
         if time.perf_counter() > deadline:
             raise PredictTimeout(
                 f"no predictions for {input_uri} after {timeout:.0f} s and no failure recorded: is the notification in "
@@ -338,14 +386,57 @@ def predict_file(
         time.sleep(0.1)
 
 
-def _exists(s3: Any, bucket: str, key: str) -> bool:
+def _answers(output: StoredObject, uploaded: StoredObject) -> bool:
+    """Was ``output`` written for this upload? Current for it (its recorded input ETag, or its time for an output
+    without one) and not older than it: an output of an earlier upload of the same bytes has the same input ETag."""
+    return is_current(output, uploaded) and output.last_modified >= uploaded.last_modified
+
+
+def _failure_of(settings: Settings, aws: Aws, uploaded: StoredObject) -> recovery.Failure | None:
+    """The failure record of this upload, if there is one now (as ``recovery.find_failure``, but never the record
+    of an earlier upload under the same key: the event's ETag, else its time, tells them apart)."""
     try:
-        s3.head_object(Bucket=bucket, Key=key)
+        queue = recovery.FailureQueue(settings, aws)
+    except recovery.RecoveryError:  # bootstrapped before failures were captured: nothing to find
+        return None
+    failures = queue.hold_all(hold_s=5, wait_s=0)
+    queue.release(failures)
+    return next((failure for failure in failures if _failed_on(failure, settings.input_bucket, uploaded)), None)
+
+
+def _failed_on(failure: recovery.Failure, bucket: str, uploaded: StoredObject) -> bool:
+    if (bucket, uploaded.key) not in failure.inputs:
+        return False
+    for record in (failure.event or {}).get("Records", []):
+        details = record.get("s3", {}).get("object", {})
+        if urllib.parse.unquote_plus(str(details.get("key", ""))) == uploaded.key and details.get("eTag"):
+            return str(details["eTag"]).strip('"') == uploaded.etag
+    when = failure.when
+    if when is None:
         return True
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) >= uploaded.last_modified
+
+
+def _check_still_ours(s3: Any, settings: Settings, uploaded: StoredObject, input_uri: str) -> None:
+    now = head_object(s3, settings.input_bucket, uploaded.key)
+    if now is None or now.etag != uploaded.etag or now.last_modified != uploaded.last_modified:
+        raise PredictSuperseded(
+            f"{input_uri} was {'deleted' if now is None else 'replaced by another upload'} while waiting for its "
+            "predictions: what the function writes now answers that, not your file. Run `predict` again."
+        )
+
+
+def _download_exactly(s3: Any, bucket: str, output: StoredObject, local: Path) -> dict[str, str] | None:
+    """The object HEAD found (``If-Match`` its ETag) into ``local``; its metadata, or None if it was replaced."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=output.key, IfMatch=f'"{output.etag}"')
     except ClientError as error:
-        if is_not_found(error):
-            return False
+        if is_not_found(error) or _precondition_failed(error):
+            return None
         raise
+    with response["Body"] as body, local.open("wb") as sink:
+        shutil.copyfileobj(body, sink, 1024 * 1024)
+    return response.get("Metadata", {})
 
 
 def _result(result: BatchResult, rejected: bool, metadata: Mapping[str, str]) -> BatchResult:

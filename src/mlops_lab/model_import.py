@@ -5,6 +5,12 @@ what the lab can serve) checks that the lab can serve them and writes what the s
 **published copy's** metadata; ``import_model`` then scores sample rows (checking a converted model against the
 original), registers a version in mlflow when the tracking server answers, and makes it live. The Lambda and the API
 pick it up without a redeploy.
+
+The trust boundary: an ONNX file is data (a graph of operators), and reading one runs none of its content. A
+scikit-learn model is not: loading it (pickle, cloudpickle, or skops with the types its own artifact declares trusted)
+runs code from the artifact. One from the lab's own tracking server was put there by someone who could already run
+code here; one from a tracking server the lab did not start (``MLFLOW_TRACKING_URI``, ``settings.mlflow_external``) is
+loaded only with ``trust=True`` (`publish --trust`), and refused otherwise (UntrustedModel).
 """
 
 from __future__ import annotations
@@ -62,11 +68,19 @@ def default_name(origin: str) -> str:
     return name or "model"
 
 
-def read_source(settings: Settings, origin: str, *, sample: Any = None) -> Source:
+class UntrustedModel(ImportRefused):
+    """A scikit-learn model from a tracking server the lab did not start, without ``--trust``."""
+
+
+TRUST_FLAG = "--trust"
+
+
+def read_source(settings: Settings, origin: str, *, sample: Any = None, trust: bool = False) -> Source:
     """ONNX bytes from a ``.onnx`` file or an mlflow URI (``models:/name/version``, ``models:/name@alias``,
-    ``runs:/id/path``) whose flavour is ONNX, the lab's own ONNX pyfunc, or scikit-learn (converted here)."""
+    ``runs:/id/path``) whose flavour is ONNX, the lab's own ONNX pyfunc, or scikit-learn (converted here; loading it
+    runs code from its artifact: from a tracking server the lab did not start, only with ``trust``)."""
     if origin.startswith(MLFLOW_SCHEMES):
-        return _read_mlflow(settings, origin, sample)
+        return _read_mlflow(settings, origin, sample, trust)
     path = Path(origin)
     if not path.is_file():
         raise ImportRefused(f"no such file: {origin} (give a .onnx file, or an mlflow URI: models:/<name>/<version>)")
@@ -77,7 +91,7 @@ def read_source(settings: Settings, origin: str, *, sample: Any = None) -> Sourc
     return Source(path.read_bytes(), default_name(origin), origin)
 
 
-def _read_mlflow(settings: Settings, uri: str, sample: Any) -> Source:
+def _read_mlflow(settings: Settings, uri: str, sample: Any, trust: bool = False) -> Source:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -97,13 +111,27 @@ def _read_mlflow(settings: Settings, uri: str, sample: Any) -> Source:
     if "sklearn" in flavors:
         import mlflow.sklearn
 
-        estimator = mlflow.sklearn.load_model(uri)
+        check_trusted(settings, uri, trust)
+        estimator = mlflow.sklearn.load_model(uri)  # runs code from the artifact (pickle, or skops' trusted types)
         frame = example if example is not None else sample
         onnx_bytes = convert_sklearn_model(estimator, info.signature, frame)
         return Source(onnx_bytes, default_name(uri), uri, sklearn=estimator, example=example)
     raise ImportRefused(
         f"{uri} has flavours {', '.join(sorted(flavors))}: the lab imports ONNX and scikit-learn models; "
         "export yours to ONNX (e.g. with skl2onnx, tf2onnx or torch.onnx) and publish the .onnx file"
+    )
+
+
+def check_trusted(settings: Settings, uri: str, trust: bool) -> None:
+    """UntrustedModel unless loading ``uri``'s scikit-learn model is a risk the user took: it comes from the lab's own
+    tracking server, or ``trust`` (`publish --trust`) says so."""
+    if trust or not settings.mlflow_external:
+        return
+    raise UntrustedModel(
+        f"{uri} is a scikit-learn model on {settings.mlflow_tracking_uri}, a tracking server the lab did not start "
+        "(MLFLOW_TRACKING_URI): loading it runs code from its artifact (pickle or skops), with your permissions. "
+        f"Pass {TRUST_FLAG} if you trust everyone who can write to that server; or export the model to ONNX and "
+        "publish the .onnx file (no code runs)"
     )
 
 
@@ -298,11 +326,13 @@ def import_model(
     features: Sequence[str] | None = None,
     sample: Path | None = None,
     mlflow: bool | None = None,
+    trust: bool = False,
 ) -> Imported:
-    """Read, check, describe, try, register (when mlflow answers, or ``mlflow=True``) and make live a user's model."""
+    """Read, check, describe, try, register (when mlflow answers, or ``mlflow=True``) and make live a user's model.
+    ``trust``: load a scikit-learn model from a tracking server the lab did not start (it runs the artifact's code)."""
     sample_columns = read_sample(sample) if sample is not None else None
     sample_frame = _typed_frame(sample_columns) if sample_columns is not None else None
-    source = read_source(settings, origin, sample=sample_frame)
+    source = read_source(settings, origin, sample=sample_frame, trust=trust)
     name = name or source.name
     stamped, description = describe(source.onnx, name=name, origin=origin, features=features)
     served = TabularModel(stamped)

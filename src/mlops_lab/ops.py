@@ -62,11 +62,18 @@ class Lab:
 
 def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report: Report | None = None) -> Lab:
     """Start ``services`` (any of SERVICES; none when they run elsewhere, as under compose), bootstrap, make a model
-    live. On any failure, stop what this call started and re-raise."""
+    live. On any failure, stop what this call started and re-raise. Holds the state dir's lock throughout: a second
+    `up` meanwhile fails at once (``stack.LabBusy``, exit 11)."""
     report = report or Report()
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise ValueError(f"unknown services {sorted(unknown)}: choose from {SERVICES}")
+    # One `up` at a time on a state dir: a second one fails at once (stack.LabBusy) instead of racing this one.
+    with stack.lab_lock(settings, "up"):
+        return _bring_up(settings, services, report)
+
+
+def _bring_up(settings: Settings, services: Collection[str], report: Report) -> Lab:
     already = {name for name in services if stack.pid_of(settings, name)}
 
     def started_here() -> list[str]:
@@ -88,7 +95,9 @@ def bring_up(settings: Settings, *, services: Collection[str] = SERVICES, report
             (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
             mlflow_pid = stack.launch(settings, mlflow)
         report.note(f"[bold]Bootstrap[/] against {aws.describe(account=True)}")
-        changes = run_bootstrap(settings, aws, on_change=report.change)
+        # The embedded emulator is this checkout's own (its state is in the lab's state dir): everything of the lab's
+        # names in it is the lab's, tags lost in a crash included. Elsewhere bootstrap takes over nothing untagged.
+        changes = run_bootstrap(settings, aws, on_change=report.change, adopt=embedded)
         with report.step("Training / publishing the model..."):
             # With the services elsewhere (compose), their tracking server is up: the first model is registered and
             # promoted there. The embedded lab trains one locally (its mlflow is still starting).

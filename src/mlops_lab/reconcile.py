@@ -4,6 +4,10 @@
 input bucket with the output bucket and re-runs every input whose output is missing or stale (the input's ETag, which
 each output records, tells), removes outputs a later run superseded, then clears the failure records it resolved.
 ``backlog`` is the same comparison in numbers, from listings only.
+
+Uploads go on while it runs. An output is removed only if it is still the very object the plan (or the re-run) found
+superseded: one HEAD just before the delete compares its ETag and the input ETag it records, and the delete itself is
+conditional on that ETag (``If-Match``), so the fresh output of an upload processed meanwhile is never removed.
 """
 
 from __future__ import annotations
@@ -84,12 +88,13 @@ class ReconcileResult:
     actions: list[Action] = field(default_factory=list)
     reruns: list[recovery.Rerun] = field(default_factory=list)
     cleared_failures: int = 0  # failure records whose input now has its output
+    kept: list[str] = field(default_factory=list)  # outputs to remove that were replaced (or went) meanwhile: left
     dry_run: bool = False
 
 
-def _is_current(output: StoredObject | None, source: StoredObject) -> bool:
+def is_current(output: StoredObject | None, source: StoredObject) -> bool:
     """Was this output written for this very input? By the input ETag it records; an output without one (an older
-    handler's) counts if it is not older than the input."""
+    handler's) counts if it is not older than the input. (The rule `jobs`, `predict` and the console show by.)"""
     if output is None:
         return False
     if output.input_etag:
@@ -103,8 +108,8 @@ def plan(inputs: dict[str, StoredObject], outputs: dict[str, StoredObject]) -> l
     actions = []
     for key, source in sorted(inputs.items()):
         predictions, report = outputs.get(prediction_key(key)), outputs.get(error_key(key))
-        good = predictions if _is_current(predictions, source) else None
-        bad = report if _is_current(report, source) else None
+        good = predictions if is_current(predictions, source) else None
+        bad = report if is_current(report, source) else None
         if good is None and bad is None:
             actions.append(Action(key, "rerun", "stale" if predictions or report else "missing"))
         elif good is not None and report is not None and (bad is None or report.last_modified <= good.last_modified):
@@ -145,20 +150,22 @@ def reconcile(
     the failure records whose input now has its output."""
     s3 = aws.client("s3")
     inputs = {key: item for key, item in list_objects(s3, settings.input_bucket).items() if key.endswith(INPUT_SUFFIX)}
-    outputs = list_objects(s3, settings.output_bucket, PREDICTIONS_PREFIX) | list_objects(
-        s3, settings.output_bucket, ERRORS_PREFIX
+    outputs = _with_input_etags(
+        s3,
+        settings.output_bucket,
+        list_objects(s3, settings.output_bucket, PREDICTIONS_PREFIX)
+        | list_objects(s3, settings.output_bucket, ERRORS_PREFIX),
     )
-    actions = plan(inputs, _with_input_etags(s3, settings.output_bucket, outputs))
+    actions = plan(inputs, outputs)
     result = ReconcileResult(
         inputs=len(inputs), up_to_date=len(inputs) - len({a.key for a in actions}), actions=actions, dry_run=dry_run
     )
     if dry_run:
         return result
     for action in actions:
-        if action.action == "remove-error-report":
-            s3.delete_object(Bucket=settings.output_bucket, Key=error_key(action.key))
-        elif action.action == "remove-stale-predictions":
-            s3.delete_object(Bucket=settings.output_bucket, Key=prediction_key(action.key))
+        removed = {"remove-error-report": error_key, "remove-stale-predictions": prediction_key}.get(action.action)
+        if removed is not None and not delete_if_unchanged(s3, settings.output_bucket, outputs[removed(action.key)]):
+            result.kept.append(removed(action.key))
     invoker = recovery.Invoker(settings, aws)
     queue = recovery.FailureQueue(settings, aws)
     function_arn = ""
@@ -173,8 +180,13 @@ def reconcile(
             if rerun.status == "failed":  # captured like any failed event, so `failures`/`redrive` see it
                 queue.capture(function_arn, event, rerun.detail)
             else:  # the run wrote one output; one of the other kind, from an earlier upload, no longer stands
-                other = error_key(action.key) if rerun.status == "ok" else prediction_key(action.key)
-                s3.delete_object(Bucket=settings.output_bucket, Key=other)
+                written, other = (
+                    (prediction_key(action.key), error_key(action.key))
+                    if rerun.status == "ok"
+                    else (error_key(action.key), prediction_key(action.key))
+                )
+                if not _remove_superseded(s3, settings, action.key, written, other):
+                    result.kept.append(other)
             on_rerun(rerun)
         return reruns
 
@@ -188,6 +200,46 @@ def reconcile(
                 result.reruns.extend(reruns)
     result.cleared_failures = _clear_resolved_failures(settings, s3, queue)
     return result
+
+
+def delete_if_unchanged(s3: Any, bucket: str, planned: StoredObject) -> bool:
+    """Delete ``planned`` if the object under its key is still that one (same ETag, same recorded input ETag: one
+    HEAD), and only that one (the delete is conditional on the ETag). False when it was replaced (kept) or is gone."""
+    now = head_object(s3, bucket, planned.key)
+    if now is None or (now.etag, now.input_etag) != (planned.etag, planned.input_etag):
+        return False
+    try:
+        s3.delete_object(Bucket=bucket, Key=planned.key, IfMatch=f'"{planned.etag}"')
+    except ClientError as error:
+        if is_not_found(error) or _precondition_failed(error):  # replaced or removed between the HEAD and the delete
+            return False
+        raise
+    return True
+
+
+def _precondition_failed(error: ClientError) -> bool:
+    """412: the object is not the ETag's any more; 409: S3 saw a concurrent write or delete of it (either way, it
+    was replaced or removed meanwhile)."""
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def _remove_superseded(s3: Any, settings: Settings, key: str, written_key: str, other_key: str) -> bool:
+    """After a re-run wrote ``written_key``: remove the output of the other kind if it no longer stands (written for
+    another version of the input than the one there now, or older than what the re-run wrote for it). An output of
+    the other kind written for the input as it is now, by an upload processed meanwhile, stays. True unless one was
+    kept."""
+    other = head_object(s3, settings.output_bucket, other_key)
+    if other is None:
+        return True
+    source = head_object(s3, settings.input_bucket, key)
+    written = head_object(s3, settings.output_bucket, written_key)
+    superseded = (
+        source is None
+        or not is_current(other, source)
+        or (is_current(written, source) and written is not None and other.last_modified <= written.last_modified)
+    )
+    return superseded and delete_if_unchanged(s3, settings.output_bucket, other)
 
 
 def _clear_resolved_failures(settings: Settings, s3: Any, queue: recovery.FailureQueue) -> int:
@@ -210,7 +262,7 @@ def _has_current_output(settings: Settings, s3: Any, bucket: str, key: str) -> b
     outputs = (
         head_object(s3, settings.output_bucket, output_key) for output_key in (prediction_key(key), error_key(key))
     )
-    return any(_is_current(output, source) for output in outputs)
+    return any(is_current(output, source) for output in outputs)
 
 
 def head_object(s3: Any, bucket: str, key: str) -> StoredObject | None:

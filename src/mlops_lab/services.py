@@ -9,7 +9,6 @@ here changes this process's own environment.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -237,15 +236,25 @@ def _size(path: Path) -> int:
 
 
 def reset(settings: Settings) -> tuple[list[str], list[StoredData]]:
-    """Stop the embedded services and delete the emulator's state and mlflow's together; (stopped, deleted)."""
+    """Stop the embedded services and delete the emulator's state and mlflow's together; (stopped, deleted).
+
+    Only in a state dir the lab marked as its own (``stack.STATE_MARKER``; ResetError otherwise), and not while an
+    `up` runs on it (``stack.lab_lock``; LabBusy): refused before anything is stopped or deleted."""
     if settings.mlflow_backend_uri:
         raise ResetError(
             f"mlflow's database is {settings.mlflow_backend_uri}, outside {settings.state_dir}: resetting the emulator "
             "alone would leave its registry pointing at deleted artifacts. Empty that database too, or unset "
             "LAB_MLFLOW_BACKEND_URI."
         )
-    stopped = stop_services(settings)  # first: the emulator writes its state when it stops
-    deleted = stored_data(settings)
-    for data in deleted:
-        shutil.rmtree(data.path)
+    if not stack.is_marked(stack.claim_state_dir(settings)):
+        raise ResetError(
+            f"{settings.state_dir} (LAB_STATE_DIR) has no {stack.STATE_MARKER}: the lab did not make it, so reset "
+            "deletes nothing there. If it is the lab's state dir (made before the lab marked its folders), create "
+            f"{settings.state_dir / stack.STATE_MARKER} and run reset again."
+        )
+    with stack.lab_lock(settings, "reset"):
+        stopped = stop_services(settings)  # first: the emulator writes its state when it stops
+        deleted = stored_data(settings)
+        for data in deleted:
+            stack.remove_tree(data.path, owner=settings.state_dir)
     return stopped, deleted

@@ -110,7 +110,10 @@ def models(
     )
 
 
-@app.command()
+@app.command(
+    short_help="Serve your own model: check it, describe it in the published copy, score sample rows, register it, "
+    "make it live (the Lambda and the API pick it up without a redeploy)."
+)
 def publish(
     source: Annotated[
         str,
@@ -144,9 +147,19 @@ def publish(
             help="Register a version in mlflow (default: when the tracking server answers).", show_default=False
         ),
     ] = None,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            "--trust",
+            help="Load a scikit-learn model from a tracking server the lab did not start (MLFLOW_TRACKING_URI): "
+            "loading one runs code from its artifact. Refused without this flag.",
+        ),
+    ] = False,
 ) -> None:
     """Serve your own model: check it, describe it in the published copy, score sample rows, register it, make it
-    live (the Lambda and the API pick it up without a redeploy)."""
+    live (the Lambda and the API pick it up without a redeploy). Trust: reading an ONNX file runs no code, but
+    loading a scikit-learn model (pickle or skops) runs code from its artifact, with your permissions: publish only
+    models you trust; one from a tracking server the lab did not start needs --trust."""
     from mlops_lab import model_import
 
     if features and features_from:
@@ -158,6 +171,6 @@ def publish(
     render.where(aws)
     with console.status(f"Publishing {source}..."):
         imported = model_import.import_model(
-            get_settings(), aws, source, name=name, features=names, sample=sample, mlflow=mlflow
+            get_settings(), aws, source, name=name, features=names, sample=sample, mlflow=mlflow, trust=trust
         )
     render.imported(imported)
