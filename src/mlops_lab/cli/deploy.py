@@ -30,10 +30,10 @@ def image_push(
     render.where(aws)
     try:
         result = image.build_and_push(settings, tag=tag, base_image=base_image, aws=aws)
-    except image.EngineMissing:
+    except image.EngineMissing as error:
         uri, _ = image.ensure_repository(settings, aws)  # what can be done without an engine is still done
-        console.print(f"ECR repository ready: {uri}")
-        raise
+        console.print(f"ECR repository ready: {uri}\n[yellow]Not built or pushed[/]: {error}")
+        raise typer.Exit(error.exit_code) from None
     console.print(f"[green]Pushed[/] {result.image}")
 
 
