@@ -23,7 +23,7 @@ from mlops_lab.inference import PREDICTION_COLUMN, TabularModel, probability_col
 from mlops_lab.settings import Settings
 from mlops_lab.synthetic import generate
 from mlops_lab.teardown import teardown
-from tests.support import NOT_FOUND_CODES, Lab, error_code, read_output, wait_for_output
+from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port, read_output, wait_for_output
 
 
 def scored_here(model_path: Path, csv_path: Path, *, chunk_rows: int = 8192) -> bytes:
@@ -335,8 +335,9 @@ def test_bootstrap_repairs_drift(lab_stack: Lab) -> None:
 
 
 def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
-    """On a second prefix, so the session's own resources stay up for the other tests."""
-    settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-teardown"})
+    """On a second prefix, so the session's own resources stay up for the other tests; with no tracking server at its
+    mlflow port (whether or not the session started one elsewhere)."""
+    settings = Settings(**{**lab_stack.settings.model_dump(), "prefix": "lab-teardown", "mlflow_port": free_port()})
     aws = lab_stack.aws
     layer = build_lambda_layer(settings, aws)
     created = bootstrap(settings, aws, layer)
@@ -359,7 +360,7 @@ def test_teardown_leaves_nothing(lab_stack: Lab) -> None:
     assert error_code(caught.value) in {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
     again = teardown(settings, aws)
     assert again.complete
-    # The session's stack runs no tracking server: the registry says so rather than "nothing there".
+    # No tracking server answers: the registry says so rather than "nothing there".
     assert {(c.kind, c.action) for c in again.changes if c.action != "absent"} == {("registry", "unchecked")}
 
 

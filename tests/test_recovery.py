@@ -13,7 +13,7 @@ import pytest
 
 from mlops_lab import emulator, services
 from mlops_lab.contract import error_key, prediction_key
-from mlops_lab.reconcile import Action, StoredObject, plan
+from mlops_lab.reconcile import Action, StoredObject, is_current, plan
 from mlops_lab.recovery import event_inputs, failure_from_message, s3_event
 from mlops_lab.settings import Settings
 
@@ -44,14 +44,18 @@ def test_missing_and_stale_outputs_are_rerun_current_ones_left_alone() -> None:
     ]
 
 
-def test_an_output_without_an_input_etag_counts_by_time() -> None:
-    """Outputs of an older handler record no input ETag: one older than its input is stale, a newer one current."""
+def test_reconcile_reruns_an_output_that_records_no_input_etag() -> None:
+    """An output that records no input ETag (an older handler's, or one whose metadata an emulator's crash lost) is
+    re-run by reconcile, however new: re-running is safe, trusting a half-written output is not. Listings (jobs,
+    the console) still show a newer one, by time."""
     inputs = {"old.csv": stored("old.csv", at=10), "fresh.csv": stored("fresh.csv", at=10)}
     outputs = {
         prediction_key("old.csv"): stored(prediction_key("old.csv"), at=5),
         error_key("fresh.csv"): stored(error_key("fresh.csv"), at=15),
     }
-    assert plan(inputs, outputs) == [Action("old.csv", "rerun", "stale")]
+    assert plan(inputs, outputs) == [Action("fresh.csv", "rerun", "stale"), Action("old.csv", "rerun", "stale")]
+    assert is_current(outputs[error_key("fresh.csv")], inputs["fresh.csv"])
+    assert not is_current(outputs[prediction_key("old.csv")], inputs["old.csv"])
 
 
 def test_an_error_report_left_behind_by_a_later_success_is_removed() -> None:

@@ -18,14 +18,12 @@ from typer.testing import CliRunner
 
 from mlops_lab import registry, sagemaker, training
 from mlops_lab.aws import Change, tag_dict
+from mlops_lab.bootstrap import ensure_bucket
 from mlops_lab.data import FEATURES
 from mlops_lab.inference import TabularModel
 from mlops_lab.settings import Settings, get_settings
 from mlops_lab.synthetic import generate
-from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port
-
-# The tests that use mlflow_lab or moto_url are marked integration by tests/conftest.py; the few without them start
-# nothing (the names mlflow gives, the refusal to create a real endpoint unasked).
+from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port, isolated_environment
 
 
 @pytest.fixture(scope="module")
@@ -212,43 +210,33 @@ BOX_RULES = str.maketrans(dict.fromkeys("│┃|", " "))
 # -- the CLI ------------------------------------------------------------------------------------------------------
 
 
-def test_cli_models_promote_and_deploy(
-    mlflow_lab: Lab, champion: training.LoggedVersion, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_models_promote_and_deploy(mlflow_lab: Lab, champion: training.LoggedVersion) -> None:
     from mlops_lab import stack
     from mlops_lab.cli import app
 
-    settings = mlflow_lab.settings
-    for key, value in {
-        "LAB_PREFIX": settings.prefix,
-        "LAB_STATE_DIR": str(settings.state_dir),
-        "LAB_EMULATOR_PORT": str(settings.emulator_port),
-        "LAB_MLFLOW_PORT": str(settings.mlflow_port),
-        "LAB_SAGEMAKER_EMULATOR_PORT": str(free_port()),
-        "LAB_SAGEMAKER_ENDPOINT_NAME": "cli-endpoint",
-    }.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
+    settings = mlflow_lab.settings.model_copy(
+        update={"sagemaker_emulator_port": free_port(), "sagemaker_endpoint_name": "cli-endpoint"}
+    )
     runner = CliRunner()
     try:
-        listed = runner.invoke(app, ["models"])
-        assert listed.exit_code == 0, listed.output
-        table = [line.translate(BOX_RULES).split() for line in listed.output.splitlines()]
-        versions = {cells[0]: cells for cells in table if cells and cells[0].isdigit()}
-        # (a substring test would match the "live" column header, or a "3" anywhere in the table)
-        assert versions[champion.version][1:3] == ["champion", "live"], listed.output
-        assert [v for v, cells in versions.items() if "live" in cells] == [champion.version]
-        promoted = runner.invoke(app, ["promote", champion.version])
-        assert promoted.exit_code == 0, promoted.output
-        assert f"version {champion.version} is now @champion" in promoted.output
-        refused = runner.invoke(app, ["promote", "999"])
-        assert refused.exit_code != 0
-        deployed = runner.invoke(app, ["deploy", "sagemaker", "--no-invoke"])
-        assert deployed.exit_code == 0, deployed.output
-        assert "created endpoint cli-endpoint (InService) on moto" in " ".join(deployed.output.split())
+        with isolated_environment(settings):
+            listed = runner.invoke(app, ["models"])
+            assert listed.exit_code == 0, listed.output
+            table = [line.translate(BOX_RULES).split() for line in listed.output.splitlines()]
+            versions = {cells[0]: cells for cells in table if cells and cells[0].isdigit()}
+            # (a substring test would match the "live" column header, or a "3" anywhere in the table)
+            assert versions[champion.version][1:3] == ["champion", "live"], listed.output
+            assert [v for v, cells in versions.items() if "live" in cells] == [champion.version]
+            promoted = runner.invoke(app, ["promote", champion.version])
+            assert promoted.exit_code == 0, promoted.output
+            assert f"version {champion.version} is now @champion" in promoted.output
+            refused = runner.invoke(app, ["promote", "999"])
+            assert refused.exit_code != 0
+            deployed = runner.invoke(app, ["deploy", "sagemaker", "--no-invoke"])
+            assert deployed.exit_code == 0, deployed.output
+            assert "created endpoint cli-endpoint (InService) on moto" in " ".join(deployed.output.split())
     finally:
-        stack.stop(get_settings(), sagemaker.SERVICE_NAME)
-        get_settings.cache_clear()
+        stack.stop(settings, sagemaker.SERVICE_NAME)
 
 
 # -- tags, delete, remaining --------------------------------------------------------------------------------------
@@ -402,35 +390,15 @@ def test_delete_without_the_model_bucket(mlflow_lab: Lab, moto_url: str) -> None
     assert {c.action for c in changes} == {"absent"} and len(changes) == 4
 
 
-def cli_settings_env(settings: Settings, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
-    for key, value in {
-        "LAB_PREFIX": settings.prefix,
-        "LAB_STATE_DIR": str(settings.state_dir),
-        "LAB_EMULATOR_PORT": str(settings.emulator_port),
-        "LAB_MLFLOW_PORT": str(settings.mlflow_port),
-        **extra,
-    }.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-
-
-def test_cli_deploy_sagemaker_delete(
-    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_deploy_sagemaker_delete(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> None:
     from mlops_lab import stack
     from mlops_lab.cli import app
 
     settings, aws = endpoint_settings(mlflow_lab, "cli-delete"), mlflow_lab.aws
     deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
     runner = CliRunner()
-    try:
-        # moto is the module's (on its port): the command finds the endpoint there
-        cli_settings_env(
-            settings,
-            monkeypatch,
-            LAB_SAGEMAKER_ENDPOINT_NAME="cli-delete",
-            LAB_SAGEMAKER_EMULATOR_PORT=moto_url.rsplit(":", 1)[1],
-        )
+    # moto is the module's (on its port): the command finds the endpoint there
+    with isolated_environment(settings.model_copy(update={"sagemaker_emulator_port": int(moto_url.rsplit(":", 1)[1])})):
         deleted = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
         assert deleted.exit_code == 0, deleted.output
         lines = [" ".join(line.split()) for line in deleted.output.splitlines()]
@@ -445,17 +413,15 @@ def test_cli_deploy_sagemaker_delete(
         assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
         again = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
         assert again.exit_code == 0 and "0 deleted." in again.output, again.output
-        # moto not running (it is not started for a delete): it holds nothing, and the command says so
-        port = free_port()
-        cli_settings_env(settings, monkeypatch, LAB_SAGEMAKER_EMULATOR_PORT=str(port))
+    # moto not running (it is not started for a delete): it holds nothing, and the command says so
+    port = free_port()
+    with isolated_environment(settings.model_copy(update={"sagemaker_emulator_port": port})):
         stopped = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
-        assert stopped.exit_code == 0, stopped.output
-        text = " ".join(stopped.output.split())
-        assert f"moto (the offline SageMaker) is not running at http://127.0.0.1:{port}" in text
-        assert f"absent model data s3://{settings.model_bucket}/" in text and "0 deleted." in text
-        assert not stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
-    finally:
-        get_settings.cache_clear()
+    assert stopped.exit_code == 0, stopped.output
+    text = " ".join(stopped.output.split())
+    assert f"moto (the offline SageMaker) is not running at http://127.0.0.1:{port}" in text
+    assert f"absent model data s3://{settings.model_bucket}/" in text and "0 deleted." in text
+    assert not stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
 
 
 def aws_env(tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
@@ -541,7 +507,7 @@ def test_teardown_removes_the_deployment_and_what_it_needs(
     port = int(moto_url.rsplit(":", 1)[1])
     settings = mlflow_lab.settings.model_copy(update={"prefix": "lab-sm-gone", "sagemaker_emulator_port": port})
     aws = mlflow_lab.aws
-    aws.client("s3").create_bucket(Bucket=settings.model_bucket)
+    ensure_bucket(aws, settings.model_bucket, settings.resource_tags)  # as bootstrap makes it: tagged, the lab's
     deployed = sagemaker.deploy(settings, aws, model_uri=champion.model_uri, sagemaker_url=moto_url, timeout_s=60)
 
     report = teardown(settings, aws)

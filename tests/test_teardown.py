@@ -8,6 +8,7 @@ its check afterwards finds what is left when something is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,14 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import image, registry, sagemaker, training
-from mlops_lab.aws import tag_dict
-from mlops_lab.bootstrap import bootstrap, bucket_tags, build_lambda_layer
+from mlops_lab import image, ownership, registry, sagemaker, training
+from mlops_lab.aws import tag_dict, tag_list
+from mlops_lab.bootstrap import bootstrap, bucket_tags, build_lambda_layer, ensure_bucket
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode
-from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
+from mlops_lab.settings import PREFIX_TAG, Settings
 from mlops_lab.teardown import checks, tagged_arns, teardown
-from tests.support import Lab
+from tests.support import Lab, isolated_environment
 
 USER_TAGS = {"team": "ml-platform", "cost-center": "1234"}
 
@@ -99,18 +100,27 @@ def test_tags_someone_removed_are_put_back_and_a_dry_run_only_says_so(tagged: La
 
     layer = build_lambda_layer(settings, aws)
     planned = {(c.kind, c.name): (c.action, c.detail) for c in bootstrap(settings, aws, layer, dry_run=True)}
-    tags_to_fix = {
+    # Without the prefix tag a resource is not the lab's any more (mlops_lab.ownership): refused without --adopt.
+    # Those that still carry it only lack the user's tags: repaired as before.
+    lost_prefix = {
         ("bucket", settings.output_bucket),
         ("queue", settings.failure_queue_name),
-        ("role", settings.role_name),
-        ("function", settings.function_name),
         ("log group", settings.log_group),
     }
+    tags_to_fix = lost_prefix | {("role", settings.role_name), ("function", settings.function_name)}
     assert {key for key, (action, _) in planned.items() if action != "unchanged"} == tags_to_fix, planned
-    assert all(planned[key] == ("updated", "tags") for key in tags_to_fix), planned
-    assert resource_tags(tagged) == before, "a dry run changes nothing"
+    assert all(planned[key][0] == "not ours" for key in lost_prefix), planned
+    assert all(planned[key] == ("updated", "tags") for key in tags_to_fix - lost_prefix), planned
+    with pytest.raises(ownership.NotOurs) as refused:
+        bootstrap(settings, aws, layer)
+    assert all(name in str(refused.value) for _, name in lost_prefix), refused.value
+    adopting = {
+        (c.kind, c.name): (c.action, c.detail) for c in bootstrap(settings, aws, layer, dry_run=True, adopt=True)
+    }
+    assert all(adopting[key] == ("updated", "tags") for key in tags_to_fix), adopting
+    assert resource_tags(tagged) == before, "dry runs and a refusal change nothing"
 
-    repaired = bootstrap(settings, aws, layer)
+    repaired = bootstrap(settings, aws, layer, adopt=True)
     assert {(c.kind, c.name) for c in repaired if c.action == "updated"} == tags_to_fix
     test_every_resource_carries_the_prefix_tag_and_the_users_tags(tagged)
     function_tags = lam.get_function(FunctionName=settings.function_name)["Tags"]
@@ -118,14 +128,13 @@ def test_tags_someone_removed_are_put_back_and_a_dry_run_only_says_so(tagged: La
     assert {c.action for c in bootstrap(settings, aws, layer)} == {"unchanged"}
 
 
-def test_lab_tags_are_validated_as_aws_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LAB_TAGS", "team=ml, cost-center=1234")
-    assert Settings(_env_file=None).resource_tags == {PREFIX_TAG: "mlops-lab", "team": "ml", "cost-center": "1234"}
-    monkeypatch.setenv("LAB_TAGS", '{"team": "ml"}')
-    assert Settings(_env_file=None).tags == {"team": "ml"}
+def test_lab_tags_are_validated_as_aws_takes_them() -> None:
+    with isolated_environment(LAB_TAGS="team=ml, cost-center=1234"):
+        assert Settings(_env_file=None).resource_tags == {PREFIX_TAG: "mlops-lab", "team": "ml", "cost-center": "1234"}
+    with isolated_environment(LAB_TAGS='{"team": "ml"}'):
+        assert Settings(_env_file=None).tags == {"team": "ml"}
     for bad in ("team", "aws:x=1", f"{PREFIX_TAG}=other", "t=" + "v" * 257, "k=a;b"):
-        monkeypatch.setenv("LAB_TAGS", bad)
-        with pytest.raises(ValueError, match=r"LAB_TAGS|tag"):
+        with isolated_environment(LAB_TAGS=bad), pytest.raises(ValueError, match=r"LAB_TAGS|tag"):
             Settings(_env_file=None)
 
 
@@ -182,34 +191,29 @@ def test_the_check_finds_what_is_left(lab_stack: Lab) -> None:
 def test_cli_teardown_prints_its_checks_and_fails_when_something_is_left(
     lab_stack: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, aws = lab_stack.settings, lab_stack.aws
-    for name, value in {
-        "LAB_PREFIX": "lab-cli-gone",
-        "LAB_STATE_DIR": str(settings.state_dir),
-        "LAB_EMULATOR_PORT": str(settings.emulator_port),
-        "LAB_MLFLOW_PORT": "9",  # no tracking server there: the registry is "not checked", which does not fail it
-    }.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
+    # No tracking server at mlflow port 9: the registry is "not checked", which does not fail the teardown.
+    settings = lab_stack.settings.model_copy(update={"prefix": "lab-cli-gone", "mlflow_port": 9})
     runner = CliRunner()
-    try:
+    with isolated_environment(settings):
         clean = runner.invoke(app, ["teardown", "--yes"])
         assert clean.exit_code == 0, clean.output
         for line in ("S3", "Lambda", "IAM", "SQS", "ECR", "CloudWatch Logs", "SageMaker", "Tagging API"):
             assert line in clean.output
         assert "Nothing of the lab's is left." in clean.output
 
-        # A role IAM will not delete: teardown goes on with the rest and says what is left, with its own exit code.
-        iam = aws.client("iam")
-        role = get_settings().role_name
-        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json_trust())
+        # A role of the lab's (its tags say so) that IAM will not delete: teardown goes on with the rest and says what
+        # is left, with its own exit code.
+        iam = lab_stack.aws.client("iam")
+        role = settings.role_name
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument=json_trust(), Tags=tag_list(settings.resource_tags))
         monkeypatch.setattr("mlops_lab.teardown._delete_role", lambda iam, name: [])
         left = runner.invoke(app, ["teardown", "--yes"])
-        assert left.exit_code == ExitCode.INCOMPLETE, left.output
-        assert f"IAM: {role}" in str(left.exception) or role in left.output
         iam.delete_role(RoleName=role)
-    finally:
-        get_settings.cache_clear()
+    assert left.exit_code == ExitCode.INCOMPLETE, left.output
+    # The role is named where the check says what it found, not only where it says what it looked for.
+    text = " ".join(left.output.split())
+    assert re.search(rf"IAM roles [^:]*: still there: {re.escape(role)}\b", text), left.output
+    assert f"teardown is not complete: IAM: {role}" in text, left.output
 
 
 def json_trust() -> str:
@@ -263,7 +267,7 @@ def test_teardown_deletes_the_prefixs_registry_entries_and_the_name_can_be_used_
 def test_keep_registry_keeps_the_artifacts_and_the_entries(registered: Lab) -> None:
     settings, aws = registered.settings, registered.aws
     s3 = aws.client("s3")
-    s3.create_bucket(Bucket=settings.model_bucket)
+    ensure_bucket(aws, settings.model_bucket, settings.resource_tags)  # as bootstrap makes it: tagged, the lab's
     s3.put_object(Bucket=settings.model_bucket, Key="mlflow/7/model.onnx", Body=b"artifact")
     s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=b"live model")
     try:

@@ -70,19 +70,26 @@ class Aws:
         if "identity" in self.__dict__:
             return self.account_id
         quick = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=2, read_timeout=5)
-        sts = self.session.client("sts", region_name=self.region, endpoint_url=self._endpoint_override, config=quick)
+        sts = self._new_client("sts", quick)
         try:
             self.__dict__["identity"] = sts.get_caller_identity()  # the cached_property's slot
         except Exception:
             return "unknown"
         return self.account_id
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, *, config: Config | None = None) -> Any:
+        """The session's client of ``service`` (one, shared); with ``config`` (other timeouts or retries), a new one
+        of its own. Either goes where this session's calls go (``endpoint_url``)."""
+        if config is not None:
+            return self._new_client(service, _CONFIG.merge(config))
         if service not in self._clients:
-            self._clients[service] = self.session.client(
-                service, region_name=self.region, endpoint_url=self._endpoint_override, config=_CONFIG
-            )
+            self._clients[service] = self._new_client(service, _CONFIG)
         return self._clients[service]
+
+    def _new_client(self, service: str, config: Config) -> Any:
+        return self.session.client(
+            service, region_name=self.region, endpoint_url=self._endpoint_override, config=config
+        )
 
     @cached_property
     def identity(self) -> dict[str, str]:

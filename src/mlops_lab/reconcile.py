@@ -92,14 +92,16 @@ class ReconcileResult:
     dry_run: bool = False
 
 
-def is_current(output: StoredObject | None, source: StoredObject) -> bool:
+def is_current(output: StoredObject | None, source: StoredObject, *, recorded: bool = False) -> bool:
     """Was this output written for this very input? By the input ETag it records; an output without one (an older
-    handler's) counts if it is not older than the input. (The rule `jobs`, `predict` and the console show by.)"""
+    handler's) counts if it is not older than the input (the rule `jobs`, `predict` and the console show by), unless
+    ``recorded`` is asked for: reconcile re-runs such an output, since re-running is always safe and an output whose
+    metadata an emulator's crash lost cannot be told from a half-written one."""
     if output is None:
         return False
     if output.input_etag:
         return output.input_etag == source.etag
-    return output.last_modified >= source.last_modified
+    return not recorded and output.last_modified >= source.last_modified
 
 
 def plan(inputs: dict[str, StoredObject], outputs: dict[str, StoredObject]) -> list[Action]:
@@ -108,8 +110,8 @@ def plan(inputs: dict[str, StoredObject], outputs: dict[str, StoredObject]) -> l
     actions = []
     for key, source in sorted(inputs.items()):
         predictions, report = outputs.get(prediction_key(key)), outputs.get(error_key(key))
-        good = predictions if is_current(predictions, source) else None
-        bad = report if is_current(report, source) else None
+        good = predictions if is_current(predictions, source, recorded=True) else None
+        bad = report if is_current(report, source, recorded=True) else None
         if good is None and bad is None:
             actions.append(Action(key, "rerun", "stale" if predictions or report else "missing"))
         elif good is not None and report is not None and (bad is None or report.last_modified <= good.last_modified):

@@ -86,7 +86,7 @@ class Invoker:
         self.settings = settings
         # A run can take the function's whole timeout; the client must wait that long for the answer.
         config = Config(read_timeout=settings.lambda_timeout_s + 30, retries={"mode": "standard", "max_attempts": 3})
-        self.client = aws.session.client("lambda", region_name=aws.region, config=config)
+        self.client = aws.client("lambda", config=config)
 
     def run(self, event: dict) -> tuple[str, dict | str]:
         """("ok", the handler's answer) or ("failed", why)."""
