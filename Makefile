@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo up down status test test-unit test-external lint format test-compose bench docs clean
+.PHONY: help install browser demo up down status test test-unit test-integration test-slow test-external lint format test-compose bench docs clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,11 +51,21 @@ down: ## Stop the embedded stack
 status: install ## Show the embedded services and their health
 	$(BIN)/mlops-lab status
 
-test: install ## Run the test suite (unit + integration against a real emulator it starts itself)
+# The lanes (tests/lanes.py declares each test's; docs/testing.md says what each costs). pytest caches the test modules
+# it rewrites as bytecode: a shell that sets PYTHONDONTWRITEBYTECODE would make every run recompile ~300 modules (~5 s).
+test test-unit test-integration test-slow test-external: export PYTHONDONTWRITEBYTECODE :=
+
+test: install ## Run every lane: unit, integration and slow (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: install ## Run only the tests that start no server (well under a minute)
-	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+test-unit: install ## Run the unit lane: no server (under 45 s)
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: install ## Run the integration lane: against an emulator stack the session starts
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-slow: install ## Run the slow lane: soak, crash, browser, CloudFormation deploy, external suite
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-external: install ## Run the pipeline suite against whatever endpoint the SDK resolves (AWS needs LAB_EXTERNAL_ALLOW_AWS=1)
 	$(BIN)/python -m pytest tests/external $(PYTEST_ARGS)

@@ -5,7 +5,7 @@
 - integration: against the session's emulator stack (tests/conftest.py's ``lab_stack``, started once per run), or a
   server, process or stack a fixture starts; each test well under ~20 s once the stack is up.
 - slow: the soak, the crash and restart tests, the browser tests, the CloudFormation deploy, the external suite's
-  runs, and anything else over ~20 s of its own.
+  runs, the long schemathesis runs, and anything else over ~20 s of its own.
 
 ``LANE_OF`` maps a test module (its path under tests/), one test of it (``module::test``, every parametrization),
 or one parametrization (``module::test[id]``) to its lane; the most specific entry wins. tests/conftest.py's hooks
@@ -49,7 +49,7 @@ LANE_OF: dict[str, str] = {
     "api/test_model_kinds.py": UNIT,
     "api/test_schemathesis.py": UNIT,
     "api/test_schemathesis.py::test_generated_requests[classifier-full]": SLOW,
-    "api/test_schemathesis.py::test_generated_requests[regressor-full]": SLOW,
+    "api/test_schemathesis.py::test_generated_requests[regressor]": SLOW,
     # -- the lab console (tests/console) ---------------------------------------------------------------------------
     "console/test_app.py": UNIT,
     "console/test_browser.py": SLOW,
@@ -65,8 +65,6 @@ LANE_OF: dict[str, str] = {
     "test_cli.py": INTEGRATION,
     "test_cli.py::test_help_lists_the_pipeline_steps": UNIT,
     "test_cli.py::test_predict_missing_file_is_a_usage_error": UNIT,
-    "test_cli.py::test_up_env_teardown_down_on_a_stack_of_its_own": SLOW,
-    "test_cli.py::test_up_that_fails_stops_what_it_started": SLOW,
     "test_cloudformation.py": UNIT,
     "test_cloudformation.py::test_template_deploys_scores_a_csv_and_deletes_cleanly": SLOW,
     "test_data.py": UNIT,

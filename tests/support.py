@@ -1,5 +1,9 @@
 """Helpers the tests share: import them from here (``from tests.support import Lab``), never from a conftest.
 
+One of each: the lab factory (``lab_settings``, ``running_lab``), environment isolation (``isolated_environment``),
+putting the live model back (``restoring_live_model``), the API launcher (``running_api``); the models are the model
+zoo's (tests/model_zoo.py), the lanes tests/lanes.py's. docs/testing.md says which to use when.
+
 conftest.py files hold fixtures and hooks only; pytest imports them itself, and importing one as a module as well
 runs it twice under two names.
 """
@@ -7,17 +11,23 @@ runs it twice under two names.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
+import shutil
 import socket
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlops_lab.settings import PROJECT_ROOT, Settings
+from mlops_lab import ops, stack
+from mlops_lab.services import api_service, stop_services
+from mlops_lab.settings import PROJECT_ROOT, Settings, as_environment, get_settings
 
 COURSE_DIR = PROJECT_ROOT.parent / "shared" / "data" / "course"
 HANDLER_PATH = PROJECT_ROOT / "lambda" / "batch_predict" / "handler.py"
@@ -62,6 +72,114 @@ class Lab:
 
     def s3(self) -> Any:
         return self.aws.client("s3")
+
+
+# -- the environment --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def isolated_environment(settings: Settings | None = None, /, **variables: str | None) -> Iterator[None]:
+    """This process's environment without the developer's ``LAB_*`` variables, with ``settings`` as the ``LAB_*``
+    variables the CLI reads them back from, and with ``variables`` set (None: unset); afterwards exactly as it was
+    before, whatever the body changed. The CLI's cached settings are read afresh on entry and on exit.
+
+    The one way a test sets or clears variables (a lab's settings for the CLI, another AWS account), as a ``with``
+    block or around a fixture's ``yield``. What it restores is what it found on entry: a fixture using it must not
+    outlive one of a narrower scope that was set up after it (session fixtures use it only in tests/conftest.py)."""
+    saved = dict(os.environ)
+    for name in [name for name in os.environ if name.startswith("LAB_")]:
+        del os.environ[name]
+    if settings is not None:
+        os.environ.update(as_environment(settings))
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+# -- the lab factory ------------------------------------------------------------------------------------------------
+
+SERVICE_PORTS = ("emulator_port", "mlflow_port", "api_port", "console_port", "sagemaker_emulator_port")
+
+
+def lab_settings(state_dir: Path, **overrides: Any) -> Settings:
+    """Settings of a lab a test runs for itself: no ``.env``, none of the developer's ``LAB_*`` variables, its state
+    under ``state_dir`` and every service on a free loopback port; ``overrides`` on top."""
+    ports = {name: free_port() for name in SERVICE_PORTS}
+    with isolated_environment():
+        return Settings(_env_file=None, state_dir=state_dir, **(ports | overrides))
+
+
+@contextmanager
+def running_lab(settings: Settings, services: Collection[str], *, model: Path | None = None) -> Iterator[Lab]:
+    """The lab of ``settings`` brought up by `up`'s own recipe (``ops.bring_up``): ``services`` started, the AWS
+    resources bootstrapped, a model live. ``model`` is put in place first, so `up` publishes it instead of training
+    one. On exit ``services`` are stopped, whoever (re)started them: a test may stop, kill and restart its own lab."""
+    if model is not None:
+        settings.model_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, settings.model_path)
+    try:
+        yield Lab(settings, ops.bring_up(settings, services=services).aws)
+    finally:
+        stop_services(settings, services)
+
+
+@contextmanager
+def restoring_live_model(lab: Lab) -> Iterator[None]:
+    """The model live on entry (its bytes and its metadata) is live again on exit, whatever the body published,
+    promoted or deleted: later tests find the model their expectations are computed from."""
+    s3, settings = lab.s3(), lab.settings
+    published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
+    body, metadata = published["Body"].read(), published.get("Metadata", {})
+    try:
+        yield
+    finally:
+        s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=body, Metadata=metadata)
+
+
+# -- the API launcher -----------------------------------------------------------------------------------------------
+
+
+API_READY_S = 90  # until the API has loaded its model (from S3: an emulator busy with other tests, or AWS)
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    """An API process ``running_api`` started."""
+
+    url: str
+    pid: int
+    log: Path  # its stdout and stderr (the access log's JSON lines among them)
+
+
+@contextmanager
+def running_api(settings: Settings, *, as_image: bool = False) -> Iterator[RunningApi]:
+    """The API in a process of its own on ``settings.api_port``, its settings as ``LAB_*`` variables: as `up` starts
+    it (``services.api_service``: uvicorn on the app) or, ``as_image``, as the API image's entry point does
+    (`python -m mlops_lab.api`). Entered once it is ready (its model loaded); stopped on exit."""
+    service = api_service(settings)
+    if as_image:
+        service = dataclasses.replace(service, command=[sys.executable, "-m", "mlops_lab.api"])
+    pid = stack.start(settings, service)
+    log = stack.log_path(settings, service.name)
+    try:
+        wait_until(
+            lambda: stack.healthy(f"{service.url}/ready"),
+            timeout=API_READY_S,
+            interval=0.2,
+            message=lambda: f"the API was not ready in {API_READY_S} s:\n{log.read_text()[-3000:]}",
+        )
+        yield RunningApi(service.url, pid, log)
+    finally:
+        stack.stop(settings, service)
 
 
 @dataclass
@@ -177,43 +295,3 @@ def parse_csv(text: str | bytes | Path) -> list[list[str]]:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return list(csv.reader(io.StringIO(text, newline="")))
-
-
-# -- models of other kinds (scikit-learn's bundled data sets, exported with skl2onnx) ---------------------------------
-
-
-def diabetes_regressor(folder: Path) -> tuple[Path, Path]:
-    """A regressor with one [N, 10] float input and no metadata (so no feature names), and a CSV of its rows with
-    named columns: (model.onnx, rows.csv)."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_diabetes
-    from sklearn.ensemble import RandomForestRegressor
-
-    data = load_diabetes(as_frame=True)
-    regressor = RandomForestRegressor(n_estimators=10, max_depth=6, random_state=0).fit(
-        data.data.to_numpy(), data.target
-    )
-    model = convert_sklearn(regressor, initial_types=[("input", FloatTensorType([None, 10]))], target_opset=18)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "diabetes.onnx").write_bytes(model.SerializeToString())
-    data.data.head(60).to_csv(folder / "diabetes.csv", index=False)
-    return folder / "diabetes.onnx", folder / "diabetes.csv"
-
-
-def iris_classifier(folder: Path) -> tuple[Path, Path]:
-    """A 3-class classifier with integer labels, one [N, 4] float input, ZipMap probabilities and no metadata, and
-    a CSV of rows with named columns: (model.onnx, rows.csv)."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.datasets import load_iris
-    from sklearn.linear_model import LogisticRegression
-
-    data = load_iris(as_frame=True)
-    classifier = LogisticRegression(max_iter=500).fit(data.data.to_numpy(), data.target)
-    model = convert_sklearn(classifier, initial_types=[("input", FloatTensorType([None, 4]))], target_opset=18)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "iris.onnx").write_bytes(model.SerializeToString())
-    frame = data.data.rename(columns=lambda name: name.replace(" (cm)", "").replace(" ", "_"))
-    frame.sample(40, random_state=1).to_csv(folder / "iris.csv", index=False)
-    return folder / "iris.onnx", folder / "iris.csv"

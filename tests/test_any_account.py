@@ -8,8 +8,6 @@ default account's resources, and nothing of that account's is visible from there
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +16,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import jobs, model, ops, registry, services, training
+from mlops_lab import jobs, model, registry, services, training
 from mlops_lab.aws import Aws
 from mlops_lab.teardown import tagged_arns, teardown
-from tests.support import RECORD, Lab, error_code, free_port
+from tests.support import RECORD, Lab, error_code, free_port, isolated_environment, running_lab
 
 ACCOUNT = "210987654321"
 REGION = "eu-west-1"
@@ -31,18 +29,6 @@ REGION = "eu-west-1"
 def foreign(lab_stack: Lab, tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) -> Iterator[Lab]:
     """The lab brought up by `up`'s recipe (services: mlflow and the API; the emulator is the session's) with the
     SDK configured for another account and region."""
-    saved = dict(os.environ)
-    # Any secret passes MiniStack's header signatures, but it checks SigV4 presigned URLs (mlflow's artifact
-    # downloads) against the secret "test": that one, then.
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": ACCOUNT,
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-        }
-    )
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     settings = lab_stack.settings.model_copy(
         update={
             "prefix": "lab-eu",
@@ -51,17 +37,15 @@ def foreign(lab_stack: Lab, tmp_path_factory: pytest.TempPathFactory, trained_mo
             "api_port": free_port(),
         }
     )
-    settings.model_path.parent.mkdir(parents=True)
-    shutil.copyfile(trained_model_path, settings.model_path)
-    lab = None
-    try:
-        lab = ops.bring_up(settings, services=[registry.SERVICE_NAME, services.API])
-        yield Lab(settings, lab.aws)
-    finally:
-        if lab is not None:
-            lab.stop()
-        os.environ.clear()
-        os.environ.update(saved)
+    # Any secret passes MiniStack's header signatures, but it checks SigV4 presigned URLs (mlflow's artifact
+    # downloads) against the secret "test": that one, then.
+    with (
+        isolated_environment(
+            AWS_ACCESS_KEY_ID=ACCOUNT, AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION=REGION, AWS_REGION=REGION
+        ),
+        running_lab(settings, [registry.SERVICE_NAME, services.API], model=trained_model_path) as lab,
+    ):
+        yield lab
 
 
 def test_everything_is_in_that_region_and_account(foreign: Lab) -> None:

@@ -16,36 +16,35 @@ from mlops_lab import emulator, model, ops, services, stack
 from mlops_lab.cli import app
 from mlops_lab.contract import prediction_key
 from mlops_lab.settings import get_settings
-from tests.support import Lab, free_port
+from tests.support import Lab, isolated_environment, lab_settings
 
 runner = CliRunner()
-SDK_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
+# A user's shell before `source .lab/env.sh`: none of the SDK variables lab_stack sets for this process.
+NO_SDK_CONFIGURATION: dict[str, str | None] = dict.fromkeys(
+    (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+    )
+)
 
 
 @pytest.fixture
-def own_stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model_path: Path) -> Iterator[Path]:
-    """Settings for a stack of the test's own (fresh state dir, free ports, the session's trained model in place so
-    `up` publishes it instead of training); the SDK variables `up` sets are put back afterwards."""
-    state_dir = tmp_path / "lab"
-    for name, value in {
-        "LAB_STATE_DIR": str(state_dir),
-        "LAB_PREFIX": "cli-own",
-        "LAB_EMULATOR_PORT": str(free_port()),
-        "LAB_MLFLOW_PORT": str(free_port()),
-        "LAB_API_PORT": str(free_port()),
-        "LAB_CONSOLE_PORT": str(free_port()),
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in SDK_VARIABLES:
-        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored afterwards: `up` points this process at its stack
-    (state_dir / "models").mkdir(parents=True)
-    shutil.copyfile(trained_model_path, state_dir / "models" / "model.onnx")
-    get_settings.cache_clear()
-    try:
-        yield state_dir
-    finally:
-        services.stop_services(get_settings())
-        get_settings.cache_clear()
+def own_stack_env(tmp_path: Path, trained_model_path: Path) -> Iterator[Path]:
+    """The CLI pointed at a stack of the test's own (the lab factory's settings: a fresh state dir, free ports), with
+    the session's trained model in place so `up` publishes it instead of training; the environment as it was
+    afterwards. Its state dir."""
+    settings = lab_settings(tmp_path / "lab", prefix="cli-own")
+    settings.model_path.parent.mkdir(parents=True)
+    shutil.copyfile(trained_model_path, settings.model_path)
+    with isolated_environment(settings, **NO_SDK_CONFIGURATION):
+        try:
+            yield settings.state_dir
+        finally:
+            services.stop_services(settings)
 
 
 def _row(output: str, service: str) -> str:
@@ -114,8 +113,8 @@ def test_predict_reports_rejected_input(cli_env: None, tmp_path: Path) -> None:
 
 def test_status_shows_the_emulator_healthy_and_the_rest_stopped(cli_env: None, lab_stack: Lab) -> None:
     result = runner.invoke(app, ["status"])
-    # 0, or 7 when the session's mlflow (its pid file shares this state dir, its port is not these settings') runs:
-    # the exit code is the library's verdict on what status shows (tests/test_errors.py checks the verdicts).
+    # Whether the session's mlflow runs or not (it shares this state dir): the exit code is the library's verdict on
+    # what status shows (tests/test_errors.py checks the verdicts).
     assert result.exit_code == services.lab_health(services.service_states(get_settings())).code, result.output
     assert _healthy(_row(result.output, "emulator")), result.output
     assert "stopped" in _row(result.output, "api") and not _healthy(_row(result.output, "api")), result.output
@@ -136,15 +135,12 @@ def test_build_layer_builds_the_emulator_target(cli_env: None) -> None:
     assert "stored (emulator only" in result.output  # the embedded emulator's own interpreter, not AWS's
 
 
-def test_train_without_mlflow_exports_a_model_and_publishes_nothing(
-    cli_env: None, lab_stack: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_train_without_mlflow_exports_a_model_and_publishes_nothing(lab_stack: Lab, tmp_path: Path) -> None:
     from mlops_lab.inference import TabularModel
 
-    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
-    get_settings.cache_clear()
     before = lab_stack.s3().head_object(Bucket=lab_stack.settings.model_bucket, Key=lab_stack.settings.model_key)
-    result = runner.invoke(app, ["train", "--rows", "2000", "--no-mlflow", "--no-publish"])
+    with isolated_environment(lab_stack.settings.model_copy(update={"state_dir": tmp_path})):
+        result = runner.invoke(app, ["train", "--rows", "2000", "--no-mlflow", "--no-publish"])
     assert result.exit_code == 0, result.output
     assert re.search(r"roc_auc 0\.\d{3}", result.output), result.output
     assert TabularModel(tmp_path / "models" / "model.onnx").classes == ("<=50K", ">50K")
@@ -182,11 +178,14 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
     again = runner.invoke(app, ["up", "--no-mlflow"])
     assert again.exit_code == 0 and "Nothing to change" in again.output, again.output
 
+    for name, value in re.findall(r"^export (\w+)=(.*)$", (own_stack_env / "env.sh").read_text(), flags=re.M):
+        os.environ[name] = value  # `source .lab/env.sh`: the commands that follow talk to this stack
     removed = runner.invoke(app, ["teardown", "--yes"])
     assert removed.exit_code == 0, removed.output
     # notification, async invocation, function, layer, log group, queue, role policy, role, three buckets
     assert "11 deleted" in removed.output, removed.output
-    assert settings.input_bucket not in {b["Name"] for b in ops.Aws().client("s3").list_buckets()["Buckets"]}
+    buckets = emulator.aws(settings).client("s3").list_buckets()["Buckets"]
+    assert settings.input_bucket not in {bucket["Name"] for bucket in buckets}
 
     stopped = runner.invoke(app, ["down"])
     assert stopped.exit_code == 0 and "Stopped: console, api, emulator" in stopped.output, stopped.output

@@ -14,10 +14,10 @@ from mlops_lab.data import (
     LABEL,
     NUMERIC,
     UCI_COLUMNS,
-    generate,
     load_training_csv,
     write_csv,
 )
+from mlops_lab.synthetic import generate
 
 ROWS = 20_000
 

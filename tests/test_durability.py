@@ -8,7 +8,6 @@ state dir, on free loopback ports) rather than the session's.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -19,9 +18,17 @@ import pytest
 
 from mlops_lab import emulator, jobs, model, ops, reconcile, recovery, registry, services, stack, training
 from mlops_lab.contract import META_INPUT_ETAG, META_ROWS, error_key, prediction_key
-from mlops_lab.settings import Settings
 from mlops_lab.synthetic import generate
-from tests.support import Lab, ProcessGroupMemory, free_port, report, wait_until
+from tests.support import (
+    Lab,
+    ProcessGroupMemory,
+    isolated_environment,
+    lab_settings,
+    report,
+    restoring_live_model,
+    running_lab,
+    wait_until,
+)
 
 SOAK_FILES = 200
 SOAK_BAD = 20
@@ -38,26 +45,12 @@ BAD_BODIES = [
 @pytest.fixture(scope="module")
 def durable_lab(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) -> Iterator[Lab]:
     """Emulator + mlflow of this module's own, brought up by `up`'s recipe; stopped (whatever runs) at the end."""
-    saved = dict(os.environ)
-    for name in [name for name in os.environ if name.startswith("LAB_")]:
-        del os.environ[name]
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    settings = Settings(
-        _env_file=None,
-        state_dir=tmp_path_factory.mktemp("durable"),
-        emulator_port=free_port(),
-        mlflow_port=free_port(),
-        prefix="durable",
-    )
-    settings.model_path.parent.mkdir(parents=True)
-    shutil.copyfile(trained_model_path, settings.model_path)
-    try:
-        lab = ops.bring_up(settings, services=[emulator.SERVICE_NAME, registry.SERVICE_NAME])
-        yield Lab(settings, lab.aws)
-    finally:
-        services.stop_services(settings)
-        os.environ.clear()
-        os.environ.update(saved)
+    settings = lab_settings(tmp_path_factory.mktemp("durable"), prefix="durable")
+    with (
+        isolated_environment(MLFLOW_DISABLE_TELEMETRY="true"),
+        running_lab(settings, [emulator.SERVICE_NAME, registry.SERVICE_NAME], model=trained_model_path) as lab,
+    ):
+        yield lab
 
 
 def make_uploads(prefix: str, seed: int) -> dict[str, tuple[bytes, int | None]]:
@@ -173,13 +166,17 @@ def test_emulator_killed_mid_run_then_up_and_reconcile_loses_nothing(durable_lab
     s3 = lab.aws.client("s3")
     stored = {item["Key"] for item in s3.list_objects_v2(Bucket=settings.input_bucket, Prefix="crash/")["Contents"]}
     assert stored == set(uploads), "uploads acknowledged before the crash must survive it"
-    before = len(outputs_under(durable_lab, "crash/"))
+    # An output is never deleted: an upload without one now had none when the emulator was killed.
+    unfinished = set(uploads) - set(outputs_under(durable_lab, "crash/"))
+    assert unfinished, "every upload had its output before the SIGKILL: the crash interrupted nothing"
     result = reconcile.reconcile(settings, lab.aws)
+    reran = {a.key for a in result.actions if a.action == "rerun"}
+    assert unfinished <= reran, f"reconcile left {sorted(unfinished - reran)[:5]} without a rerun"
     assert_complete(durable_lab, uploads, "crash/")
     assert reconcile.reconcile(settings, lab.aws, dry_run=True).actions == []
     report(
-        f"crash: {before} of {SOAK_FILES} outputs survived the SIGKILL; reconcile re-ran "
-        f"{sum(a.action == 'rerun' for a in result.actions)} inputs (of {result.inputs} in the bucket)"
+        f"crash: {len(unfinished)} of {SOAK_FILES} uploads had no output when the emulator was killed; reconcile "
+        f"re-ran {len(reran)} inputs (of {result.inputs} in the bucket)"
     )
 
 
@@ -215,11 +212,8 @@ def test_down_up_keeps_the_promoted_model_its_registry_and_rollback(durable_lab:
 
 def test_failing_handler_lands_in_the_failure_queue_and_redrive_completes_it(durable_lab: Lab, tmp_path: Path) -> None:
     settings, aws = durable_lab.settings, durable_lab.aws
-    s3 = aws.client("s3")
-    published = s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)
-    body, metadata = published["Body"].read(), published["Metadata"]
-    s3.delete_object(Bucket=settings.model_bucket, Key=settings.model_key)
-    try:
+    with restoring_live_model(durable_lab):
+        aws.client("s3").delete_object(Bucket=settings.model_bucket, Key=settings.model_key)
         data = tmp_path / "in.csv"
         data.write_bytes(generate(25, seed=9, with_label=False).to_csv(index=False).encode())
         # `mlops-lab predict` stops waiting as soon as the event lands in the failure queue, and says why.
@@ -236,8 +230,6 @@ def test_failing_handler_lands_in_the_failure_queue_and_redrive_completes_it(dur
         # Still failing: the record is kept.
         still = recovery.redrive(settings, aws)
         assert [f.message_id for f, _ in still.still_failing] == [failure.message_id]
-    finally:
-        s3.put_object(Bucket=settings.model_bucket, Key=settings.model_key, Body=body, Metadata=metadata)
     result = recovery.redrive(settings, aws)
     assert [f.message_id for f, _ in result.completed] == [failure.message_id]
     assert [(r.status, r.detail) for _, reruns in result.completed for r in reruns] == [("ok", "25 rows")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,21 +15,17 @@ from mlops_lab import __version__, jobs, recovery, registry, services
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode, LabError, explain
 from mlops_lab.settings import get_settings
-from tests.support import free_port
+from tests.support import isolated_environment, lab_settings
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def nothing_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Settings for a lab that is not running: an empty state dir, every port a free one."""
-    monkeypatch.setenv("LAB_STATE_DIR", str(tmp_path))
-    for name in ("EMULATOR", "MLFLOW", "API", "CONSOLE"):
-        monkeypatch.setenv(f"LAB_{name}_PORT", str(free_port()))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
+def nothing_running(tmp_path: Path) -> Iterator[Path]:
+    """The CLI pointed at a lab that is not running (the lab factory's settings: an empty state dir, every port a
+    free one); its state dir."""
+    with isolated_environment(lab_settings(tmp_path), MLFLOW_TRACKING_URI=None):
+        yield tmp_path
 
 
 def _client_error(code: str, operation: str = "HeadObject") -> ClientError:

@@ -22,7 +22,7 @@ from mlops_lab import emulator, stack
 from mlops_lab.layer import interpreter_target
 from mlops_lab.settings import PROJECT_ROOT, Settings
 from tests.external.support import ALLOW_AWS, REFUSED_EXIT_CODE, leftovers
-from tests.support import free_port
+from tests.support import free_port, lab_settings
 
 EXTERNAL_TESTS = 5  # the tests in tests/external: each run must pass all of them
 RUN_TIMEOUT_S = 420  # one run of the suite (here ~15-25 s; bounded in case the emulator hangs)
@@ -57,15 +57,7 @@ def run_suite(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def separate_ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A MiniStack server of its own (not the session's stack), as the lab starts one; stopped at the end."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [name for name in os.environ if name.startswith("LAB_")]:
-            patch.delenv(name)  # the developer's LAB_* variables do not shape this server
-        settings = Settings(
-            _env_file=None,
-            state_dir=tmp_path_factory.mktemp("separate-ministack"),
-            emulator_port=free_port(),
-            emulator_persist=False,
-        )
+    settings = lab_settings(tmp_path_factory.mktemp("separate-ministack"), emulator_persist=False)
     emulator.ensure_installed(settings)
     service = emulator.service(settings)
     stack.start(settings, service)
@@ -75,7 +67,6 @@ def separate_ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
         stack.stop(settings, service)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("bundle_layer", [False, True], ids=["layer", "bundled-layer"])
 def test_the_external_suite_passes_against_a_separate_ministack(
     separate_ministack: Settings, tmp_path: Path, bundle_layer: bool

@@ -12,7 +12,8 @@ import pytest
 
 from mlops_lab.contract import META_INPUT_ETAG, META_MODEL_ETAG, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, score_csv
-from tests.support import Lab
+from tests import model_zoo
+from tests.support import Lab, restoring_live_model
 
 
 def s3_event(bucket: str, *keys: str, event_name: str = "ObjectCreated:Put") -> dict[str, Any]:
@@ -118,11 +119,7 @@ def test_bad_file_does_not_stop_the_good_one(handler: Handler, lab_stack: Lab, s
 @pytest.fixture(scope="module")
 def other_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second lab model (other data, other seed): what a new publication replaces the session's model with."""
-    from mlops_lab.train import train_and_export
-
-    path = tmp_path_factory.mktemp("other-model") / "model.onnx"
-    train_and_export(None, path, rows=2000, seed=8)
-    return path
+    return model_zoo.lab_classifier(tmp_path_factory.mktemp("other-model") / "model.onnx", rows=2000, seed=8)
 
 
 @pytest.fixture(params=["own", "course"])
@@ -146,9 +143,7 @@ def test_model_is_cached_until_its_etag_changes(
     handler(s3_event(bucket, "direct/cache.csv"))
     assert handler.models.model is first  # warm: same object, not reloaded
     assert s3.head_object(**output)["Metadata"][META_MODEL_ETAG] == first_etag.strip('"')
-    published = s3.get_object(Bucket=bucket, Key=settings.model_key)
-    original, metadata = published["Body"].read(), published.get("Metadata", {})
-    try:
+    with restoring_live_model(lab_stack):
         s3.upload_file(str(replacement_model), bucket, settings.model_key)
         handler(s3_event(bucket, "direct/cache.csv"))
         assert handler.models.model is not first
@@ -157,5 +152,3 @@ def test_model_is_cached_until_its_etag_changes(
         answer = s3.get_object(**output)
         assert answer["Metadata"][META_MODEL_ETAG] == handler.models.etag.strip('"')
         assert answer["Body"].read().decode() == local_scoring(replacement_model, sample_csv)
-    finally:
-        s3.put_object(Bucket=bucket, Key=settings.model_key, Body=original, Metadata=metadata)

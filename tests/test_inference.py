@@ -8,11 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.linear_model import LogisticRegression
 
 from mlops_lab.data import FEATURES
 from mlops_lab.inference import (
@@ -25,6 +21,7 @@ from mlops_lab.inference import (
     score_csv_text,
 )
 from mlops_lab.synthetic import generate
+from tests.model_zoo import tensor_classifier
 from tests.support import parse_csv
 
 COURSE_COLUMNS = [
@@ -105,24 +102,6 @@ def any_model(request: pytest.FixtureRequest, trained_model_path: Path) -> Tabul
     if request.param == "course":
         return TabularModel(request.getfixturevalue("course_model_path"))
     return TabularModel(trained_model_path)
-
-
-def tensor_model(tmp_path: Path, *, zipmap: bool, metadata: dict[str, str] | None = None) -> Path:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    model = to_onnx(
-        LogisticRegression().fit(x, y),
-        initial_types=[("input", FloatTensorType([None, 3]))],
-        options={"zipmap": zipmap},
-        target_opset=15,
-    )
-    for key, value in (metadata or {}).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    path = tmp_path / f"tensor-{zipmap}.onnx"
-    onnx.save(model, path)
-    return path
 
 
 # -- the course model: one string/int64 input per column, ZipMap output ---------------------------------------
@@ -240,7 +219,7 @@ def test_records_report_extra_and_wrongly_typed_fields(trained_model_path: Path)
 
 @pytest.mark.parametrize("zipmap", [True, False])
 def test_tensor_model_with_default_names(tmp_path: Path, zipmap: bool) -> None:
-    model = TabularModel(tensor_model(tmp_path, zipmap=zipmap))
+    model = TabularModel(tensor_classifier(tmp_path / "tensor.onnx", zipmap=zipmap))
     assert not model.per_column
     assert model.feature_names == ["f0", "f1", "f2"]
     output, summary = score_csv_text(model, "f0,f1,f2\n2,2,0\n-2,-2,0\n")
@@ -251,7 +230,7 @@ def test_tensor_model_with_default_names(tmp_path: Path, zipmap: bool) -> None:
 
 def test_tensor_model_with_named_features(tmp_path: Path) -> None:
     names = {"feature_names": json.dumps(["x", "y", "z"])}
-    model = TabularModel(tensor_model(tmp_path, zipmap=False, metadata=names))
+    model = TabularModel(tensor_classifier(tmp_path / "tensor.onnx", zipmap=False, metadata=names))
     prediction = model.predict_records([{"x": 2.0, "y": 2.0, "z": 0}, {"x": -2, "y": -2.0, "z": 0.5}])
     assert model.feature_names == ["x", "y", "z"]
     assert prediction.labels.tolist() == ["1", "0"]

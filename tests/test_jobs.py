@@ -42,30 +42,45 @@ def test_keys_the_function_would_not_take_are_refused(key: str) -> None:
         jobs.check_key(key)
 
 
+def wait_past_the_second_of(lab: Lab, key: str) -> None:
+    """Until ``key`` was uploaded over a second ago: S3 times have whole seconds, the next upload gets a later one."""
+    uploaded = lab.s3().head_object(Bucket=lab.settings.input_bucket, Key=key)["LastModified"]
+    wait_until(lambda: datetime.now(UTC) - uploaded > timedelta(seconds=1.1), timeout=5, interval=0.05)
+
+
 def test_jobs_lists_predictions_and_rejections_newest_first(cli_env: None, lab_stack: Lab, sample_csv: Path) -> None:
     settings, s3 = lab_stack.settings, lab_stack.s3()
-    with sample_csv.open("rb") as body:
-        jobs.submit(settings, lab_stack.aws, body, "jobs/good.csv")
-    wait_for_output(lab_stack, prediction_key("jobs/good.csv"))
-    uploaded = s3.head_object(Bucket=settings.input_bucket, Key="jobs/good.csv")["LastModified"]
-    # S3 times have whole seconds: the second upload goes in a later one, so "newest first" is well defined.
-    wait_until(lambda: datetime.now(UTC) - uploaded > timedelta(seconds=1.1), timeout=5, interval=0.05)
-    jobs.submit(settings, lab_stack.aws, io.BytesIO(b"age,sex\n39,Male\n"), "jobs/bad.csv")
-    wait_for_output(lab_stack, error_key("jobs/bad.csv"))
-    s3.put_object(Bucket=settings.input_bucket, Key="jobs/notes.txt", Body=b"not a job")
+    # Uploaded in an order that is neither the keys' order nor its reverse, each in a later second than the one
+    # before: only ordering by upload time lists them newest first.
+    uploads = [
+        ("newest/b-good.csv", sample_csv.read_bytes(), prediction_key),
+        ("newest/c-bad.csv", b"age,sex\n39,Male\n", error_key),
+        ("newest/a-good.csv", sample_csv.read_bytes(), prediction_key),
+    ]
+    for key, body, output_key in uploads:
+        jobs.submit(settings, lab_stack.aws, io.BytesIO(body), key)
+        wait_for_output(lab_stack, output_key(key))
+        wait_past_the_second_of(lab_stack, key)
+    s3.put_object(Bucket=settings.input_bucket, Key="newest/notes.txt", Body=b"not a job")
 
     result = runner.invoke(app, ["jobs", "--json", "--limit", "100"])
     assert result.exit_code == 0, result.output
-    listed = {job["key"]: job for job in json.loads(result.stdout)}
-    assert "jobs/notes.txt" not in listed
-    good, bad = listed["jobs/good.csv"], listed["jobs/bad.csv"]
+    listed = json.loads(result.stdout)
+    by_key = {job["key"]: job for job in listed}
+    assert "newest/notes.txt" not in by_key
+    assert [job["key"] for job in listed if job["key"].startswith("newest/")] == [
+        "newest/a-good.csv",
+        "newest/c-bad.csv",
+        "newest/b-good.csv",
+    ]
+    times = [job["uploaded"] for job in listed]
+    assert times == sorted(times, reverse=True), "every job, not only these, newest first"
+    good, bad = by_key["newest/a-good.csv"], by_key["newest/c-bad.csv"]
     assert good["status"] == "ok" and good["rows"] == 500 and good["distribution"]["kind"] == "labels"
     assert sum(bar["count"] for bar in good["distribution"]["bars"]) == 500
     assert bad["status"] == "rejected" and "missing columns" in bad["reason"]
-    order = list(listed)
-    assert order.index("jobs/bad.csv") < order.index("jobs/good.csv")  # newest first
     table = runner.invoke(app, ["jobs"])
-    assert table.exit_code == 0 and "jobs/good.csv" in table.output, table.output
+    assert table.exit_code == 0 and "newest/a-good.csv" in table.output, table.output
 
 
 def test_predict_json(cli_env: None, sample_csv: Path, tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from onnx import TensorProto, helper
 from mlops_lab.inference import CLASSIFIER, REGRESSOR, InputError, TabularModel
 from mlops_lab.model_describe import ImportRefused, describe
 from mlops_lab.model_import import default_name, generated_rows
-from tests.support import diabetes_regressor, iris_classifier
 
 
 def describe_file(path: Path, **kwargs: object) -> tuple[bytes, object]:
@@ -55,8 +54,8 @@ def test_the_course_model_is_described_from_its_own_graph(course_model_path: Pat
         served.predict(row | {"work_class": ["Astronaut"]})
 
 
-def test_a_single_tensor_model_gets_the_names_it_is_given(tmp_path: Path) -> None:
-    model_path, csv_path = iris_classifier(tmp_path)
+def test_a_single_tensor_model_gets_the_names_it_is_given(users_iris: tuple[Path, Path]) -> None:
+    model_path, csv_path = users_iris
     names = csv_path.read_text().splitlines()[0].split(",")
     stamped, description = describe_file(model_path, features=names)
     assert description.features == names and description.notes == []
@@ -68,8 +67,8 @@ def test_a_single_tensor_model_gets_the_names_it_is_given(tmp_path: Path) -> Non
     assert unnamed.features == ["f0", "f1", "f2", "f3"] and "--features" in unnamed.notes[0]
 
 
-def test_a_regressor_is_recognised(tmp_path: Path) -> None:
-    model_path, _ = diabetes_regressor(tmp_path)
+def test_a_regressor_is_recognised(users_diabetes: tuple[Path, Path]) -> None:
+    model_path, _ = users_diabetes
     stamped, description = describe_file(model_path)
     assert description.kind == REGRESSOR and description.classes == []
     served = TabularModel(stamped)
@@ -140,8 +139,8 @@ def test_what_the_lab_cannot_serve_is_refused_saying_what_it_supports(model: byt
         assert "the lab serves tabular models" in str(refused.value)
 
 
-def test_names_that_cannot_be_mapped_are_refused(tmp_path: Path, course_model_path: Path) -> None:
-    model_path, _ = iris_classifier(tmp_path)
+def test_names_that_cannot_be_mapped_are_refused(users_iris: tuple[Path, Path], course_model_path: Path) -> None:
+    model_path, _ = users_iris
     with pytest.raises(ImportRefused, match="3 feature names for an input of 4 columns"):
         describe_file(model_path, features=["a", "b", "c"])
     with pytest.raises(ImportRefused, match="inputs are named already"):

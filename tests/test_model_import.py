@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
@@ -22,8 +21,9 @@ from mlops_lab import jobs, model, registry, training
 from mlops_lab.cli import app
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION, prediction_key
 from mlops_lab.inference import TabularModel, score_csv
-from mlops_lab.settings import get_settings
-from tests.support import Lab, diabetes_regressor, iris_classifier
+from tests.api.support import ort_outputs
+from tests.model_zoo import users_diabetes_regressor, users_iris_classifier
+from tests.support import Lab
 
 runner = CliRunner()
 
@@ -32,10 +32,8 @@ pytestmark = pytest.mark.usefixtures("live_model_put_back")
 
 
 @pytest.fixture
-def with_mlflow(cli_env: None, mlflow_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Lab:
+def with_mlflow(cli_env: None, mlflow_lab: Lab) -> Lab:
     """The CLI pointed at the session's emulator and its mlflow server."""
-    monkeypatch.setenv("LAB_MLFLOW_PORT", str(mlflow_lab.settings.mlflow_port))
-    get_settings.cache_clear()
     return mlflow_lab
 
 
@@ -43,11 +41,6 @@ def publish(*arguments: object) -> str:
     result = runner.invoke(app, ["publish", *map(str, arguments)])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def ort_outputs(model_path: Path, matrix: np.ndarray) -> list:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: matrix.astype(np.float32)})
 
 
 def read_rows(path: Path) -> tuple[list[str], np.ndarray]:
@@ -72,7 +65,7 @@ def test_the_course_model_published_by_command_scores_its_batch_through_the_lamb
 
 def test_a_regressor_through_the_lambda_and_the_api(with_mlflow: Lab, api, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings, aws = with_mlflow.settings, with_mlflow.aws
-    model_path, rows_path = diabetes_regressor(tmp_path)
+    model_path, rows_path = users_diabetes_regressor(tmp_path)
     output = publish(model_path, "--name", "diabetes", "--features-from", rows_path, "--sample", rows_path)
     (latest, *_) = registry.list_versions(settings, aws, name="diabetes")
     assert f"diabetes version {latest.version}" in output and latest.live, output
@@ -111,7 +104,7 @@ def test_a_regressor_through_the_lambda_and_the_api(with_mlflow: Lab, api, tmp_p
 def test_a_multiclass_single_tensor_model_named_from_a_csv_header(
     cli_env: None, lab_stack: Lab, tmp_path: Path
 ) -> None:
-    model_path, rows_path = iris_classifier(tmp_path)
+    model_path, rows_path = users_iris_classifier(tmp_path)
     publish(model_path, "--features-from", rows_path, "--no-mlflow")
     header, matrix = read_rows(rows_path)
     labels, probabilities = ort_outputs(model_path, matrix)
@@ -173,7 +166,7 @@ def test_a_refused_model_leaves_the_live_one_alone(cli_env: None, lab_stack: Lab
         opset_imports=[helper.make_opsetid("", 18)],
     )
     (tmp_path / "resnet.onnx").write_bytes(image.SerializeToString())
-    model_path, _ = iris_classifier(tmp_path)
+    model_path, _ = users_iris_classifier(tmp_path)
     for arguments, says in (
         ([tmp_path / "resnet.onnx"], "an image or sequence model"),
         ([model_path, "--features", "a,b,c"], "cannot be mapped"),
@@ -188,7 +181,7 @@ def test_a_refused_model_leaves_the_live_one_alone(cli_env: None, lab_stack: Lab
 def test_promote_switches_back_to_the_demo_model(with_mlflow: Lab, tmp_path: Path) -> None:
     settings, aws = with_mlflow.settings, with_mlflow.aws
     demo = training.train_and_log(settings, rows=3000, seed=5, run_name="byom-demo")
-    model_path, rows_path = iris_classifier(tmp_path)
+    model_path, rows_path = users_iris_classifier(tmp_path)
     publish(model_path, "--features-from", rows_path)
     assert model.live_name(settings, aws) == "iris"
     listed = runner.invoke(app, ["models"])  # the live model's versions by default
@@ -204,7 +197,7 @@ def test_the_promote_command_train_prints_works_while_another_model_is_live(with
     """`train` ends with the command that serves its version; with another model live (iris), that command as printed
     (not a bare `promote N`, which would look for version N of iris) makes the trained version live."""
     settings, aws = with_mlflow.settings, with_mlflow.aws
-    model_path, rows_path = iris_classifier(tmp_path)
+    model_path, rows_path = users_iris_classifier(tmp_path)
     publish(model_path, "--features-from", rows_path)
     assert model.live_name(settings, aws) == "iris"
     trained = runner.invoke(app, ["train", "--rows", "2000", "--seed", "8", "--mlflow", "--no-publish"])

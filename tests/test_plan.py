@@ -115,7 +115,7 @@ def test_plan_for_the_running_lab_changes_nothing_and_sees_drift(lab_stack: Lab)
 def test_plan_by_command_as_json(cli_env: None) -> None:
     result = runner.invoke(app, ["plan", "--json", "--uploads-per-day", "1000"])
     assert result.exit_code == 0, result.output
-    document = json.loads(result.output)
+    document = json.loads(result.stdout)  # stdout only: the line saying where the command talks goes to stderr
     assert {r["action"] for r in document["resources"]} == {"unchanged"} and len(document["resources"]) == 12
     assert document["assumptions"]["files_per_month"] == 30_000 and document["monthly_usd"] > 0
     assert document["prices_as_of"] and "emulator" in document["target"]

@@ -23,8 +23,6 @@ from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
 from tests.support import RECORD, Lab, free_port, wait_for_output
 
-# Tests using mlflow_lab (or the api fixture) are marked integration by tests/conftest.py; the last one needs no server.
-
 
 @dataclass
 class Versions:

@@ -14,8 +14,6 @@ from mlops_lab import stack
 from mlops_lab.settings import Settings
 from tests.support import free_port, wait_until
 
-pytestmark = pytest.mark.integration  # it starts processes (no server fixture does it for these)
-
 
 def http_service(port: int, *, with_child: bool = False, fail: bool = False) -> stack.Service:
     """A tiny health server on loopback; with a child process in its group (as the emulator's Lambda workers are)."""

@@ -29,8 +29,6 @@ from mlops_lab.train import (
     train_and_export,
 )
 
-COURSE = Path(__file__).resolve().parents[1].parent / "shared/data/course"
-
 
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
@@ -115,11 +113,10 @@ def test_agreement_holds_on_the_holdout(trained: TrainResult, onnx_bytes: bytes)
     assert report.max_probability_diff < 1e-5
 
 
-def test_agreement_refuses_another_pipelines_export(trained: TrainResult) -> None:
-    other_rows = generate(3_000, seed=5)
-    other = train(other_rows, seed=5)
+def test_agreement_refuses_another_pipelines_export(trained: TrainResult, trained_model_path: Path) -> None:
+    """The session's lab model (other rows, another seed) is another pipeline's export."""
     with pytest.raises(AgreementError, match="max \\|probability difference\\|") as caught:
-        check_agreement(trained.pipeline, to_onnx(other.pipeline, other_rows), trained.holdout)
+        check_agreement(trained.pipeline, trained_model_path.read_bytes(), trained.holdout)
     report = caught.value.report
     assert not report.ok and report.max_probability_diff > 1e-4
 
@@ -155,10 +152,9 @@ def test_train_and_export_from_csv(tmp_path: Path) -> None:
 
 
 def test_train_and_export_writes_nothing_when_the_export_disagrees(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_model_path: Path
 ) -> None:
-    wrong_rows = generate(1_000, seed=11)
-    wrong = to_onnx(train(wrong_rows, seed=11).pipeline, wrong_rows)
+    wrong = trained_model_path.read_bytes()  # another pipeline's export: the session's lab model
     monkeypatch.setattr(train_module, "to_onnx", lambda *args, **kwargs: wrong)
     out = tmp_path / "model.onnx"
     with pytest.raises(AgreementError):
@@ -170,10 +166,8 @@ def test_train_and_export_writes_nothing_when_the_export_disagrees(
 
 
 @pytest.mark.course
-def test_course_model_scores_generated_rows() -> None:
-    if not COURSE.is_dir():
-        pytest.skip(f"{COURSE} is absent")
-    course = TabularModel(COURSE / "model.onnx")
+def test_course_model_scores_generated_rows(course_model_path: Path) -> None:
+    course = TabularModel(course_model_path)
     rows = generate(2_000, seed=3)
     prediction = course.predict({name: rows[name].astype(str).tolist() for name in course.feature_names})
     assert len(prediction) == 2_000
@@ -184,11 +178,11 @@ def test_course_model_scores_generated_rows() -> None:
 
 
 @pytest.mark.course
-def test_our_model_scores_the_course_batch(model: TabularModel, trained: TrainResult, onnx_bytes: bytes) -> None:
-    if not COURSE.is_dir():
-        pytest.skip(f"{COURSE} is absent")
+def test_our_model_scores_the_course_batch(
+    model: TabularModel, trained: TrainResult, onnx_bytes: bytes, course_batch_path: Path
+) -> None:
     sink = io.StringIO()
-    with (COURSE / "input_batch.csv").open(newline="") as source:
+    with course_batch_path.open(newline="") as source:
         summary = score_csv(model, source, sink)
     assert summary.rows == 10_090
     assert 0.1 < summary.label_counts[">50K"] / summary.rows < 0.35
@@ -197,5 +191,5 @@ def test_our_model_scores_the_course_batch(model: TabularModel, trained: TrainRe
         *map(probability_column, model.classes),
     ]
     # Real rows (numerics written as 39.0) score the same through ONNX as through the pipeline.
-    report = check_agreement(trained.pipeline, onnx_bytes, pd.read_csv(COURSE / "input_batch.csv"))
+    report = check_agreement(trained.pipeline, onnx_bytes, pd.read_csv(course_batch_path))
     assert report.rows == 10_090 and report.disagreeing_rows == 0

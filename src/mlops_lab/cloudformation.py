@@ -48,7 +48,16 @@ DEFAULT_LAYER_DESCRIPTION = "onnxruntime+numpy+mlops_lab.inference"
 
 # The properties of bootstrap's definitions that CloudFormation takes under the same name; anything else bootstrap
 # starts to set fails the export (below) instead of silently missing from the template.
-_FUNCTION_PROPERTIES = {"Runtime", "Handler", "Role", "MemorySize", "Timeout", "Layers", "Environment", "EphemeralStorage"}
+_FUNCTION_PROPERTIES = {
+    "Runtime",
+    "Handler",
+    "Role",
+    "MemorySize",
+    "Timeout",
+    "Layers",
+    "Environment",
+    "EphemeralStorage",
+}
 _ASYNC_PROPERTIES = {"MaximumRetryAttempts", "MaximumEventAgeInSeconds", "DestinationConfig"}
 _PSEUDO = re.compile(r"\$\{AWS::(?:Partition|Region|AccountId)\}")
 

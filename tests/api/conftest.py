@@ -1,28 +1,17 @@
-"""Fixtures for the API tests: small models built here (always), the course model (when ../shared has it)."""
+"""Fixtures for the API tests: the model zoo's models of every kind the API serves (tests/model_zoo.py), TestClients
+on them, and the API as its image runs it."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.api.support import (
-    COURSE_MODEL,
-    Server,
-    build_iris,
-    build_label_only,
-    build_model,
-    build_regressor,
-    model_case,
-)
-from tests.support import free_port
+from tests import model_zoo
+from tests.api.support import model_case
+from tests.support import RunningApi, lab_settings, running_api
 
 
 @pytest.fixture(scope="session")
@@ -32,36 +21,36 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_model(models_dir: Path) -> Path:
-    return build_model(models_dir / "small-v1.onnx", seed=0, version="1")
+    return model_zoo.columns_classifier(models_dir / "small-v1.onnx", seed=0, version="1")
 
 
 @pytest.fixture(scope="session")
 def small_model_v2(models_dir: Path) -> Path:
-    return build_model(models_dir / "small-v2.onnx", seed=1, version="2")
+    return model_zoo.columns_classifier(models_dir / "small-v2.onnx", seed=1, version="2")
 
 
 @pytest.fixture(scope="session")
 def regressor_model(models_dir: Path) -> Path:
     """diabetes-regressor version 7: one [None, 10] float input, named by its metadata; one numeric output."""
-    return build_regressor(models_dir / "diabetes.onnx")
+    return model_zoo.diabetes_regressor(models_dir / "diabetes.onnx", named=True)
 
 
 @pytest.fixture(scope="session")
 def iris_model(models_dir: Path) -> Path:
     """iris version 3: multi-class on one [None, 4] float input; integer labels, probabilities as a tensor."""
-    return build_iris(models_dir / "iris.onnx", zipmap=False)
+    return model_zoo.iris_classifier(models_dir / "iris.onnx", named=True, zipmap=False)
 
 
 @pytest.fixture(scope="session")
 def iris_zipmap_model(models_dir: Path) -> Path:
     """iris version 3 with species names for labels and its probabilities as a ZipMap."""
-    return build_iris(models_dir / "iris-zipmap.onnx", zipmap=True, string_labels=True)
+    return model_zoo.iris_classifier(models_dir / "iris-zipmap.onnx", named=True, zipmap=True, string_labels=True)
 
 
 @pytest.fixture(scope="session")
 def label_only_model(models_dir: Path) -> Path:
     """iris-labels version 4: species names, no probability output."""
-    return build_label_only(models_dir / "iris-labels.onnx")
+    return model_zoo.label_only_classifier(models_dir / "iris-labels.onnx")
 
 
 MODEL_KINDS = {
@@ -79,13 +68,6 @@ def case(request: pytest.FixtureRequest):
     return model_case(request.param, request.getfixturevalue(MODEL_KINDS[request.param]))
 
 
-@pytest.fixture(scope="session")
-def course_model() -> Path:
-    if not COURSE_MODEL.exists():
-        pytest.skip(f"course model not found at {COURSE_MODEL}")
-    return COURSE_MODEL
-
-
 @pytest.fixture
 def record() -> dict:
     return {"age": 45, "hours_per_week": 50, "score": 0.5, "work_class": "Private", "sex": "Male"}
@@ -100,17 +82,15 @@ def model_file(tmp_path: Path, small_model: Path) -> Path:
 
 
 @pytest.fixture
-def settings_factory(monkeypatch: pytest.MonkeyPatch):
+def settings_factory(tmp_path: Path):
+    """``settings_factory(**settings)`` -> the API's settings (the lab factory's, model polling and the access log
+    off unless given)."""
     from mlops_lab.settings import Settings
-
-    for name in list(os.environ):
-        if name.startswith("LAB_"):
-            monkeypatch.delenv(name)
 
     def make(**overrides) -> Settings:
         overrides.setdefault("api_model_poll_s", 0)
         overrides.setdefault("api_access_log", False)
-        return Settings(_env_file=None, **overrides)
+        return lab_settings(tmp_path / "lab", **overrides)
 
     return make
 
@@ -140,49 +120,15 @@ def make_client(settings_factory, small_model: Path):
 
 
 @pytest.fixture
-def live_server(tmp_path: Path, model_file: Path) -> Iterator[Server]:
-    """``python -m mlops_lab.api`` on a free loopback port, serving ``model_file`` and polling it every 0.2 s."""
-    port = free_port()
-    log = tmp_path / "api.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAB_")}
-    env |= {"LAB_API_MODEL_POLL_S": "0.2", "LAB_API_KEY": "sekrit", "LAB_API_MAX_ROWS": "50"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlops_lab.api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--model-source",
-                str(model_file),
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=tmp_path,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in 30 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield Server(url, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def live_server(tmp_path: Path, model_file: Path) -> Iterator[RunningApi]:
+    """The API as its image runs it (``python -m mlops_lab.api``) on a free loopback port, serving ``model_file`` and
+    polling it every 0.2 s, with an API key and a row limit."""
+    settings = lab_settings(
+        tmp_path / "lab",
+        api_model_source=str(model_file),
+        api_model_poll_s=0.2,
+        api_key="sekrit",
+        api_max_rows=50,
+    )
+    with running_api(settings, as_image=True) as running:
+        yield running

@@ -14,7 +14,6 @@ import pytest
 
 from mlops_lab.api.app import create_app
 from mlops_lab.inference import TabularModel, score_csv_text
-from tests.support import COURSE_DIR
 
 
 def predict(client, body, **kwargs):
@@ -369,13 +368,13 @@ def test_swap_under_load_drops_no_request(settings_factory, model_file, small_mo
 
 
 @pytest.mark.course
-def test_course_model_csv_matches_the_core(make_client, course_model):
-    lines = (COURSE_DIR / "input_batch.csv").read_text().splitlines()[:201]
+def test_course_model_csv_matches_the_core(make_client, course_model_path, course_batch_path):
+    lines = course_batch_path.read_text().splitlines()[:201]
     text = "\n".join(lines) + "\n"
-    client = make_client(source=course_model)
+    client = make_client(source=course_model_path)
     response = client.post("/invocations", content=text, headers={"content-type": "text/csv", "accept": "text/csv"})
     assert response.status_code == 200
-    expected, _ = score_csv_text(TabularModel(course_model), text)
+    expected, _ = score_csv_text(TabularModel(course_model_path), text)
     core = [row[-3:] for row in csv.reader(io.StringIO(expected))]
     api = list(csv.reader(io.StringIO(response.text)))
     assert len(api) == len(core) == 201
@@ -385,8 +384,8 @@ def test_course_model_csv_matches_the_core(make_client, course_model):
 
 
 @pytest.mark.course
-def test_course_model_json(make_client, course_model):
-    with (COURSE_DIR / "input_batch.csv").open() as handle:
+def test_course_model_json(make_client, course_model_path, course_batch_path):
+    with course_batch_path.open() as handle:
         rows = [row for _, row in zip(range(5), csv.DictReader(handle), strict=False)]
     records = [
         {
@@ -395,10 +394,10 @@ def test_course_model_json(make_client, course_model):
         }
         for r in rows
     ]
-    client = make_client(source=course_model)
+    client = make_client(source=course_model_path)
     response = client.post("/predict", json=records)
     assert response.status_code == 200
-    assert [p["label"] for p in response.json()["predictions"]] == TabularModel(course_model).predict_records(
+    assert [p["label"] for p in response.json()["predictions"]] == TabularModel(course_model_path).predict_records(
         records
     ).labels.tolist()
     assert client.get("/metadata").json()["classes"] == ["<=50K", ">50K"]

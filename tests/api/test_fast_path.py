@@ -9,41 +9,20 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.linear_model import LogisticRegression
 
 from mlops_lab.api import access_log
 from mlops_lab.api.app import create_app
 from mlops_lab.api.predict import PredictFastPath
 from mlops_lab.inference import SMALL_BATCH, InputError, TabularModel
-from tests.api.support import make_rows
+from tests.model_zoo import make_rows, tensor_classifier
 
 
 def rows_as_records(n: int, seed: int) -> list[dict]:
     columns = make_rows(n, seed)
     return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-
-
-def tensor_model(tmp_path: Path, *, zipmap: bool) -> Path:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 3)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-    model = to_onnx(
-        LogisticRegression().fit(x, y),
-        initial_types=[("input", FloatTensorType([None, 3]))],
-        options={"zipmap": zipmap},
-        target_opset=15,
-    )
-    path = tmp_path / f"tensor-{zipmap}.onnx"
-    onnx.save(model, path)
-    return path
 
 
 def outcome(model: TabularModel, method: str, records: list[dict]):
@@ -105,7 +84,7 @@ def test_predict_small_missing_column_and_no_records(small_model, record):
 
 @pytest.mark.parametrize("zipmap", [False, True])
 def test_predict_small_single_tensor_models(tmp_path, zipmap):
-    model = TabularModel(tensor_model(tmp_path, zipmap=zipmap))
+    model = TabularModel(tensor_classifier(tmp_path / "tensor.onnx", zipmap=zipmap))
     records = [{"f0": 0.5, "f1": -1, "f2": 2.0}, {"f0": -0.5, "f1": 1.5, "f2": 0}]
     # the first call learns the class names (general path), the next ones use the fast path
     for _ in range(2):

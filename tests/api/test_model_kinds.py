@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from mlops_lab.inference import SMALL_BATCH, TabularModel, score_csv_text
-from tests.api.support import StaticSource, as_records, diabetes, model_case
+from tests.api.support import StaticSource, as_records, model_case
+from tests.model_zoo import diabetes
 
 
 def assert_rows_equal(got: list[dict], expected: list[dict]) -> None:

@@ -17,29 +17,31 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from mlops_lab.api.app import create_app
+from tests.support import lab_settings
 
 KEY = "st-key"  # with a key set, schemathesis also checks that requests without it are refused
-# Per operation, upper bounds; and at least how many requests that makes in all. The lab's classifier gets the full
-# run; a regressor (other inputs, other response rows) a shorter one.
+# Per run: the model, the examples per operation and generation mode (upper bounds), and at least how many requests
+# that makes in all. The lab's kind of classifier gets a short run in the unit lane; it and a regressor (other inputs,
+# other response rows) get their long runs in the slow lane (tests/lanes.py).
 RUNS = {
-    "small_model": ({GenerationMode.POSITIVE: 300, GenerationMode.NEGATIVE: 200}, 1000),
-    "regressor_model": ({GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 50}, 250),
+    "classifier": ("small_model", {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 10}, 60),
+    "classifier-full": ("small_model", {GenerationMode.POSITIVE: 300, GenerationMode.NEGATIVE: 200}, 1000),
+    "regressor": ("regressor_model", {GenerationMode.POSITIVE: 80, GenerationMode.NEGATIVE: 50}, 250),
 }
 
 
 @pytest.fixture(params=list(RUNS))
-def api_schema(request):
-    from mlops_lab.settings import Settings
-
-    settings_ = Settings(_env_file=None, api_model_poll_s=0, api_access_log=False, api_max_rows=20, api_key=KEY)
-    app = create_app(settings_, model_source=request.getfixturevalue(request.param))
+def api_run(request, tmp_path):
+    """(the API's schema to generate requests from, the examples per mode, at least how many requests in all)."""
+    model, examples_per_mode, at_least = RUNS[request.param]
+    settings_ = lab_settings(tmp_path, api_model_poll_s=0, api_access_log=False, api_max_rows=20, api_key=KEY)
+    app = create_app(settings_, model_source=request.getfixturevalue(model))
     assert app.state.store.check()  # load now: the schema under test is the served model's
-    return request.param, schemathesis.openapi.from_asgi("/openapi.json", app)
+    return schemathesis.openapi.from_asgi("/openapi.json", app), examples_per_mode, at_least
 
 
-def test_generated_requests(api_schema):
-    model, api_schema = api_schema
-    examples_per_mode, at_least = RUNS[model]
+def test_generated_requests(api_run):
+    api_schema, examples_per_mode, at_least = api_run
     calls: Counter[tuple[str, str, int]] = Counter()
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) == 6

@@ -36,9 +36,9 @@ from tests.external.support import (
     leftovers,
     teardown_by_cli,
 )
-from tests.support import COURSE_DIR, free_port, iris_classifier
+from tests.model_zoo import users_iris_classifier
+from tests.support import COURSE_DIR, free_port
 
-HERE = Path(__file__).resolve().parent
 _OUTCOME: list[str] = []  # what the session's teardown found, for the run's summary
 
 
@@ -53,13 +53,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """These tests need a server (someone else's): integration tests, as far as the lab's markers go."""
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(pytest.mark.integration)
-
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _OUTCOME:
         terminalreporter.section("external teardown")
@@ -71,9 +64,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _aws_config_of_the_session() -> Iterator[None]:
-    """The parent conftest points AWS_CONFIG_FILE at an empty temp file for the lab's own tests; this suite runs on
-    the user's SDK configuration (their profiles included), so it overrides that fixture with one that does nothing."""
+def _environment_of_the_session() -> Iterator[None]:
+    """The parent conftest runs the lab's own tests without the developer's LAB_* variables and with an empty AWS
+    config file; this suite runs on the user's settings and SDK configuration (their profiles included), so it
+    overrides that fixture with one that does nothing."""
     yield
 
 
@@ -98,7 +92,7 @@ def _model(folder: Path) -> tuple[Path, Path, list[str] | None]:
             lines = [line for _, line in zip(range(ROWS + 1), source, strict=False)]
         batch.write_text("".join(lines), encoding="utf-8")
         return COURSE_DIR / "model.onnx", batch, None
-    model_path, rows_path = iris_classifier(folder)
+    model_path, rows_path = users_iris_classifier(folder)
     with rows_path.open(newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
     return model_path, rows_path, header

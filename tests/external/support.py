@@ -13,7 +13,8 @@ from typing import Any
 from typer.testing import CliRunner
 
 from mlops_lab.aws import Aws
-from mlops_lab.settings import Settings, as_environment, get_settings
+from mlops_lab.settings import Settings
+from tests.support import isolated_environment
 
 PREFIX = f"ext-{secrets.token_hex(4)}"  # this run's, and only this run's, resources
 ALLOW_AWS = "LAB_EXTERNAL_ALLOW_AWS"
@@ -60,11 +61,8 @@ def teardown_by_cli(settings: Settings) -> Any:
     Result (``exit_code``, ``output``)."""
     from mlops_lab.cli import app
 
-    get_settings.cache_clear()
-    try:
-        return _runner.invoke(app, ["teardown", "--yes"], env=as_environment(settings))
-    finally:
-        get_settings.cache_clear()
+    with isolated_environment(settings):
+        return _runner.invoke(app, ["teardown", "--yes"])
 
 
 def leftovers(client: Callable[[str], Any], prefix: str) -> list[str]:

@@ -6,10 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +18,8 @@ from botocore.exceptions import ClientError, WaiterError
 from mlops_lab.aws import Aws, is_not_found
 from mlops_lab.contract import META_MODEL_NAME, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, output_columns
-from mlops_lab.settings import as_environment
 from tests.external.support import OUTPUT_WAIT, PREFIX, External, leftovers, teardown_by_cli
-from tests.support import free_port, parse_csv
+from tests.support import free_port, parse_csv, running_api
 
 
 def wait_for(lab: External, key: str, *, input_key: str, expect: str) -> dict[str, Any]:
@@ -130,45 +125,22 @@ def test_bad_csv_gets_an_error_report(external: External) -> None:
 
 @pytest.fixture
 def api(external: External, tmp_path: Path) -> Iterator[httpx.Client]:
-    """`python -m mlops_lab.api` (uvicorn) on a free loopback port, with this run's settings, serving the model
-    bucket's model (source s3) through the SDK's own configuration."""
-    settings = external.settings.model_copy(update={"api_port": free_port()})
-    env = {
-        **os.environ,
-        **as_environment(settings),
-        "LAB_API_MODEL_SOURCE": "s3",
-        "LAB_API_ACCESS_LOG": "false",
-    }
-    log = tmp_path / "api.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlops_lab.api", "--host", "127.0.0.1", "--port", str(settings.api_port)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    """`python -m mlops_lab.api` (the API image's entry point) on a free loopback port, with this run's settings,
+    serving the model bucket's model (source s3) through the SDK's own configuration."""
+    settings = external.settings.model_copy(
+        update={
+            "api_port": free_port(),
+            "state_dir": tmp_path / "api-state",
+            "api_model_source": "s3",
+            "api_access_log": False,
+        }
+    )
     headers = {"X-API-Key": settings.api_key} if settings.api_key else {}
-    try:
-        with httpx.Client(base_url=settings.api_url, timeout=30, headers=headers) as client:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, f"the API exited ({process.returncode}):\n{log.read_text()[-3000:]}"
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"the API was not ready in 90 s:\n{log.read_text()[-3000:]}"
-                time.sleep(0.2)
-            yield client
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    with (
+        running_api(settings, as_image=True) as running,
+        httpx.Client(base_url=running.url, timeout=30, headers=headers) as client,
+    ):
+        yield client
 
 
 def test_api_serving_from_s3_answers_as_the_batch_did(external: External, scored: Scored, api: httpx.Client) -> None:
