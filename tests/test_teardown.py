@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mlops_lab import image, ownership, registry, sagemaker, training
-from mlops_lab.aws import tag_dict, tag_list
-from mlops_lab.bootstrap import bootstrap, bucket_tags, build_lambda_layer, ensure_bucket
+from mlops_lab.aws import bucket_tags, tag_dict, tag_list
+from mlops_lab.bootstrap import bootstrap, build_lambda_layer, ensure_bucket
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode
 from mlops_lab.settings import PREFIX_TAG, Settings

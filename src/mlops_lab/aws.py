@@ -156,6 +156,16 @@ def tag_dict(tags: list[dict[str, str]] | None, key: str = "Key", value: str = "
     return {tag[key]: tag[value] for tag in tags or []}
 
 
+def bucket_tags(s3: Any, bucket: str) -> dict[str, str]:
+    """A bucket's tags (S3 answers NoSuchTagSet for a bucket without any)."""
+    try:
+        return tag_dict(s3.get_bucket_tagging(Bucket=bucket)["TagSet"])
+    except ClientError as error:
+        if error_code(error) != "NoSuchTagSet":
+            raise
+        return {}
+
+
 def missing_tags(current: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
     """The wanted tags a resource lacks or has with another value (tags it has beside them are left alone)."""
     return {key: value for key, value in wanted.items() if current.get(key) != value}

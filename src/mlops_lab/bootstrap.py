@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from mlops_lab import emulator, ownership
-from mlops_lab.aws import Aws, Change, error_code, is_not_found, missing_tags, tag_dict, tag_list, updated
+from mlops_lab.aws import Aws, Change, bucket_tags, error_code, is_not_found, missing_tags, tag_list, updated
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.batch_spec import (
     FAILURE_RETENTION_S,
@@ -135,15 +135,6 @@ def ensure_bucket(aws: Aws, bucket: str, tags: dict[str, str], *, dry_run: bool 
     s3.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag_list(tags)})
     return Change("bucket", bucket, "created")
-
-
-def bucket_tags(s3: Any, bucket: str) -> dict[str, str]:
-    try:
-        return tag_dict(s3.get_bucket_tagging(Bucket=bucket)["TagSet"])
-    except ClientError as error:
-        if error_code(error) != "NoSuchTagSet":
-            raise
-        return {}
 
 
 def ensure_failure_queue(settings: Settings, aws: Aws, *, dry_run: bool = False) -> tuple[str, Change]:

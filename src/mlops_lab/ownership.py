@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab.aws import Aws, error_code, is_not_found, tag_dict
+from mlops_lab.aws import Aws, bucket_tags, error_code, is_not_found, tag_dict
 from mlops_lab.errors import ExitCode, LabError
 from mlops_lab.layer import DESCRIPTION_MARK
 from mlops_lab.settings import PREFIX_TAG, Settings
@@ -134,12 +134,7 @@ def _bucket_tags(aws: Aws, bucket: str) -> Tags | None:
         if _absent_on(error, "404", "NotFound"):
             return None
         raise
-    try:
-        return tag_dict(s3.get_bucket_tagging(Bucket=bucket)["TagSet"])
-    except ClientError as error:
-        if error_code(error) != "NoSuchTagSet":
-            raise
-        return {}
+    return bucket_tags(s3, bucket)
 
 
 def _queue_tags(aws: Aws, name: str) -> Tags | None:
