@@ -13,7 +13,7 @@ export DO_NOT_TRACK := true
 .PHONY: help install browser demo up down status test test-unit test-integration test-slow test-external lint format test-compose bench docs clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"Python 3.11+ is needed, {sys.executable} is {sys.version.split()[0]}"'
@@ -58,7 +58,7 @@ test test-unit test-integration test-slow test-external: export PYTHONDONTWRITEB
 test: install ## Run every lane: unit, integration and slow (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: install ## Run the unit lane: no server (under 45 s)
+test-unit: install ## Run the unit lane: no server (~40 s)
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 test-integration: install ## Run the integration lane: against an emulator stack the session starts

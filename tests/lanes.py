@@ -1,7 +1,7 @@
 """The lane of every test, declared here and nowhere else: what `make test-unit`, `make test-integration` and
 `make test-slow` run (`make test` runs all three; docs/testing.md says what each costs).
 
-- unit: starts no server and no process of the lab's; the lane as a whole stays under 45 s.
+- unit: starts no server and no process of the lab's; the lane as a whole takes well under a minute.
 - integration: against the session's emulator stack (tests/conftest.py's ``lab_stack``, started once per run), or a
   server, process or stack a fixture starts; each test well under ~20 s once the stack is up.
 - slow: the soak, the crash and restart tests, the browser tests, the CloudFormation deploy, the external suite's
@@ -11,7 +11,7 @@
 or one parametrization (``module::test[id]``) to its lane; the most specific entry wins. tests/conftest.py's hooks
 mark each test with its lane (the markers ``unit``, ``integration`` and ``slow``). A test of a module the table does
 not name, or a unit test whose fixtures start a server, fails before any of its fixtures runs, saying so; it is put
-in the unit lane, the first CI runs, so the table is fixed before anything else is waited for.
+in the unit lane, the one CI runs first, so the table is fixed before anything else is waited for.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 UNIT, INTEGRATION, SLOW = "unit", "integration", "slow"
-LANES = (UNIT, INTEGRATION, SLOW)
 TESTS_DIR = Path(__file__).resolve().parent
 
 # Fixtures that start a server (the emulator, mlflow, the API, the console, moto): a test whose fixture closure holds
@@ -144,7 +143,8 @@ def mark_lanes(items: list[pytest.Item]) -> None:
         lane = lane_of(item)
         servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         if lane is None:
-            item.stash[LANE_PROBLEM] = f"tests/lanes.py names no lane for {item.path.name}: add it to LANE_OF"
+            module = item.nodeid.split("::")[0]
+            item.stash[LANE_PROBLEM] = f"tests/lanes.py names no lane for {module}: add it to LANE_OF"
         elif lane == UNIT and servers:
             item.stash[LANE_PROBLEM] = (
                 f"tests/lanes.py puts it in the unit lane, but its fixtures start a server "
