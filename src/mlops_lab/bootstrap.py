@@ -77,9 +77,10 @@ def bootstrap(
         on_change(change)
 
     if not adopt:
+        found = ownership.strangers(settings, aws, made_by="bootstrap")  # each resource's tags read once
         if not dry_run:
-            ownership.refuse_strangers(settings, aws, made_by="bootstrap")
-        for stranger in ownership.strangers(settings, aws, made_by="bootstrap"):
+            ownership.refuse(settings, found, made_by="bootstrap")
+        for stranger in found:
             kind, name = stranger.resource.kind, stranger.resource.name
             record(Change(kind, name, "not ours", f"{stranger.why}: bootstrap refuses it without --adopt"))
             refused.add((kind, name))

@@ -25,6 +25,7 @@ from typing import Any, cast
 from mlops_lab import batch_spec
 from mlops_lab.aws import Aws
 from mlops_lab.errors import ExitCode, Refused
+from mlops_lab.layer import DESCRIPTION_MARK
 from mlops_lab.settings import Settings
 
 TEMPLATE_VERSION = "2010-09-09"
@@ -44,7 +45,7 @@ ARTIFACT_BUCKET = "ArtifactBucket"
 FUNCTION_KEY = "FunctionKey"
 LAYER_KEY = "LayerKey"
 LAYER_DESCRIPTION = "LayerDescription"
-DEFAULT_LAYER_DESCRIPTION = "onnxruntime+numpy+mlops_lab.inference"
+DEFAULT_LAYER_DESCRIPTION = DESCRIPTION_MARK  # how the lab tells its own layer versions (mlops_lab.ownership)
 
 # The properties of bootstrap's definitions that CloudFormation takes under the same name; anything else bootstrap
 # starts to set fails the export (below) instead of silently missing from the template.

@@ -101,9 +101,8 @@ def strangers(settings: Settings, aws: Aws, *, made_by: str | None = None) -> li
     return found
 
 
-def refuse_strangers(settings: Settings, aws: Aws, *, made_by: str) -> None:
-    """NotOurs naming every resource ``made_by`` would take over that is not this lab's; nothing is changed."""
-    found = strangers(settings, aws, made_by=made_by)
+def refuse(settings: Settings, found: list[Stranger], *, made_by: str) -> None:
+    """NotOurs naming every resource of ``found`` (what ``made_by`` would take over that is not this lab's)."""
     if found:
         raise NotOurs(
             f"{len(found)} resource(s) of this lab's names exist but are not its own: {'; '.join(map(str, found))}. "
