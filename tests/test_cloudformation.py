@@ -33,6 +33,7 @@ does, and how this file deals with it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -48,7 +49,7 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
 from typer.testing import CliRunner
 
-from mlops_lab import batch_spec, bootstrap, cloudformation, jobs, model
+from mlops_lab import batch_spec, bootstrap, cloudformation, jobs, model, ownership
 from mlops_lab.aws import is_not_found
 from mlops_lab.cli import app
 from mlops_lab.settings import PREFIX_TAG, Settings
@@ -259,6 +260,68 @@ def test_everything_taggable_carries_the_prefix_tag() -> None:
     for logical_id in taggable:
         tags = resources[logical_id]["Properties"].get("Tags", [])
         assert {"Key": PREFIX_TAG, "Value": "acme-ml"} in tags, logical_id
+
+
+def taggable(resource: dict[str, Any]) -> bool:
+    """Does the resource's type take tags (AWS's resource schema, through cfn-lint)?"""
+    return "Tags" in PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource["Type"]).schema["properties"]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        settings_for(),
+        settings_for(prefix="acme-ml", tags={"team": "ml", "cost-center": "1234"}),
+        settings_for(prefix="acme-ml", lambda_bundle_layer=True),
+    ],
+    ids=["default", "own-tags", "bundled-layer"],
+)
+def test_the_template_and_the_inventory_hold_the_same_resources(settings: Settings) -> None:
+    """The export and what bootstrap, plan and teardown go by cannot drift apart: every resource of the inventory
+    bootstrap makes is in the template under its logical id, type and name with the lab's tags, every taggable
+    resource of the template is in the inventory, and what other commands make is not in the stack."""
+    resources = cloudformation.template(settings)["Resources"]
+    lab_tags = [{"Key": key, "Value": value} for key, value in settings.resource_tags.items()]
+    assert {"Key": PREFIX_TAG, "Value": settings.prefix} in lab_tags
+    held = {}
+    for resource in ownership.inventory(settings):
+        if resource.made_by != "bootstrap":
+            assert resource.stack is None, f"{resource.kind} {resource.name} is made by `{resource.made_by}`"
+            continue
+        assert resource.stack is not None, f"bootstrap makes {resource.kind} {resource.name}: the stack must hold it"
+        declared = resources[resource.stack.logical_id]
+        assert declared["Type"] == resource.stack.type
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", declared["Type"]).schema["properties"]
+        assert resource.stack.name_property in schema, f"{declared['Type']} has no {resource.stack.name_property}"
+        assert declared["Properties"][resource.stack.name_property] == resource.name
+        assert declared["Properties"]["Tags"] == lab_tags, resource.stack.logical_id
+        held[resource.stack.logical_id] = resource
+    assert {logical_id for logical_id, declared in resources.items() if taggable(declared)} == set(held)
+    names = {v for declared in resources.values() for v in declared["Properties"].values() if isinstance(v, str)}
+    others = {r.name for r in ownership.inventory(settings) if r.made_by != "bootstrap"}
+    assert not names & others, "a resource another command makes is in the stack"
+
+
+def test_a_resource_the_inventory_gains_or_loses_fails_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template declares what the inventory holds, no more and no less: an inventory resource the template does
+    not declare yet, or one it declares that the inventory no longer holds, is an error, not a silent difference."""
+    original = ownership.inventory
+
+    def with_api_repository(settings: Settings) -> list[ownership.Resource]:
+        (repository,) = [r for r in original(settings) if r.name == settings.api_repository]
+        stack = ownership.StackEntry("ApiRepository", "AWS::ECR::Repository", "RepositoryName")
+        return [*original(settings), dataclasses.replace(repository, made_by="bootstrap", stack=stack)]
+
+    monkeypatch.setattr(cloudformation, "inventory", with_api_repository)
+    with pytest.raises(cloudformation.ExportError, match="ApiRepository"):
+        cloudformation.template(settings_for())
+
+    def without_queue(settings: Settings) -> list[ownership.Resource]:
+        return [r for r in original(settings) if r.kind != "queue"]
+
+    monkeypatch.setattr(cloudformation, "inventory", without_queue)
+    with pytest.raises(cloudformation.ExportError, match=cloudformation.FAILURE_QUEUE):
+        cloudformation.template(settings_for())
 
 
 def test_a_setting_the_template_cannot_map_fails_the_export(monkeypatch: pytest.MonkeyPatch) -> None:

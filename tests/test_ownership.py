@@ -13,10 +13,11 @@ from mlops_lab import ownership, registry, training
 from mlops_lab.aws import tag_list
 from mlops_lab.bootstrap import bootstrap, build_lambda_layer
 from mlops_lab.cli import app
-from mlops_lab.errors import ExitCode
+from mlops_lab.errors import ExitCode, LabError
+from mlops_lab.plan import Assumptions, make_plan
 from mlops_lab.sagemaker.delete import CONFIG_SUFFIX, MODEL_SUFFIX, UNIQUE_ID_LENGTH, mlflow_base_name, name_pattern
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
-from mlops_lab.teardown import teardown
+from mlops_lab.teardown import lab_repositories, lab_roles, teardown
 from tests.support import Lab
 
 runner = CliRunner()
@@ -128,6 +129,57 @@ def test_teardown_deletes_only_what_carries_the_tag(lab_stack: Lab) -> None:
         ecr.delete_repository(repositoryName=settings.api_repository, force=True)
         for version in lam.list_layer_versions(LayerName=settings.layer_name)["LayerVersions"]:
             lam.delete_layer_version(LayerName=settings.layer_name, VersionNumber=version["Version"])
+
+
+def test_plan_says_what_image_push_and_deploy_sagemaker_would_refuse_or_adopt(lab_stack: Lab) -> None:
+    """Plan lists the inventory's resources other commands make, by their tags: an untagged repository of `image
+    push`'s name and another lab's of `deploy sagemaker`'s are "not ours" (or, with adopt, tagged), and the dry run
+    changes neither."""
+    lab = lab_of(lab_stack, "lab-own-d")
+    settings, aws = lab.settings, lab.aws
+    ecr = aws.client("ecr")
+    ecr.create_repository(repositoryName=settings.api_repository)
+    theirs = ecr.create_repository(
+        repositoryName=settings.sagemaker_repository, tags=tag_list({PREFIX_TAG: "another-lab"}, "Key", "Value")
+    )["repository"]["repositoryArn"]
+    try:
+        assumed = Assumptions(image_mb=100)
+        planned = {(c.kind, c.name): c for c in make_plan(settings, aws, assumed, with_sagemaker=True).changes}
+        api, sagemaker_repository = (
+            planned[("ecr repository", name)] for name in (settings.api_repository, settings.sagemaker_repository)
+        )
+        assert (api.action, sagemaker_repository.action) == ("not ours", "not ours"), planned
+        assert f"no {PREFIX_TAG} tag" in api.detail and "`image push`" in api.detail and "--adopt" in api.detail
+        assert "another-lab" in sagemaker_repository.detail and "`deploy sagemaker`" in sagemaker_repository.detail
+        assert planned[("role", settings.sagemaker_role_name)].action == "created"
+        assert ("ecr repository", settings.api_repository) not in {
+            (c.kind, c.name) for c in make_plan(settings, aws, Assumptions(), with_sagemaker=True).changes
+        }, "no image assumed: image push's repository is not in the plan"
+
+        adopted = {
+            (c.kind, c.name): c for c in make_plan(settings, aws, assumed, with_sagemaker=True, adopt=True).changes
+        }
+        assert {adopted[("ecr repository", name)].action for name in (api.name, sagemaker_repository.name)} == {
+            "updated"
+        }
+        assert ecr.list_tags_for_resource(resourceArn=theirs)["tags"] == [{"Key": PREFIX_TAG, "Value": "another-lab"}]
+        assert ownership.strangers(settings, aws, made_by="image push"), "a dry run tags nothing"
+    finally:
+        for name in (settings.api_repository, settings.sagemaker_repository):
+            ecr.delete_repository(repositoryName=name, force=True)
+
+
+def test_teardown_goes_by_the_inventorys_names() -> None:
+    """Teardown deletes and checks the roles and repositories the inventory holds, each of them; a kind the inventory
+    does not have is an error rather than nothing to look for."""
+    settings = Settings(_env_file=None, prefix="lab-own-e")
+    for kind, listed in (("role", lab_roles(settings)), ("ecr repository", lab_repositories(settings))):
+        assert listed == tuple(r.name for r in ownership.inventory(settings) if r.kind == kind)
+    assert set(lab_roles(settings)) == {settings.role_name, settings.sagemaker_role_name}
+    assert set(lab_repositories(settings)) == {settings.api_repository, settings.sagemaker_repository}
+    with pytest.raises(LabError, match="roles") as caught:
+        ownership.names(settings, "roles")
+    assert caught.value.exit_code == ExitCode.UNEXPECTED
 
 
 def test_teardown_removes_only_the_versions_the_lab_made_in_someone_elses_registered_model(

@@ -91,7 +91,7 @@ def test_plan_for_a_new_prefix_lists_everything_and_creates_nothing(lab_stack: L
         ("async invocation", "created"),
         ("invoke permission", "created"),
         ("notification", "created"),
-        ("ECR repository", "created"),
+        ("ecr repository", "created"),
         ("role", "created"),
         ("role policy", "created"),
         ("SageMaker endpoint", "created"),

@@ -1,8 +1,10 @@
 """`mlops-lab export cloudformation`: what bootstrap builds, as one CloudFormation template.
 
-Generated from bootstrap's own definitions (names from ``Settings``, ``trust_policy``, the execution policy template
-``execution_policy`` renders, ``function_configuration``, ``async_invocation``, ``notification_configuration``...),
-never kept by hand: a setting changed for bootstrap changes the template with it. What CloudFormation must resolve
+Generated from bootstrap's own definitions, never kept by hand: which taggable resources the stack holds, their
+logical ids, types, names and tags come from the lab's inventory (``ownership.inventory``: the same entries bootstrap,
+plan and teardown go by), their properties from ``trust_policy``, the execution policy template ``execution_policy``
+renders, ``function_configuration``, ``async_invocation``, ``notification_configuration``... A setting changed for
+bootstrap changes the template with it, and a resource the inventory gains fails the export until it is declared. What CloudFormation must resolve
 at deploy time (partition, region, account) is left to its pseudo parameters, so one template serves any account.
 
 The layer and the function's code come from S3 (template parameters): upload both zips to a bucket of your own
@@ -26,17 +28,23 @@ from mlops_lab import batch_spec
 from mlops_lab.aws import Aws
 from mlops_lab.errors import ExitCode, Refused
 from mlops_lab.layer import DESCRIPTION_MARK
+from mlops_lab.ownership import (
+    FAILURE_QUEUE,
+    FUNCTION,
+    INPUT_BUCKET,
+    LOG_GROUP,
+    MODEL_BUCKET,
+    OUTPUT_BUCKET,
+    ROLE,
+    Resource,
+    inventory,
+)
 from mlops_lab.settings import Settings
 
 TEMPLATE_VERSION = "2010-09-09"
 
-# Logical ids.
-INPUT_BUCKET, OUTPUT_BUCKET, MODEL_BUCKET = "InputBucket", "OutputBucket", "ModelBucket"
-FAILURE_QUEUE = "FailureQueue"
-ROLE = "ExecutionRole"
+# Logical ids: the inventory's (imported above) and those of what is not in it, having no tags of its own.
 LAYER = "Layer"
-FUNCTION = "Function"
-LOG_GROUP = "FunctionLogGroup"
 ASYNC_INVOCATION = "AsyncInvocation"
 INVOKE_PERMISSION = "S3InvokePermission"
 
@@ -108,7 +116,8 @@ def _arn(logical_id: str) -> dict[str, list[str]]:
 
 
 def _tags(settings: Settings) -> list[dict[str, str]]:
-    # A new list each time: YAML would alias a shared one.
+    # The tag set bootstrap's own calls put on (``mlops-lab:prefix`` first). A new list each time: YAML would alias a
+    # shared one.
     return [{"Key": key, "Value": value} for key, value in settings.resource_tags.items()]
 
 
@@ -116,6 +125,27 @@ def _tags(settings: Settings) -> list[dict[str, str]]:
 # deletes them, so a stack deleted leaves nothing behind. On AWS, empty the buckets first (S3 refuses to delete a
 # bucket that holds objects).
 _DELETED_WITH_THE_STACK = {"DeletionPolicy": "Delete", "UpdateReplacePolicy": "Delete"}
+
+
+def _declared(
+    resource: Resource, settings: Settings, properties: dict[str, Any] | None = None, *, stateful: bool = False
+) -> dict[str, Any]:
+    """An inventory resource as the stack declares it: its type, its name and tags, and ``properties`` between."""
+    assert resource.stack is not None  # _stack_resources keeps only those
+    return {
+        "Type": resource.stack.type,
+        **(_DELETED_WITH_THE_STACK if stateful else {}),
+        "Properties": {resource.stack.name_property: resource.name, **(properties or {}), "Tags": _tags(settings)},
+    }
+
+
+def _stack_resources(settings: Settings) -> dict[str, Resource]:
+    """The inventory's resources a stack holds, by logical id, in the inventory's order."""
+    held = [resource for resource in inventory(settings) if resource.stack is not None]
+    by_id = {resource.stack.logical_id: resource for resource in held if resource.stack is not None}
+    if len(by_id) != len(held):
+        raise ExportError(f"two resources of the inventory share a logical id: {[r.stack for r in held]}")
+    return by_id
 
 
 def _only(definition: dict[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
@@ -156,34 +186,26 @@ def template(settings: Settings) -> dict[str, Any]:
             "MinLength": 1,
         },
     }
+    stack = _stack_resources(settings)
+
+    def declare(logical_id: str, properties: dict[str, Any] | None = None, *, stateful: bool = False) -> dict[str, Any]:
+        if logical_id not in stack:
+            raise ExportError(f"the template declares {logical_id}, which the lab's inventory does not hold")
+        return _declared(stack.pop(logical_id), settings, properties, stateful=stateful)
+
     resources: dict[str, Any] = {}
-    for logical_id, bucket in (
-        (INPUT_BUCKET, settings.input_bucket),
-        (OUTPUT_BUCKET, settings.output_bucket),
-        (MODEL_BUCKET, settings.model_bucket),
-    ):
-        resources[logical_id] = {
-            "Type": "AWS::S3::Bucket",
-            **_DELETED_WITH_THE_STACK,
-            "Properties": {"BucketName": bucket, "Tags": _tags(settings)},
-        }
+    for logical_id in [logical_id for logical_id, resource in stack.items() if resource.kind == "bucket"]:
+        resources[logical_id] = declare(logical_id, stateful=True)
     # S3 checks, when the notification is put, that it may invoke the function: the permission comes first.
     resources[INPUT_BUCKET]["DependsOn"] = INVOKE_PERMISSION
     resources[INPUT_BUCKET]["Properties"]["NotificationConfiguration"] = _bucket_notification(_arn(FUNCTION))
 
-    resources[FAILURE_QUEUE] = {
-        "Type": "AWS::SQS::Queue",
-        **_DELETED_WITH_THE_STACK,
-        "Properties": {
-            "QueueName": settings.failure_queue_name,
-            "MessageRetentionPeriod": batch_spec.FAILURE_RETENTION_S,
-            "Tags": _tags(settings),
-        },
-    }
-    resources[ROLE] = {
-        "Type": "AWS::IAM::Role",
-        "Properties": {
-            "RoleName": settings.role_name,
+    resources[FAILURE_QUEUE] = declare(
+        FAILURE_QUEUE, {"MessageRetentionPeriod": batch_spec.FAILURE_RETENTION_S}, stateful=True
+    )
+    resources[ROLE] = declare(
+        ROLE,
+        {
             "Description": ROLE_DESCRIPTION,
             "AssumeRolePolicyDocument": batch_spec.trust_policy(),
             "Policies": [
@@ -192,9 +214,8 @@ def template(settings: Settings) -> dict[str, Any]:
                     "PolicyDocument": deploy_time(batch_spec.execution_policy, settings),
                 }
             ],
-            "Tags": _tags(settings),
         },
-    }
+    )
     if layered:
         parameters[LAYER_KEY] = {
             "Type": "String",
@@ -218,31 +239,25 @@ def template(settings: Settings) -> dict[str, Any]:
         }
     # Made before the function, as bootstrap does: Lambda would make it untagged and kept forever (and the stack's
     # deletion would leave it behind).
-    resources[LOG_GROUP] = {
-        "Type": "AWS::Logs::LogGroup",
-        **_DELETED_WITH_THE_STACK,
-        "Properties": {
-            "LogGroupName": settings.log_group,
-            "RetentionInDays": settings.log_retention_days,
-            "Tags": _tags(settings),
-        },
-    }
+    resources[LOG_GROUP] = declare(LOG_GROUP, {"RetentionInDays": settings.log_retention_days}, stateful=True)
     configuration = batch_spec.function_configuration(
         settings, cast(str, _arn(ROLE)), cast(str, _ref(LAYER)) if layered else None
     )
     resources[FUNCTION] = {
-        "Type": "AWS::Lambda::Function",
-        "Properties": {
-            "FunctionName": settings.function_name,
-            "Description": batch_spec.FUNCTION_DESCRIPTION,
-            "Code": {"S3Bucket": _ref(ARTIFACT_BUCKET), "S3Key": _ref(FUNCTION_KEY)},
-            **_only(configuration, _FUNCTION_PROPERTIES, "function configuration"),
-            "Tags": _tags(settings),
-        },
+        **declare(
+            FUNCTION,
+            {
+                "Description": batch_spec.FUNCTION_DESCRIPTION,
+                "Code": {"S3Bucket": _ref(ARTIFACT_BUCKET), "S3Key": _ref(FUNCTION_KEY)},
+                **_only(configuration, _FUNCTION_PROPERTIES, "function configuration"),
+            },
+        ),
         "DependsOn": LOG_GROUP,
     }
     if not configuration["Layers"]:
         del resources[FUNCTION]["Properties"]["Layers"]
+    if stack:  # the inventory gained a resource the stack could hold: declare it above, with its properties
+        raise ExportError(f"the lab's inventory holds {sorted(stack)}, which the template does not declare yet")
     resources[ASYNC_INVOCATION] = {
         "Type": "AWS::Lambda::EventInvokeConfig",
         "Properties": {

@@ -7,6 +7,8 @@ over a resource that exists without this lab's tag unless told to (``--adopt``),
 lab's and says what it kept.
 
 The inventory is in teardown's order (dependants first); bootstrap creates in its own order, from the same names.
+Each resource bootstrap makes also says how a CloudFormation stack declares it (``StackEntry``): the export builds its
+template from those entries, so the template cannot name a resource the lab would not own, or miss one it would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,23 @@ class NotOurs(LabError):
     exit_code = ExitCode.CONFLICT
 
 
+# The logical ids of the resources a stack of the lab holds (`mlops-lab export cloudformation`).
+INPUT_BUCKET, OUTPUT_BUCKET, MODEL_BUCKET = "InputBucket", "OutputBucket", "ModelBucket"
+FAILURE_QUEUE = "FailureQueue"
+ROLE = "ExecutionRole"
+FUNCTION = "Function"
+LOG_GROUP = "FunctionLogGroup"
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """How a CloudFormation stack declares a resource: its logical id, its type, and the property its name goes in."""
+
+    logical_id: str
+    type: str
+    name_property: str
+
+
 @dataclass(frozen=True)
 class Resource:
     """One resource of the inventory: its kind and name, and how to read its tags (None: it does not exist)."""
@@ -39,6 +58,8 @@ class Resource:
     name: str
     read_tags: Callable[[Aws], Tags | None]
     made_by: str  # the command that makes it
+    # None: the lab's stack does not hold it (another command makes it, or CloudFormation could not name it so).
+    stack: StackEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -56,15 +77,32 @@ def inventory(settings: Settings) -> list[Resource]:
     """Every taggable resource a lab of ``settings.prefix`` makes, dependants first."""
     return [
         Resource(
-            "function", settings.function_name, lambda aws: _function_tags(aws, settings.function_name), "bootstrap"
+            "function",
+            settings.function_name,
+            lambda aws: _function_tags(aws, settings.function_name),
+            "bootstrap",
+            StackEntry(FUNCTION, "AWS::Lambda::Function", "FunctionName"),
         ),
-        Resource("log group", settings.log_group, lambda aws: _log_group_tags(aws, settings.log_group), "bootstrap"),
         Resource(
-            "queue", settings.failure_queue_name, lambda aws: _queue_tags(aws, settings.failure_queue_name), "bootstrap"
+            "log group",
+            settings.log_group,
+            lambda aws: _log_group_tags(aws, settings.log_group),
+            "bootstrap",
+            StackEntry(LOG_GROUP, "AWS::Logs::LogGroup", "LogGroupName"),
+        ),
+        Resource(
+            "queue",
+            settings.failure_queue_name,
+            lambda aws: _queue_tags(aws, settings.failure_queue_name),
+            "bootstrap",
+            StackEntry(FAILURE_QUEUE, "AWS::SQS::Queue", "QueueName"),
         ),
         *(
-            Resource("role", role, lambda aws, role=role: _role_tags(aws, role), made_by)
-            for role, made_by in ((settings.role_name, "bootstrap"), (settings.sagemaker_role_name, "deploy sagemaker"))
+            Resource("role", role, lambda aws, role=role: _role_tags(aws, role), made_by, stack)
+            for role, made_by, stack in (
+                (settings.role_name, "bootstrap", StackEntry(ROLE, "AWS::IAM::Role", "RoleName")),
+                (settings.sagemaker_role_name, "deploy sagemaker", None),
+            )
         ),
         *(
             Resource("ecr repository", name, lambda aws, name=name: _repository_tags(aws, name), made_by)
@@ -74,10 +112,25 @@ def inventory(settings: Settings) -> list[Resource]:
             )
         ),
         *(
-            Resource("bucket", bucket, lambda aws, bucket=bucket: _bucket_tags(aws, bucket), "bootstrap")
-            for bucket in settings.buckets
+            Resource(
+                "bucket",
+                bucket,
+                lambda aws, bucket=bucket: _bucket_tags(aws, bucket),
+                "bootstrap",
+                StackEntry(logical_id, "AWS::S3::Bucket", "BucketName"),
+            )
+            # strict: a bucket added to the settings needs its logical id here before anything runs
+            for bucket, logical_id in zip(settings.buckets, (INPUT_BUCKET, OUTPUT_BUCKET, MODEL_BUCKET), strict=True)
         ),
     ]
+
+
+def names(settings: Settings, kind: str) -> tuple[str, ...]:
+    """The names of the inventory's resources of ``kind`` (``"role"``, ``"ecr repository"``...), in its order."""
+    found = tuple(resource.name for resource in inventory(settings) if resource.kind == kind)
+    if not found:  # a kind misspelt would otherwise look for nothing, and find nothing left
+        raise LabError(f"the inventory has no resource of kind {kind!r}", ExitCode.UNEXPECTED)
+    return found
 
 
 def is_ours(tags: Tags, settings: Settings) -> bool:

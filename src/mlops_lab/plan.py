@@ -1,7 +1,8 @@
 """`mlops-lab plan`: what bootstrap (and `deploy sagemaker`) would create, update or leave alone, and what it costs.
 
 The resources come from bootstrap itself run as a dry run (the same comparisons, only reads), so the plan cannot
-drift from what bootstrap does. The cost is an estimate from a pinned, dated price table in the repo
+drift from what bootstrap does; those other commands make (`deploy sagemaker`'s with ``--sagemaker``, `image push`'s
+repository when an image is assumed) come from the lab's inventory (``mlops_lab.ownership``), read by their tags. The cost is an estimate from a pinned, dated price table in the repo
 (``pricing/aws-list-prices.json``) and stated assumptions about use, not a quote.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from mlops_lab import sagemaker
+from mlops_lab import ownership, sagemaker
 from mlops_lab.aws import Aws, Change, is_not_found
 from mlops_lab.bootstrap import bootstrap, build_lambda_layer
 from mlops_lab.errors import Refused
@@ -170,16 +171,34 @@ def endpoint_hourly_usd(region: str, instance_type: str = sagemaker.INSTANCE_TYP
     return prices["sagemaker_per_hour"].get(instance_type)
 
 
-def sagemaker_changes(settings: Settings, aws: Aws) -> list[Change]:
+def made_by_changes(settings: Settings, aws: Aws, made_by: str, *, adopt: bool = False) -> list[Change]:
+    """What the command ``made_by`` would do to the inventory's resources it makes, told by their tags: create what is
+    not there, keep what is the lab's, refuse ("not ours") what is not, or with ``adopt`` tag it."""
+    changes = []
+    for resource in ownership.inventory(settings):
+        if resource.made_by != made_by:
+            continue
+        tags = resource.read_tags(aws)
+        if tags is None:
+            changes.append(Change(resource.kind, resource.name, "created"))
+        elif ownership.is_ours(tags, settings):
+            changes.append(Change(resource.kind, resource.name, "unchanged"))
+        elif adopt:
+            changes.append(Change(resource.kind, resource.name, "updated", f"tags: adopted ({ownership.whose(tags)})"))
+        else:
+            why = f"{ownership.whose(tags)}: `{made_by}` refuses it without --adopt"
+            changes.append(Change(resource.kind, resource.name, "not ours", why))
+    return changes
+
+
+def sagemaker_changes(settings: Settings, aws: Aws, *, adopt: bool = False) -> list[Change]:
     """What `deploy sagemaker` would create: its image repository, its role, and the endpoint (with its model and
     endpoint config; mlflow's client replaces an existing one)."""
-    ecr = aws.client("ecr")
-    try:
-        ecr.describe_repositories(repositoryNames=[settings.sagemaker_repository])
-        changes = [Change("ECR repository", settings.sagemaker_repository, "unchanged")]
-    except ecr.exceptions.RepositoryNotFoundException:
-        changes = [Change("ECR repository", settings.sagemaker_repository, "created")]
-    changes += sagemaker.ensure_role(settings, aws, dry_run=True)[1]
+    owned = made_by_changes(settings, aws, "deploy sagemaker", adopt=adopt)
+    changes = [change for change in owned if change.kind != "role" or change.action == "not ours"]
+    # The role's own dry run compares its trust and policy too, so it says more than its tags (unless refused).
+    if not any(change.kind == "role" for change in changes):
+        changes += sagemaker.ensure_role(settings, aws, dry_run=True)[1]
     endpoint = settings.sagemaker_endpoint
     if not aws.on_aws:  # offline, SageMaker's control plane is moto, started by the deploy itself
         return [*changes, Change("SageMaker endpoint", endpoint, "created", "model, endpoint config, endpoint (moto)")]
@@ -196,11 +215,13 @@ def sagemaker_changes(settings: Settings, aws: Aws) -> list[Change]:
 def make_plan(
     settings: Settings, aws: Aws, assumptions: Assumptions, *, with_sagemaker: bool = False, adopt: bool = False
 ) -> Plan:
-    """Bootstrap as a dry run (and `deploy sagemaker`'s resources), priced for the session's region; resources that
+    """Bootstrap as a dry run (and `image push`'s and `deploy sagemaker`'s resources), priced for the session's region; resources that
     exist without the lab's tag are "not ours" (or, with ``adopt``, what bootstrap --adopt would change)."""
     changes = bootstrap(settings, aws, build_lambda_layer(settings, aws), dry_run=True, adopt=adopt)
+    if assumptions.image_mb:
+        changes += made_by_changes(settings, aws, "image push", adopt=adopt)
     if with_sagemaker:
-        changes += sagemaker_changes(settings, aws)
+        changes += sagemaker_changes(settings, aws, adopt=adopt)
     plan = Plan(aws.describe(account=True), aws.region, changes, assumptions=assumptions)
     try:
         plan.costs, plan.prices_as_of = estimate(

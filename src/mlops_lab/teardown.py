@@ -169,15 +169,15 @@ def teardown(
     return report
 
 
-# -- what the lab creates, by name ---------------------------------------------------------------------------------
+# -- what the lab creates, by name (the inventory's, but for the endpoint's log group: SageMaker makes it) ---------
 
 
 def lab_roles(settings: Settings) -> tuple[str, ...]:
-    return (settings.role_name, settings.sagemaker_role_name)
+    return ownership.names(settings, "role")
 
 
 def lab_repositories(settings: Settings) -> tuple[str, ...]:
-    return (settings.api_repository, settings.sagemaker_repository)
+    return ownership.names(settings, "ecr repository")
 
 
 def lab_log_groups(settings: Settings) -> tuple[str, ...]:
