@@ -42,6 +42,7 @@ SERVER_FIXTURES = frozenset(
 LANE_OF: dict[str, str] = {
     # -- the API (tests/api): TestClient, in process -------------------------------------------------------------
     "api/test_app.py": UNIT,
+    "api/test_batch_contract.py": UNIT,
     "api/test_fast_path.py": UNIT,
     "api/test_image.py": UNIT,
     "api/test_live.py": INTEGRATION,
@@ -96,6 +97,7 @@ LANE_OF: dict[str, str] = {
     "test_model_import.py": INTEGRATION,
     "test_ownership.py": INTEGRATION,
     "test_ownership.py::test_two_long_prefixes_never_share_sagemaker_names": UNIT,
+    "test_ownership.py::test_teardown_goes_by_the_inventorys_names": UNIT,
     "test_pipeline.py": INTEGRATION,
     "test_plan.py": UNIT,
     "test_plan.py::test_plan_by_command_as_json": INTEGRATION,
@@ -109,6 +111,7 @@ LANE_OF: dict[str, str] = {
     "test_registry.py": INTEGRATION,
     "test_registry.py::test_train_without_a_server_still_works": UNIT,
     "test_sagemaker.py": INTEGRATION,
+    "test_sagemaker_server.py": INTEGRATION,
     "test_sagemaker.py::test_cli_refuses_a_real_endpoint_without_yes": UNIT,
     "test_sagemaker.py::test_mlflow_names_are_the_ones_delete_looks_for": UNIT,
     "test_sdk_conventions.py": UNIT,
@@ -118,6 +121,8 @@ LANE_OF: dict[str, str] = {
     "test_teardown.py": INTEGRATION,
     "test_teardown.py::test_lab_tags_are_validated_as_aws_takes_them": UNIT,
     "test_train.py": UNIT,
+    "test_transform_jobs.py": INTEGRATION,
+    "test_transform_records.py": UNIT,
     "test_wide_rows.py": UNIT,
     "test_wide_rows.py::test_byte_cap_bounds_peak_memory_of_wide_rows": INTEGRATION,  # a subprocess, ~5 s
 }

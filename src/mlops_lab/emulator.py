@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,18 +227,26 @@ def aws(settings: Settings) -> Aws:
 
 
 PROFILE = "mlops-lab"  # the AWS profile that points at the embedded emulator (`mlops-lab env --profile`)
+SAGEMAKER_SERVICES = ("sagemaker", "sagemaker_runtime")  # service ids (spaces as _), sent to the lab's SageMaker
 
 
-def profile_settings(settings: Settings) -> dict[str, str]:
+def profile_settings(settings: Settings, name: str = PROFILE) -> dict[str, str]:
     """The emulator as an AWS profile: endpoint, region and its dummy credentials (the AWS CLI and SDKs read these
-    from ``[profile mlops-lab]`` in the AWS config file)."""
+    from ``[profile mlops-lab]`` in the AWS config file), and its ``services`` section (:func:`profile_services`)."""
     environment = sdk_environment(settings)
     return {
         "endpoint_url": environment["AWS_ENDPOINT_URL"],
         "region": environment["AWS_DEFAULT_REGION"],
         "aws_access_key_id": environment["AWS_ACCESS_KEY_ID"],
         "aws_secret_access_key": environment["AWS_SECRET_ACCESS_KEY"],
+        "services": name,
     }
+
+
+def profile_services(settings: Settings) -> dict[str, dict[str, str]]:
+    """``[services mlops-lab]``: MiniStack has no SageMaker, so the SDK's ``sagemaker`` and ``sagemaker-runtime``
+    clients of the profile go to the lab's SageMaker (a service-specific endpoint wins over the profile's own)."""
+    return {service: {"endpoint_url": settings.sagemaker_emulator_url} for service in SAGEMAKER_SERVICES}
 
 
 def aws_config_file() -> Path:
@@ -259,14 +268,15 @@ def write_profile(settings: Settings, name: str = PROFILE) -> tuple[Path, bool]:
         text = target.read_text()
     except FileNotFoundError:
         text = ""
-    updated = with_profile(text, f"profile {name}", profile_settings(settings))
+    updated = with_profile(text, f"profile {name}", profile_settings(settings, name))
+    updated = with_profile(updated, f"services {name}", profile_services(settings))
     if updated == text:
         return path, False
     _write_atomically(target, updated)
     return path, True
 
 
-def with_profile(text: str, section: str, values: dict[str, str]) -> str:
+def with_profile(text: str, section: str, values: Mapping[str, str | Mapping[str, str]]) -> str:
     """``text`` (an AWS config file) with section ``[section]`` holding exactly ``values``; ``text`` itself when it
     already does. Comment and blank lines at the end of the replaced section stay: they introduce the next one."""
     import re
@@ -276,7 +286,7 @@ def with_profile(text: str, section: str, values: dict[str, str]) -> str:
     titles = {i: found.group(1) for i, line in enumerate(lines) if (found := header.match(line))}
     headers = list(titles)
     ours = [i for i, title in titles.items() if title.split() == section.split()]
-    block = [f"[{section}]\n", *(f"{key} = {value}\n" for key, value in values.items())]
+    block = [f"[{section}]\n", *(_option_lines(key, value) for key, value in values.items())]
     if not ours:
         before = text if not text or text.endswith("\n") else text + "\n"
         return before + ("\n" if before.strip() else "") + "".join(block)
@@ -296,17 +306,34 @@ def with_profile(text: str, section: str, values: dict[str, str]) -> str:
     return "".join(out + lines[position:])
 
 
-def _option_values(lines: list[str]) -> dict[str, str] | None:
-    """``key = value`` lines as a dict (comments and blank lines skipped); None when they hold anything else."""
-    values = {}
+def _option_lines(key: str, value: str | Mapping[str, str]) -> str:
+    """One option as the AWS config file writes it; a nested one (a ``services`` section's) as ``key =`` and
+    indented ``sub = value`` lines."""
+    if isinstance(value, str):
+        return f"{key} = {value}\n"
+    return f"{key} =\n" + "".join(f"  {sub} = {sub_value}\n" for sub, sub_value in value.items())
+
+
+def _option_values(lines: list[str]) -> dict[str, str | dict[str, str]] | None:
+    """``key = value`` lines (and nested ``key =`` + indented lines) as a dict, comments and blank lines skipped;
+    None when they hold anything else."""
+    values: dict[str, str | dict[str, str]] = {}
+    nested: dict[str, str] | None = None
     for line in lines:
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", ";")):
             continue
         key, equals, value = stripped.partition("=")
-        if not equals or line[:1].isspace():  # a nested value (`s3 =` then indented lines): not ours to compare
+        if not equals:
             return None
-        values[key.strip()] = value.strip()
+        if line[:1].isspace():
+            if nested is None:
+                return None
+            nested[key.strip()] = value.strip()
+        elif value.strip():
+            values[key.strip()], nested = value.strip(), None
+        else:
+            nested = values[key.strip()] = {}
     return values
 
 

@@ -33,6 +33,7 @@ class ExitCode(IntEnum):
     FUNCTION_FAILED = 9  # the Lambda failed on an event after its retries (the event is in the failure queue)
     INCOMPLETE = 10  # `teardown`: something of the lab's is still there afterwards, or a service could not be checked
     CONFLICT = 11  # a name the lab needs is taken by something it does not own (a bucket of another account)
+    JOB_FAILED = 12  # `transform --wait`: the SageMaker transform job ended Failed (or Stopped)
     INTERRUPTED = 130  # Ctrl-C
     UNEXPECTED = 70  # a bug: run again with --debug and report the traceback
 

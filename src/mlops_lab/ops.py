@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops_lab import emulator, model, registry, stack, training
+from mlops_lab import emulator, model, registry, sagemaker, stack, training
 from mlops_lab.aws import Aws, Change
 from mlops_lab.bootstrap import run_bootstrap
 from mlops_lab.contract import META_MODEL_VERSION
@@ -94,6 +94,10 @@ def _bring_up(settings: Settings, services: Collection[str], report: Report) -> 
         if mlflow is not None:
             (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)  # the default sqlite backend's folder
             mlflow_pid = stack.launch(settings, mlflow)
+        # The lab's SageMaker (moto's imports, ~2 s) starts meanwhile too; S3 for it is the emulator's.
+        sagemaker_service = sagemaker.emulator_service(settings, sdk) if sagemaker.SERVICE_NAME in services else None
+        if sagemaker_service is not None:
+            sagemaker_pid = stack.launch(settings, sagemaker_service)
         report.note(f"[bold]Bootstrap[/] against {aws.describe(account=True)}")
         # The embedded emulator is this checkout's own (its state is in the lab's state dir): everything of the lab's
         # names in it is the lab's, tags lost in a crash included. Elsewhere bootstrap takes over nothing untagged.
@@ -114,6 +118,9 @@ def _bring_up(settings: Settings, services: Collection[str], report: Report) -> 
         if mlflow is not None:
             with report.step("Waiting for the mlflow tracking server..."):
                 stack.wait_healthy(settings, mlflow, mlflow_pid, timeout=120)
+        if sagemaker_service is not None:
+            with report.step("Waiting for the lab's SageMaker..."):
+                stack.wait_healthy(settings, sagemaker_service, sagemaker_pid, timeout=60)
         env_file = write_env_file(settings) if embedded else None
     except BaseException:
         # Half a stack is no use: stop what this call started (not what was already running), then report.

@@ -24,7 +24,7 @@ from mlops_lab.settings import Settings, as_environment
 
 API = "api"
 CONSOLE = "console"  # the lab console (mlops_lab.console): a web page on the lab, for people
-SERVICES = (emulator.SERVICE_NAME, registry.SERVICE_NAME, API, CONSOLE)  # what bring_up can start
+SERVICES = (emulator.SERVICE_NAME, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, API, CONSOLE)  # what bring_up starts
 STOP_ORDER = (CONSOLE, API, registry.SERVICE_NAME, sagemaker.SERVICE_NAME, emulator.SERVICE_NAME)  # dependants first
 
 SdkEnvironment = Mapping[str, str]  # SDK variables a service runs with on top of this process's (none: the same AWS)
@@ -78,7 +78,7 @@ def service(settings: Settings, name: str, sdk: SdkEnvironment = {}) -> stack.Se
         registry.SERVICE_NAME: registry.server_service,
         API: api_service,
         CONSOLE: console_service,
-        sagemaker.SERVICE_NAME: lambda settings, _: sagemaker.emulator_service(settings),
+        sagemaker.SERVICE_NAME: lambda settings, sdk: sagemaker.emulator_service(settings, sdk or None),
     }
     return definitions[name](settings, sdk)
 
@@ -101,10 +101,9 @@ class ServiceState:
 
 
 def service_states(settings: Settings) -> list[ServiceState]:
-    """Each embedded service (moto's only once `deploy sagemaker` started it): its pid, health, URL."""
-    names = [*SERVICES, *([sagemaker.SERVICE_NAME] if stack.pid_of(settings, sagemaker.SERVICE_NAME) else [])]
+    """Each embedded service: its pid, health, URL."""
     states = []
-    for name in names:
+    for name in SERVICES:
         definition = service(settings, name)
         pid = stack.pid_of(settings, name)
         healthy = stack.healthy(definition.health_url)

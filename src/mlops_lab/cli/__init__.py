@@ -9,7 +9,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mlops_lab import __version__
-from mlops_lab.cli import batch, deploy, export, jobs, lab, logs, models, resources
+from mlops_lab.cli import batch, deploy, export, jobs, lab, logs, models, resources, transform
 from mlops_lab.errors import explain
 
 
@@ -56,7 +56,7 @@ def main(
     ctx.meta["mlops_lab.debug"] = debug
 
 
-for commands in (lab.app, resources.app, models.app, batch.app, jobs.app, logs.app):
+for commands in (lab.app, resources.app, models.app, batch.app, jobs.app, logs.app, transform.app):
     app.add_typer(commands)  # no name: their commands sit at the top level
 app.add_typer(deploy.image_app, name="image")
 app.add_typer(deploy.deploy_app, name="deploy")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlops_lab import emulator, ops, reconcile, registry, services
+from mlops_lab import emulator, ops, reconcile, registry, sagemaker, services
 from mlops_lab.cli import render
 from mlops_lab.cli.batch import predict_and_render
 from mlops_lab.cli.render import console
@@ -44,6 +44,7 @@ def _up(*, api: bool, mlflow: bool, external: bool = False, with_console: bool =
     wanted = {
         emulator.SERVICE_NAME: True,
         registry.SERVICE_NAME: mlflow and not settings.mlflow_external,
+        sagemaker.SERVICE_NAME: True,
         services.API: api,
         services.CONSOLE: with_console,
     }

@@ -17,6 +17,7 @@ from mlops_lab.aws import Aws
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.errors import ExitCode, explain
 from mlops_lab.model_cache import ModelCache
+from mlops_lab.sagemaker import batch_transform
 from mlops_lab.settings import Settings
 
 T = TypeVar("T")
@@ -135,6 +136,7 @@ def jobs_part(
     return {
         "jobs": _with(session, lambda aws: jobs.list_jobs(settings, aws, limit=LISTED_JOBS, cache=jobs_cache)),
         "backlog": _with(session, lambda aws: reconcile.backlog(settings, aws)),
+        "transforms": _with(session, lambda aws: batch_transform.listed_here(settings, aws, limit=LISTED_JOBS)),
     }
 
 
