@@ -79,6 +79,8 @@ def test_help_lists_the_pipeline_steps() -> None:
         "reconcile",
         "reset",
         "jobs",
+        "transform",
+        "transform-status",
         "logs",
         "export",
         "image",

@@ -229,6 +229,12 @@ def profile_lines(settings: Settings) -> list[str]:
     return ["[profile mlops-lab]", *(f"{key} = {value}" for key, value in emulator.profile_settings(settings).items())]
 
 
+def services_block(settings: Settings) -> str:
+    """The profile's ``services`` section, as the AWS CLI writes a nested setting (``key =`` and indented lines)."""
+    url = settings.sagemaker_emulator_url
+    return f"[services mlops-lab]\nsagemaker =\n  endpoint_url = {url}\nsagemaker_runtime =\n  endpoint_url = {url}\n"
+
+
 def test_the_profile_replaces_its_section_and_keeps_every_other_line(settings: Settings, config_file: Path) -> None:
     config_file.write_text(CONFIG)
     config_file.chmod(0o640)
@@ -236,7 +242,7 @@ def test_the_profile_replaces_its_section_and_keeps_every_other_line(settings: S
     text = config_file.read_text()
     before, _, after = CONFIG.partition("[profile mlops-lab]\n# written by an older lab\n")
     after = after[after.index("\n; the work account") :]
-    assert text == before + "\n".join(profile_lines(settings)) + "\n" + after
+    assert text == before + "\n".join(profile_lines(settings)) + "\n" + after + "\n" + services_block(settings)
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
     assert emulator.write_profile(settings) == (config_file, False)  # already so: the file is not rewritten
     assert config_file.read_text() == text
@@ -247,20 +253,26 @@ def test_the_profile_replaces_its_section_and_keeps_every_other_line(settings: S
     assert profiles["mlops-lab"]["endpoint_url"] == settings.emulator_url
     assert profiles["work"]["s3"] == {"addressing_style": "path"}
     assert profiles["default"]["region"] == "eu-west-1"
+    with isolated_environment(AWS_CONFIG_FILE=str(config_file), AWS_PROFILE="mlops-lab"):
+        import boto3
+
+        session = boto3.session.Session()
+        for service in ("sagemaker", "sagemaker-runtime"):  # the lab's SageMaker, not the emulator (it has none)
+            assert session.client(service).meta.endpoint_url == settings.sagemaker_emulator_url
+        assert session.client("s3").meta.endpoint_url == settings.emulator_url
 
 
 def test_the_profile_is_added_at_the_end_of_a_file_without_it(settings: Settings, config_file: Path) -> None:
     config_file.write_text("# mine\n[default]\nregion = eu-west-1")
     emulator.write_profile(settings)
-    assert (
-        config_file.read_text()
-        == "# mine\n[default]\nregion = eu-west-1\n\n" + "\n".join(profile_lines(settings)) + "\n"
-    )
+    assert config_file.read_text() == "# mine\n[default]\nregion = eu-west-1\n\n" + "\n".join(
+        profile_lines(settings)
+    ) + "\n\n" + services_block(settings)
 
 
 def test_a_new_config_file_is_private(settings: Settings, config_file: Path) -> None:
     emulator.write_profile(settings)
-    assert config_file.read_text() == "\n".join(profile_lines(settings)) + "\n"
+    assert config_file.read_text() == "\n".join(profile_lines(settings)) + "\n\n" + services_block(settings)
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
 
 

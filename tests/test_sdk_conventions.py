@@ -85,7 +85,9 @@ def test_env_profile_writes_the_emulators_profile_and_keeps_the_rest(clean_sdk: 
         "region": "eu-west-1",
         "aws_access_key_id": "test",
         "aws_secret_access_key": "test",
+        "services": "mlops-lab",
     }
+    assert "services mlops-lab" in config.sections()
     assert emulator.write_profile(settings) == (clean_sdk, False)  # nothing to change the second time
     exports = services.env_exports(settings)
     assert "export AWS_PROFILE=mlops-lab\n" in exports

@@ -21,7 +21,7 @@ from mlops_lab.aws import Aws, error_code
 from mlops_lab.errors import ExitCode, LabError
 from mlops_lab.settings import Settings
 
-FILE_SERVICES = ("emulator", "mlflow", "api", "console")
+FILE_SERVICES = ("emulator", "mlflow", "sagemaker-emulator", "api", "console")
 FUNCTION = "function"
 TARGETS = (*FILE_SERVICES, FUNCTION)
 POLL_S = 1.0  # how often a follow looks for new lines

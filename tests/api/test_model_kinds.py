@@ -122,16 +122,17 @@ def test_invocations_csv_out_is_the_batch_columns(make_client, case):
     assert with_header.headers["content-type"].startswith("text/csv")
     assert with_header.text == without.text
     table = list(csv.reader(io.StringIO(with_header.text)))
-    assert table[0] == ["prediction", *(f"probability_{c}" for c in case.classes)]
-    assert len(table) == len(case.rows) + 1
+    assert len(table) == len(case.rows)  # one line per record and no header (SageMaker's batch output)
     batch, _ = score_csv_text(TabularModel(case.path), csv_body(case, case.rows, header=True))
     width = 1 + len(case.classes)
-    assert [row[-width:] for row in csv.reader(io.StringIO(batch))] == table
+    batch_table = [row[-width:] for row in csv.reader(io.StringIO(batch))]
+    assert batch_table[0] == ["prediction", *(f"probability_{c}" for c in case.classes)]  # the Lambda's header
+    assert batch_table[1:] == table
     expected = case.onnxruntime_rows()
     if case.kind == "regressor":  # a number, in the float32's shortest form
-        assert [np.float32(row[0]) for row in table[1:]] == [np.float32(r["prediction"]) for r in expected]
+        assert [np.float32(row[0]) for row in table] == [np.float32(r["prediction"]) for r in expected]
     else:
-        assert [row[0] for row in table[1:]] == [r["label"] for r in expected]
+        assert [row[0] for row in table] == [r["label"] for r in expected]
 
 
 def test_invocations_json_out_follows_the_rows(make_client, case):
@@ -181,7 +182,14 @@ def test_openapi_follows_the_live_model(make_client, case):
         if set(other) != own or "probabilities" in own:
             assert not jsonschema_rs.is_valid(row, other), other
     csv_example = schema["paths"]["/invocations"]["post"]["responses"]["200"]["content"]["text/csv"]["example"]
-    assert csv_example.splitlines()[0] == ",".join(["prediction", *(f"probability_{c}" for c in case.classes)])
+    example = components["PredictResponse"]["example"]["predictions"][0]  # the same row, as /invocations' CSV line
+    first, *probabilities = csv_example.removesuffix("\n").split(",")
+    assert "\n" not in csv_example.removesuffix("\n")  # one line: no header
+    if case.kind == "regressor":
+        assert np.float32(first) == np.float32(example["prediction"])
+    else:
+        assert first == example["label"]
+    assert [float(p) for p in probabilities] == pytest.approx(list(example.get("probabilities", {}).values()), abs=1e-6)
     assert client.get("/docs").status_code == 200
 
 

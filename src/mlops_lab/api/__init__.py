@@ -8,15 +8,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from fastapi import FastAPI
 
     from mlops_lab.settings import Settings
 
 
-def create_app(settings: Settings | None = None, model_source: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, model_source: Any = None, *, environ: Mapping[str, str] | None = None
+) -> FastAPI:
     from mlops_lab.api.app import create_app as factory
 
-    return factory(settings, model_source)
+    return factory(settings, model_source, environ=environ)
 
 
 def serve(

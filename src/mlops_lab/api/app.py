@@ -2,7 +2,8 @@
 Lambda.
 
 Endpoints: ``/health`` (alive), ``/ready`` (model loaded), ``/metadata``, ``/predict`` (JSON records), and SageMaker's
-contract ``/ping`` + ``/invocations`` (CSV or JSON), so the same image serves on EC2 or as a SageMaker endpoint.
+contract ``/ping`` + ``/invocations`` (CSV, JSON Lines or JSON) + ``/execution-parameters``, so the same image serves
+on EC2, as a SageMaker endpoint or in a Batch Transform job.
 
 Scoring one request is CPU-light (validation + one ORT call), so the endpoints are ``async`` and run on the event
 loop; requests with many rows are scored in the threadpool so they do not stall the loop for everyone else.
@@ -21,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -30,10 +32,11 @@ from mlops_lab import __version__
 from mlops_lab.api.access_log import AccessLogMiddleware, configure_logging
 from mlops_lab.api.errors import add_exception_handlers
 from mlops_lab.api.guard import ApiGuard
-from mlops_lab.api.model_store import ModelSource, ModelStore, resolve_source
+from mlops_lab.api.model_store import ModelSource, ModelStore, default_model_source, resolve_source
 from mlops_lab.api.openapi import openapi_document
 from mlops_lab.api.predict import PredictFastPath
 from mlops_lab.api.routes import add_routes
+from mlops_lab.api.routes.sagemaker import ExecutionParameters
 from mlops_lab.settings import Settings, get_settings
 
 # How long startup waits for the first load attempt before serving anyway (/ready says 503 until loaded).
@@ -62,15 +65,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await poller
 
 
-def create_app(settings: Settings | None = None, model_source: str | Path | ModelSource | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    model_source: str | Path | ModelSource | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The app on one model source (default: ``default_model_source``). ``environ`` is the container's environment
+    (default: this process's), read for SageMaker's variables only: where its model is, its batch parameters."""
     settings = settings or get_settings()
-    source = resolve_source(model_source if model_source is not None else settings.api_model_source, settings)
+    environ = os.environ if environ is None else environ
+    execution = ExecutionParameters.from_environment(environ)  # a bad SAGEMAKER_* variable stops the start here
+    if model_source is None:
+        model_source = default_model_source(settings, environ)
+    source = resolve_source(model_source, settings)
     store = ModelStore(
         source, name=settings.model_name, max_rows=settings.api_max_rows, poll_s=settings.api_model_poll_s
     )
     app = FastAPI(title="mlops-lab model API", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.store = store
+    app.state.execution = execution
     # POST /predict's fast path (src/mlops_lab/api/predict.py): inside the access log, in front of the router; it
     # answers only successful predictions and hands everything else to the route.
     app.add_middleware(

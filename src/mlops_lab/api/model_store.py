@@ -9,15 +9,20 @@ A background task (started by the app's lifespan) asks the source for a cheap fi
 it changed (the lab's one :class:`~mlops_lab.model_cache.ModelCache`). Requests never touch the source. A source that
 is unreachable or holds a broken model is reported (``/ready``, ``/metadata``) and retried; a model already being
 served stays in service.
+
+Sources: a file, a directory holding one ONNX model (what SageMaker mounts at ``/opt/ml/model``), an S3 object, the
+mlflow registry (``resolve_source``); which one serves when none is named: ``default_model_source``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Any, Protocol
 
 from mlops_lab.api.schemas import RecordTypes, build_record_types, example_record
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
+from mlops_lab.errors import LabError
 from mlops_lab.inference import Prediction, TabularModel
 from mlops_lab.model_cache import ModelCache
 from mlops_lab.settings import Settings
@@ -33,6 +39,13 @@ log = logging.getLogger("mlops_lab.api")
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
+
+# Where SageMaker unpacks a model's data (ModelDataUrl's model.tar.gz) in an endpoint's or a transform's container.
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+# What mlflow writes beside MLmodel when it downloads a registered model (models:/...), so also into the model.tar.gz
+# its SageMaker deployment uploads: the registered name and version (mlflow.store.artifact.models_artifact_repo).
+REGISTERED_MODEL_META = "registered_model_meta"
+MLMODEL = "MLmodel"
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,106 @@ class FileSource:
                 return Artifact(data, before)
             time.sleep(0.05)
         raise RuntimeError(f"{self.path} keeps changing while being read")
+
+
+class ModelDirectoryError(LabError):
+    """A model directory that does not hold exactly one ONNX file."""
+
+
+class DirectorySource:
+    """A directory holding one ONNX model: an extracted SageMaker ``model.tar.gz`` (``/opt/ml/model``), an mlflow
+    model directory (the lab's registered models keep theirs in ``artifacts/model.onnx``) or a folder with a
+    ``model.onnx``.
+
+    The model is the one ``.onnx`` file anywhere under the directory (none or several is an error naming the
+    directory: which one SageMaker meant cannot be guessed). Its name and version, when the ONNX file does not carry
+    them, come from mlflow's ``registered_model_meta`` (written when a registered model is downloaded, so it is in
+    the tarball mlflow deploys), else from the ``metadata`` of the ``MLmodel`` file. The fingerprint is the ONNX
+    file's path and stat plus those files' stats: one directory walk, no reading.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.uri = str(self.path.resolve()) if self.path.exists() else str(self.path)
+
+    def model_file(self) -> Path:
+        if not self.path.is_dir():
+            raise ModelDirectoryError(f"model directory {self.path} does not exist (or is not a directory)")
+        found = []
+        for folder, _, files in os.walk(self.path):  # (symlinked folders are not followed: no loops)
+            found += [Path(folder, name) for name in files if name.lower().endswith(".onnx")]
+        if not found:
+            raise ModelDirectoryError(
+                f"no .onnx file in model directory {self.path}: expected one ONNX model (a model.onnx, an mlflow "
+                "model directory, or an extracted model.tar.gz holding one)"
+            )
+        if len(found) > 1:
+            names = ", ".join(sorted(str(file.relative_to(self.path)) for file in found))
+            raise ModelDirectoryError(
+                f"{len(found)} .onnx files in model directory {self.path} ({names}): keep the one to serve"
+            )
+        return found[0]
+
+    def fingerprint(self) -> str:
+        return self._fingerprint(self.model_file())
+
+    def _fingerprint(self, model: Path) -> str:
+        parts = [f"{model.relative_to(self.path)}:{_stat_key(model)}"]
+        for name in (REGISTERED_MODEL_META, MLMODEL):
+            with contextlib.suppress(FileNotFoundError):
+                parts.append(f"{name}:{_stat_key(self.path / name)}")
+        return "|".join(parts)
+
+    def fetch(self) -> Artifact:
+        model = self.model_file()
+        for _ in range(3):  # a model being unpacked or replaced in place: read again until the stats are stable
+            before = self._fingerprint(model)
+            data = model.read_bytes()
+            name, version = directory_identity(self.path)
+            if self._fingerprint(model) == before:
+                return Artifact(data, before, version, name)
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.path} keeps changing while being read")
+
+
+def _stat_key(path: Path) -> str:
+    st = os.stat(path)
+    return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
+def directory_identity(path: Path) -> tuple[str | None, str | None]:
+    """``(name, version)`` of the model in an mlflow model directory, each None when it does not say."""
+    name = version = None
+    with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
+        meta = _yaml_mapping((path / REGISTERED_MODEL_META).read_text("utf-8"))
+        name, version = meta.get("model_name"), meta.get("model_version")
+    if name is None or version is None:
+        with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
+            metadata = _yaml_mapping((path / MLMODEL).read_text("utf-8"), section="metadata")
+            name = name or metadata.get("model_name") or metadata.get(META_MODEL_NAME)
+            version = version or metadata.get("model_version") or metadata.get(META_MODEL_VERSION)
+    return name or None, version or None
+
+
+def _yaml_mapping(text: str, section: str | None = None) -> dict[str, str]:
+    """The scalar ``key: value`` entries of a YAML mapping's top level, or of one top-level ``section`` (as mlflow
+    writes YAML: two-space indents). Enough for mlflow's two small files; the API image has no YAML parser (and needs
+    none for anything else). Nested values, lists and block scalars are skipped, not misread."""
+    entries: dict[str, str] = {}
+    parent = None  # the top-level key the line is under
+    for line in text.splitlines():
+        depth = len(line) - len(line.lstrip(" "))
+        parent = line.strip().removesuffix(":") if depth == 0 else parent
+        if depth != (0 if section is None else 2) or (section is not None and parent != section):
+            continue
+        key, colon, value = line.strip().partition(": ")
+        value = value.strip()
+        if not colon or not value or value[0] in "|>[{&*!#":
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        entries[key] = value
+    return entries
 
 
 class S3Source:
@@ -148,7 +261,8 @@ class RegistrySource:
 
 def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelSource:
     """``"s3"`` → the model bucket/key bootstrap publishes; ``s3://bucket/key``; ``models:/name@alias`` (or
-    ``models:/name/version``) → the mlflow registry; anything else is a file path."""
+    ``models:/name/version``) → the mlflow registry; an existing directory → the one ONNX model in it; anything else
+    is a file path."""
     if not isinstance(spec, str | Path):
         return spec
     text = str(spec)
@@ -161,7 +275,26 @@ def resolve_source(spec: str | Path | ModelSource, settings: Settings) -> ModelS
         return S3Source(bucket, key)
     if text.startswith("models:/"):
         return RegistrySource(text, settings.mlflow_tracking_uri)
+    if Path(text).expanduser().is_dir():
+        return DirectorySource(text)
     return FileSource(text)
+
+
+def in_sagemaker_container(environ: Mapping[str, str], model_dir: Path | None = None) -> bool:
+    """A SageMaker transform container (``SAGEMAKER_BATCH=true``) or any container SageMaker gave model data."""
+    model_dir = SAGEMAKER_MODEL_DIR if model_dir is None else model_dir
+    return environ.get("SAGEMAKER_BATCH", "").strip().lower() == "true" or model_dir.is_dir()
+
+
+def default_model_source(settings: Settings, environ: Mapping[str, str], model_dir: Path | None = None) -> str | Path:
+    """The source when none is passed: ``LAB_API_MODEL_SOURCE`` when it is set; else, inside a SageMaker
+    container, the model data SageMaker unpacked (``/opt/ml/model``); else ``s3`` (the model bucket)."""
+    model_dir = SAGEMAKER_MODEL_DIR if model_dir is None else model_dir
+    if "api_model_source" in settings.model_fields_set:
+        return settings.api_model_source
+    if in_sagemaker_container(environ, model_dir):
+        return model_dir
+    return settings.api_model_source
 
 
 @dataclass(frozen=True)

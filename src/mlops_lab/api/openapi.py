@@ -92,7 +92,7 @@ def _live_responses(schema: dict[str, Any], snapshot: Snapshot) -> None:
     predictions = from_json(to_json(snapshot.example.records(), inf_nan_mode="null"))
     response["example"] = {"model": snapshot.ref, "predictions": predictions}
     csv_answer = schema["paths"]["/invocations"]["post"]["responses"]["200"]["content"]["text/csv"]
-    csv_answer["example"] = payloads.predictions_csv(snapshot.model, snapshot.example)
+    csv_answer["example"] = payloads.predictions_csv(snapshot.example)
 
 
 def _dataframe_split_schema(record: dict[str, Any], max_rows: int) -> dict[str, Any]:

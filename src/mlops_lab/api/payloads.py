@@ -1,7 +1,10 @@
-"""Turning request bodies into validated columns for the inference core — no pandas, no per-request model builds.
+"""Turning request bodies into validated columns for the inference core — no pandas, no per-request model builds —
+and predictions into SageMaker's answers.
 
-JSON records go through the served model's pydantic validators (``RecordTypes``); CSV goes through the core's own CSV
-reader and casting (exactly what the Lambda does). Errors are raised as :class:`PayloadError` carrying a status code.
+JSON records (and JSON Lines) go through the served model's pydantic validators (``RecordTypes``); CSV goes through
+the core's own CSV reader and casting (exactly what the Lambda does). ``/invocations`` reads its batches in chunks
+(``csv_chunks``, ``jsonlines_chunks``) and answers one line per record (``predictions_csv``,
+``predictions_jsonlines``). Errors are raised as :class:`PayloadError` carrying a status code.
 """
 
 from __future__ import annotations
@@ -9,16 +12,29 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from mlops_lab.api.model_store import Snapshot
-from mlops_lab.inference import InputError, Prediction, TabularModel, output_columns, read_csv_chunks
+from mlops_lab.inference import (
+    PREDICTION_COLUMN,
+    REGRESSOR,
+    InputError,
+    Prediction,
+    probability_column,
+    read_csv_chunks,
+)
 
 Columns = dict[str, list[Any]]
+Chunk = tuple[Columns, int, int]  # (columns, rows, the first row's number in the body)
+Chunks = Iterator[Chunk]
+# Rows parsed and scored at a time in /invocations: a 6 MB batch is never held as one set of tensors, so a worker's
+# memory is its payload plus one chunk's working set, whatever the batch's row count.
+CHUNK_ROWS = 4096
 
 
 class PayloadError(Exception):
@@ -130,37 +146,121 @@ def _split_to_records(split: Any, max_rows: int) -> list[dict[str, Any]]:
     return records
 
 
-def invocation_csv(snapshot: Snapshot, body: bytes) -> tuple[Columns, int, int]:
-    """Columns from CSV, with or without a header row (SageMaker sends none; then columns are in model order).
+def csv_chunks(snapshot: Snapshot, body: bytes, *, max_rows: int | None, chunk_rows: int = CHUNK_ROWS) -> Chunks:
+    """Columns from CSV, ``chunk_rows`` rows at a time, with or without a header row.
 
-    Returns ``(columns, rows, first_row)``; values stay strings and are cast by the core, as in the Lambda.
+    SageMaker sends raw records (no header); then the columns are in the model's order. A header is still accepted
+    for people, by this rule (:func:`is_header`): the first non-blank line is a header when every field on it is one
+    of the model's feature names, or when it cannot be a record anyway (another number of fields than the model has
+    features) and names at least one. So a record whose text happens to be a column name is still a record. Blank
+    lines are not records (SageMaker's batch agent never sends them; one in a body is skipped, not answered).
+
+    Yields ``(columns, rows, first_row)``; values stay strings and are cast by the core, as in the Lambda.
     """
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PayloadError(422, f"CSV body is not UTF-8: {exc}") from None
+    stripped = text.lstrip("\r\n")
+    if not stripped:
+        raise PayloadError(422, "no records: the body is empty (or blank lines only)")
+    skipped = text[: len(text) - len(stripped)]
+    blank_lines = skipped.count("\n") + skipped.count("\r") - skipped.count("\r\n")
     names = snapshot.feature_names
     try:
-        first_line = next(csv.reader(io.StringIO(text, newline=""), skipinitialspace=True), [])
+        first_line = next(csv.reader(io.StringIO(stripped, newline=""), skipinitialspace=True), [])
     except csv.Error as exc:
         raise PayloadError(422, f"unreadable CSV: {exc}") from None
-    has_header = any(field.strip() in names for field in first_line)
-    lines: Any = io.StringIO(text, newline="")
-    offset = 0
-    if not has_header:
+    lines: Any = io.StringIO(stripped, newline="")
+    # Row numbers in errors are the body's own lines: the core counts its header as row 1.
+    offset = -blank_lines
+    if not is_header(first_line, names):
         lines = itertools.chain([",".join(names) + "\n"], lines)
-        offset = 1  # row numbers in errors: the user's own lines, without our synthetic header
-    limit = snapshot.types.max_rows
+        offset += 1  # our synthetic header is no line of the user's
     try:
-        chunks = read_csv_chunks(lines, names, limit + 1)
-        first_row, header, rows = next(chunks)
+        chunks = read_csv_chunks(lines, names, chunk_rows)
+        seen = 0
+        for first_row, header, rows in chunks:
+            seen += len(rows)
+            if max_rows is not None and seen > max_rows:
+                raise too_many_rows(f"more than {max_rows}", max_rows)
+            yield dict(zip(header, map(list, zip(*rows, strict=False)), strict=True)), len(rows), first_row - offset
     except InputError as exc:
         raise _csv_error(exc, offset) from None
     except csv.Error as exc:
         raise PayloadError(422, f"unreadable CSV: {exc}") from None
-    if len(rows) > limit:
-        raise too_many_rows(f"more than {limit}", limit)
-    return dict(zip(header, map(list, zip(*rows, strict=False)), strict=True)), len(rows), first_row - offset
+
+
+def is_header(fields: list[str], names: Sequence[str]) -> bool:
+    """Is this first CSV line a header? Yes when all its fields are feature names; else only when it has another
+    number of fields than a record has (so it is no record) and names at least one feature (a header with a column
+    missing or one too many, which then gets the header's own error)."""
+    named = [field.strip() in names for field in fields]
+    if named and all(named):
+        return True
+    return len(fields) != len(names) and any(named)
+
+
+def jsonlines_chunks(snapshot: Snapshot, body: bytes, *, max_rows: int | None, chunk_rows: int = CHUNK_ROWS) -> Chunks:
+    """Columns from JSON Lines (``application/jsonlines``): one record a line, either an object (feature name ->
+    value, validated as ``/predict`` validates a record) or an array of values in the model's feature order. Blank
+    lines are not records, as in CSV. Errors name the line (``loc``: ``["body", "line", n, field]``, n from 1)."""
+    names = snapshot.feature_names
+    types = snapshot.types
+    size = min(chunk_rows, types.max_rows)  # types.many refuses longer lists
+    records: list[Any] = []
+    numbers: list[int] = []
+    seen = 0
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        seen += 1
+        if max_rows is not None and seen > max_rows:
+            raise too_many_rows(f"more than {max_rows}", max_rows)
+        records.append(_jsonlines_record(line, number, names))
+        numbers.append(number)
+        if len(records) == size:
+            yield _validated_chunk(types, records, numbers, names)
+            records, numbers = [], []
+    if records:
+        yield _validated_chunk(types, records, numbers, names)
+    elif not seen:
+        raise PayloadError(422, "no records: the body is empty (or blank lines only)")
+
+
+def _jsonlines_record(line: bytes, number: int, names: tuple[str, ...]) -> Any:
+    def bad(msg: str, kind: str) -> PayloadError:
+        return PayloadError(422, [{"loc": ["body", "line", number], "msg": msg, "type": kind}])
+
+    try:
+        value = from_json(line)
+    except ValueError as exc:
+        raise bad(f"Invalid JSON: {exc}", "json_invalid") from None
+    if isinstance(value, list):
+        if len(value) != len(names):
+            raise bad(
+                f"expected {len(names)} values in the model's feature order ({', '.join(names)}), got {len(value)}",
+                "value_error",
+            )
+        return dict(zip(names, value, strict=True))
+    if not isinstance(value, dict):
+        raise bad("expected a JSON object (feature name -> value) or an array of values", "value_error")
+    return value
+
+
+def _validated_chunk(types: Any, records: list[Any], numbers: list[int], names: tuple[str, ...]) -> Chunk:
+    try:
+        valid = types.many.validate_python(records)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        detail = []
+        for error in errors[:50]:
+            index, *field = error["loc"]
+            detail.append(
+                {"loc": ["body", "line", numbers[int(index)], *field], "msg": error["msg"], "type": error["type"]}
+            )
+        raise PayloadError(422, detail) from None
+    return _columns(valid, names), len(valid), numbers[0]
 
 
 def _csv_error(exc: InputError, offset: int) -> PayloadError:
@@ -171,12 +271,13 @@ def _csv_error(exc: InputError, offset: int) -> PayloadError:
     return PayloadError(422, report.pop("reason"), **report)
 
 
-def predictions_csv(model: TabularModel, prediction: Prediction) -> str:
-    """SageMaker's CSV answer: the batch output's own columns (``output_columns``) — ``prediction`` (a label, or a
-    regressor's value in its shortest exact form), then ``probability_<class>`` per class when the model gives them."""
+def predictions_csv(prediction: Prediction) -> str:
+    """SageMaker's CSV answer: one line per record and no header (on AWS a header would land in every mini-batch's
+    output and misalign ``JoinSource=Input``). The columns are the batch output's own (``output_columns``):
+    ``prediction`` (a label, or a regressor's value in its shortest exact form), then ``probability_<class>`` per
+    class when the model gives them (6 decimals)."""
     sink = io.StringIO()
     writer = csv.writer(sink, lineterminator="\n")
-    writer.writerow(output_columns(model))
     labels = prediction.label_texts()
     if prediction.classes:
         probabilities = np.char.mod("%.6f", prediction.probabilities).tolist()
@@ -184,3 +285,22 @@ def predictions_csv(model: TabularModel, prediction: Prediction) -> str:
     else:
         writer.writerows([label] for label in labels)
     return sink.getvalue()
+
+
+def predictions_jsonlines(prediction: Prediction) -> bytes:
+    """The JSON Lines answer: one object per record, keyed by the CSV answer's columns with the same values —
+    ``{"prediction": ..., "probability_<class>": ...}`` — so both formats carry the same fields for a join or an
+    output filter (a regressor's NaN is null)."""
+    if not len(prediction):
+        return b""
+    keys = [probability_column(name) for name in prediction.classes]
+    values = prediction.labels.tolist() if prediction.kind == REGRESSOR else prediction.label_texts()
+    if keys:
+        rounded = np.round(prediction.probabilities.astype(np.float64), 6).tolist()
+        rows = (
+            {PREDICTION_COLUMN: value, **dict(zip(keys, probs, strict=True))}
+            for value, probs in zip(values, rounded, strict=True)
+        )
+    else:
+        rows = ({PREDICTION_COLUMN: value} for value in values)
+    return b"\n".join(to_json(row, inf_nan_mode="null") for row in rows) + b"\n"

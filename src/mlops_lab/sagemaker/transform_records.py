@@ -120,7 +120,9 @@ class _Step:
 
 
 class JsonPathSyntaxError(ValueError):
-    pass
+    """A filter outside AWS's JSONPath subset (made a TransformValidationError before it reaches anyone)."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ from mlops_lab.settings import Settings
 log = logging.getLogger("mlops_lab.sagemaker.transform")
 
 CHUNK_BYTES = 1024 * 1024
+# How SageMaker spells the strategy in the container's SAGEMAKER_BATCH_STRATEGY variable.
+BATCH_STRATEGY_VARIABLE = {"MultiRecord": "MULTI_RECORD", "SingleRecord": "SINGLE_RECORD"}
 
 
 def now() -> datetime:
@@ -180,7 +182,7 @@ class JobRunner:
             {
                 "SAGEMAKER_BATCH": "true",
                 "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(job.request.get("MaxPayloadInMB", 6)),
-                "SAGEMAKER_BATCH_STRATEGY": spec.batch_strategy.upper(),
+                "SAGEMAKER_BATCH_STRATEGY": BATCH_STRATEGY_VARIABLE[spec.batch_strategy],
                 "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(spec.max_concurrent_transforms),
                 **(job.request.get("Environment") or {}),
             },

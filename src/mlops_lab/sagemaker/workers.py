@@ -168,7 +168,9 @@ class Worker:
                         return self
                 time.sleep(0.1)
         self.stop()
-        raise WorkerFailed(f"the model container for {self.model_dir.name} did not answer /ping in {timeout:.0f} s")
+        raise WorkerFailed(
+            f"the model container for {self.model_dir.name} did not answer /ping in {timeout:.0f} s: {self.log_tail()}"
+        )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
