@@ -94,6 +94,7 @@ LANE_OF: dict[str, str] = {
     "test_logs.py::test_logs_function_reads_the_log_group_on_the_emulator": INTEGRATION,
     "test_logs.py::test_logs_of_a_service_file": INTEGRATION,
     "test_model_describe.py": UNIT,
+    "test_mlflow_transform.py": INTEGRATION,
     "test_model_import.py": INTEGRATION,
     "test_ownership.py": INTEGRATION,
     "test_ownership.py::test_two_long_prefixes_never_share_sagemaker_names": UNIT,
