@@ -36,6 +36,12 @@ def test_the_estimate_is_the_price_table_times_the_assumptions() -> None:
     endpoint = estimate(settings, "eu-west-1", use, sagemaker_instance="ml.m5.large")[0]
     (hours,) = [line for line in endpoint if line.service == "SageMaker"]
     assert hours.quantity == 730 and hours.monthly_usd == pytest.approx(730 * 0.128)
+    batch = Assumptions(transform_instance_hours=12, transform_instance="ml.m5.xlarge")
+    (transform,) = [line for line in estimate(settings, "us-east-1", batch)[0] if line.service == "SageMaker"]
+    assert transform.quantity == 12 and transform.monthly_usd == pytest.approx(12 * 0.23)  # billed while jobs run
+    assert not [line for line in estimate(settings, "us-east-1", use)[0] if line.service == "SageMaker"]
+    with pytest.raises(PlanError, match="no price for ml.p5.48xlarge"):
+        estimate(settings, "us-east-1", Assumptions(transform_instance_hours=1, transform_instance="ml.p5.48xlarge"))
 
 
 def test_a_region_without_prices_is_said_not_guessed() -> None:

@@ -19,7 +19,7 @@ from mlops_lab.inference import TabularModel
 from mlops_lab.sagemaker import batch_transform
 from mlops_lab.synthetic import generate
 from tests.model_zoo import lab_classifier
-from tests.support import Lab, error_code, running_lab, wait_until
+from tests.support import Lab, error_code, isolated_environment, running_lab, wait_until
 from tests.test_sagemaker_server import model_tarball
 
 ROLE = "arn:aws:iam::000000000000:role/lab-test-sagemaker"
@@ -311,3 +311,64 @@ def test_jobs_are_listed_newest_first(lab: Lab, sm, model_path: Path) -> None:  
     assert completed and all(summary["TransformJobStatus"] == "Completed" for summary in completed)
     first_page = sm.list_transform_jobs(MaxResults=1)
     assert len(first_page["TransformJobSummaries"]) == 1 and first_page["NextToken"]
+
+
+def test_the_cli_runs_a_job_and_says_how_it_ended(lab: Lab, sm, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from mlops_lab.cli import app
+
+    body, records = rows_csv(200, seed=14)
+    put(lab, "t9/in/rows.csv", body)
+    put(lab, "t9/bad/rows.csv", b"not,a,record\n")
+    runner = CliRunner()
+    bucket_in, bucket_out = lab.settings.input_bucket, lab.settings.output_bucket
+    with isolated_environment(lab.settings):
+        done = runner.invoke(
+            app,
+            [
+                *("transform", f"s3://{bucket_in}/t9/in/", f"s3://{bucket_out}/t9/out", "--model", MODEL),
+                *("--wait", "--instances", "2", "--name", "t9-cli"),
+            ],
+        )
+        assert done.exit_code == 0, done.output
+        said = " ".join(done.output.split())
+        assert "t9-cli: Completed (1/1 files done, 0 failed, 200 records scored)" in said
+        failed = runner.invoke(
+            app, ["transform", f"s3://{bucket_in}/t9/bad/", f"s3://{bucket_out}/t9/bad-out", "--model", MODEL, "--wait"]
+        )
+        assert failed.exit_code == 12, failed.output
+        assert "rows.csv" in failed.output and "record 1" in failed.output
+        status = runner.invoke(app, ["transform-status", "t9-cli", "--json"])
+        assert status.exit_code == 0 and json.loads(status.stdout)["TransformJobStatus"] == "Completed"
+    lines = read(lab, "t9/out/rows.csv.out").decode().splitlines()
+    assert [line.split(",")[0] for line in lines] == labels(model_path, records)
+
+
+def test_a_manifest_whole_files_and_no_assembly(lab: Lab, sm, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ManifestFile lists the inputs; SplitType None sends each file as one request; AssembleWith None writes the
+    container's answer as it is (its own line ends, nothing added)."""
+    first, first_records = rows_csv(3, seed=15)
+    second, second_records = rows_csv(4, seed=16)
+    put(lab, "t10/data/x/one.csv", first)
+    put(lab, "t10/data/two.csv", second)
+    put(lab, "t10/data/unlisted.csv", first)
+    manifest = json.dumps([{"prefix": f"s3://{lab.settings.input_bucket}/t10/data/"}, "x/one.csv", "two.csv"])
+    manifest_uri = put(lab, "t10/inputs.manifest", manifest.encode())
+    job = run(
+        sm,
+        "t10-manifest",
+        TransformInput={
+            "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
+            "ContentType": "text/csv",
+            "SplitType": "None",
+        },
+        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/t10/out", "AssembleWith": "None"},
+    )
+    assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+    for key, records in (("t10/out/x/one.csv.out", first_records), ("t10/out/two.csv.out", second_records)):
+        expected = "".join(f"{label}," for label in labels(model_path, records))  # only the labels are compared
+        answer = read(lab, key).decode()
+        assert answer.endswith("\n") and not answer.endswith("\n\n")  # the container's own line end, nothing added
+        assert "".join(line.split(",")[0] + "," for line in answer.splitlines()) == expected
+    assert read(lab, "t10/out/unlisted.csv.out") is None

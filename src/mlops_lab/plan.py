@@ -44,6 +44,9 @@ class Assumptions:
     log_bytes_per_file: int = 1_000  # the handler's JSON log lines
     image_mb: float = 0.0  # the API's image in ECR, if you push one (`mlops-lab image push`)
     endpoint_hours: float = HOURS_PER_MONTH  # a SageMaker endpoint bills every hour it exists
+    # Batch Transform (`mlops-lab transform`) bills each instance for the hours its jobs run, nothing in between.
+    transform_instance_hours: float = 0.0
+    transform_instance: str = "ml.m5.xlarge"
 
     @property
     def files(self) -> int:
@@ -159,6 +162,19 @@ def estimate(
             line("SageMaker", f"endpoint, 1 x {sagemaker_instance}", a.endpoint_hours, "instance-hours", hourly)
         )
         costs.append(line("ECR", "mlflow's serving image (~1.5 GB)", 1.5, "GB-month", prices["ecr_per_gb_month"]))
+    if a.transform_instance_hours:
+        hourly = prices["sagemaker_per_hour"].get(a.transform_instance)
+        if hourly is None:
+            raise PlanError(f"no price for {a.transform_instance} in {region} in {PRICES.name}")
+        costs.append(
+            line(
+                "SageMaker",
+                f"Batch Transform, {a.transform_instance} while jobs run",
+                a.transform_instance_hours,
+                "instance-hours",
+                hourly,
+            )
+        )
     return costs, as_of
 
 

@@ -100,6 +100,10 @@ def plan(
     with_sagemaker: Annotated[
         bool, typer.Option("--sagemaker", help="Include `deploy sagemaker`'s resources and its endpoint's cost.")
     ] = False,
+    transform_hours: Annotated[
+        float, typer.Option(help="Instance-hours a month of Batch Transform jobs (`mlops-lab transform`).")
+    ] = 0.0,
+    transform_instance: Annotated[str, typer.Option(help="The transform jobs' instance type.")] = "ml.m5.xlarge",
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     adopt: AdoptOption = False,
 ) -> None:
@@ -112,6 +116,8 @@ def plan(
         bytes_per_row=bytes_per_row,
         seconds_per_file=seconds_per_file,
         image_mb=image_mb,
+        transform_instance_hours=transform_hours,
+        transform_instance=transform_instance,
     )
     aws = Aws()
     render.where(aws)

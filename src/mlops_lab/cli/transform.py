@@ -101,6 +101,15 @@ def transform(
         output_filter=output_filter,
         manifest=manifest,
     )
+    if url is None:
+        from mlops_lab.plan import endpoint_hourly_usd
+
+        hourly = endpoint_hourly_usd(aws.region, instance_type)
+        price = f"${hourly:.3f} an instance-hour" if hourly is not None else "a price this lab's table does not have"
+        console.print(
+            f"[yellow]This runs a real SageMaker job[/]: {instances} x {instance_type} at {price}, billed while it "
+            "runs (`mlops-lab plan --transform-hours` estimates a month)."
+        )
     request = batch_transform.start(settings, aws, options, url=url)
     job_name = request["TransformJobName"]
     if not as_json:

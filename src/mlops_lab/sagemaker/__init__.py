@@ -5,11 +5,14 @@ The deployment itself is mlflow's own ``sagemaker`` deployments client, unpatche
 creates the SageMaker model (image + execution role + model data), endpoint config and endpoint, and waits for
 ``InService``. What this package adds is what that client expects to exist, and where it talks to:
 
-- ``control_plane``: where the SageMaker clients talk to (offline: moto, started as a service of the lab);
+- ``control_plane``: where the SageMaker clients talk to (offline: the lab's SageMaker, a service of the lab);
+- ``server``, ``records``, ``workers``: the lab's SageMaker itself (moto's records, endpoints served, UpdateEndpoint);
+- ``transform_jobs``, ``transform_runner``, ``transform_records``: Batch Transform jobs that really run, to AWS's rules;
+- ``batch_transform``: `mlops-lab transform`, the SDK's calls that start and follow a job;
 - ``prerequisites``: the image repository and the execution role mlflow's client expects;
 - ``deployment``: ``deploy`` (create, replace, or recreate on moto), the lab's tags on what mlflow creates;
 - ``delete``: ``delete_deployment`` (endpoint, configs, models, model data) and ``remaining``;
-- ``invocations``: ``invoke_endpoint`` delivered to a container's ``/invocations`` (moto runs no containers).
+- ``invocations``: `deploy sagemaker`'s round trip through ``invoke_endpoint``.
 
 The rest of the lab uses the names below through the package (``sagemaker.deploy(...)``), so that a test replacing
 one of them on the package replaces it for every caller.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from mlops_lab.sagemaker.control_plane import (
     ENDPOINT_VARIABLES,
+    HEALTH_PATH,
     SERVICE_NAME,
     SageMakerUnreachable,
     emulator_service,
@@ -39,7 +43,7 @@ from mlops_lab.sagemaker.delete import (
     remaining,
 )
 from mlops_lab.sagemaker.deployment import INSTANCE_TYPE, Deployment, deploy
-from mlops_lab.sagemaker.invocations import forward_invocations, invoke_through_api
+from mlops_lab.sagemaker.invocations import invoke_endpoint
 from mlops_lab.sagemaker.prerequisites import (
     EXECUTION_POLICY_NAME,
     ensure_repository,
@@ -53,6 +57,7 @@ __all__ = [
     "DELETE_WAIT",
     "ENDPOINT_VARIABLES",
     "EXECUTION_POLICY_NAME",
+    "HEALTH_PATH",
     "INSTANCE_TYPE",
     "MODEL_SUFFIX",
     "NAME_LIMIT",
@@ -68,8 +73,7 @@ __all__ = [
     "ensure_repository",
     "ensure_role",
     "execution_policy",
-    "forward_invocations",
-    "invoke_through_api",
+    "invoke_endpoint",
     "mlflow_base_name",
     "name_pattern",
     "remaining",
