@@ -372,3 +372,34 @@ def test_a_manifest_whole_files_and_no_assembly(lab: Lab, sm, model_path: Path) 
         assert answer.endswith("\n") and not answer.endswith("\n\n")  # the container's own line end, nothing added
         assert "".join(line.split(",")[0] + "," for line in answer.splitlines()) == expected
     assert read(lab, "t10/out/unlisted.csv.out") is None
+
+
+def test_jobs_outlive_a_restart_and_an_interrupted_one_ends_failed(lab: Lab, sm, model_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`down`/`up` keeps the jobs' records (moto's own records are in memory: models go). A job the restart cut
+    short ends Failed, saying so, never Completed. (Last in the module: the restart forgets the model.)"""
+    from mlops_lab import stack
+
+    body, _ = rows_csv(4000, seed=17)
+    put(lab, "t11/in/rows.csv", body)
+    sm.create_transform_job(
+        TransformJobName="t11-cut-short",
+        ModelName=MODEL,
+        TransformInput=csv_input(f"s3://{lab.settings.input_bucket}/t11/in/"),
+        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/t11/out"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        BatchStrategy="SingleRecord",
+    )
+    wait_until(lambda: _scored(sm, "t11-cut-short") > 0, timeout=60)
+    before = {job["TransformJobName"]: job["TransformJobStatus"] for job in _all_jobs(sm)}
+    service = sagemaker.emulator_service(lab.settings, {})
+    stack.stop(lab.settings, service)
+    stack.start(lab.settings, service)
+    after = {job["TransformJobName"]: job["TransformJobStatus"] for job in _all_jobs(sm)}
+    assert after == before | {"t11-cut-short": "Failed"}
+    cut = sm.describe_transform_job(TransformJobName="t11-cut-short")
+    assert cut["TransformJobStatus"] == "Failed" and "stopped during the job" in cut["FailureReason"], cut
+    assert read(lab, "t11/out/rows.csv.out") is None
+
+
+def _all_jobs(sm) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [job for page in sm.get_paginator("list_transform_jobs").paginate() for job in page["TransformJobSummaries"]]

@@ -32,6 +32,7 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
 CHUNK_BYTES = 1024 * 1024
 JOBS_FILE = "transform-jobs.json"
+INTERRUPTED = "InternalServerError: the lab's SageMaker stopped during the job"
 
 
 class TransformJobs:
@@ -126,12 +127,13 @@ class TransformJobs:
         return {}
 
     def close(self) -> None:
-        """Stop every running job (the server is stopping) and wait a little for them to end."""
+        """End every running job (the server is stopping) and wait a little for them to: one that was running ends
+        Failed, saying why (nobody asked it to stop); one that was stopping ends Stopped."""
         with self._lock:
             threads = list(self._threads.values())
             for job in self._jobs.values():
                 if job.status == "InProgress":
-                    job.status = "Stopping"
+                    job.failure_reason = INTERRUPTED
                     job.stop_requested.set()
         for thread in threads:
             thread.join(timeout=15)
@@ -168,7 +170,7 @@ class TransformJobs:
         with self._lock:
             job.end_time = now()
             if job.stop_requested.is_set():
-                job.status = "Stopped"
+                job.status = "Failed" if job.failure_reason == INTERRUPTED else "Stopped"
             elif reason:
                 job.status, job.failure_reason = "Failed", reason[:1024]
             else:
@@ -212,7 +214,7 @@ class _Persisted:
         job.progress = Progress(**data.get("progress", {}))
         if job.status not in TERMINAL:  # the server stopped while it ran
             job.status = "Stopped" if job.status == "Stopping" else "Failed"
-            job.failure_reason = job.failure_reason or "InternalServerError: the lab's SageMaker stopped during the job"
+            job.failure_reason = job.failure_reason or INTERRUPTED
             job.end_time = job.end_time or now()
         return job
 
