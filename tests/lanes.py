@@ -32,7 +32,7 @@ SERVER_FIXTURES = frozenset(
         "api",  # the API as `up` runs it (tests/conftest.py)
         "live_server",  # the API as its image runs it (tests/api/conftest.py)
         "console_server",  # the lab console as `up` runs it (tests/console/conftest.py)
-        "moto_url",  # moto's server, SageMaker's control plane (tests/test_sagemaker.py)
+        "sagemaker_url",  # the lab's SageMaker (tests/test_sagemaker.py)
         "durable_lab",  # a stack of its own that the tests stop, kill and restart (tests/test_durability.py)
         "own_stack_env",  # settings for a stack the test brings up with `mlops-lab up` (tests/test_cli.py)
         "separate_ministack",  # a MiniStack the external suite runs against (tests/test_external_suite.py)

@@ -3,6 +3,7 @@ through, as the emulator, mlflow and the API configure it, and how each of them 
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests import model_zoo
 
 OWN = "http://127.0.0.1:4566"  # the server under test's own origin (the TestClient's base URL)
 LAB = "http://127.0.0.1:8001"  # another of the lab's own origins (the console's)
+OWN_WS = "ws://127.0.0.1:4566/ws"  # spelled out: the test client's default host, `testserver`, is not the lab's
 TOKEN = "the-lab-token"
 CROSS_SITE_NAVIGATION = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
 
@@ -179,13 +181,69 @@ def test_a_host_that_is_not_the_labs_is_refused(emulator_guard: TestClient, inne
         "[::1]",
         "[::1]:4566",
         "bucket.localhost:4566",
-        "emulator:4566",  # compose's service names
-        "mlflow",
-        "api:8080",
     ],
 )
-def test_loopback_and_compose_hosts_are_served(emulator_guard: TestClient, host: str) -> None:
+def test_loopback_hosts_are_served(emulator_guard: TestClient, host: str) -> None:
     assert emulator_guard.get("/_ministack/health", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["attacker", "attacker:4566", "emulator:4566", "mlflow", "api:8080", "wpad"])
+def test_a_single_label_host_is_refused_unless_configured(
+    emulator_guard: TestClient, inner: Recorder, host: str
+) -> None:
+    """LLMNR, mDNS or a search domain can resolve a bare name to 127.0.0.1 for a rebinding page: compose's service
+    names are not the lab's by their shape."""
+    assert refused(emulator_guard.get("/_ministack/health", headers={"Host": host}), 400)
+    assert not guard.host_allowed(host)
+    assert inner.calls == []
+
+
+def test_a_configured_compose_name_is_served(inner: Recorder) -> None:
+    configured = guard.config_from_environment({guard.ENV_HOSTS: "emulator"})
+    with client_for(guard.Guard(inner, **configured)) as client:
+        assert client.get("/_ministack/health", headers={"Host": "emulator:4566"}).text == "reached"
+        assert client.get("/_ministack/health", headers={"Host": "EMULATOR"}).text == "reached"
+        assert refused(client.get("/_ministack/health", headers={"Host": "attacker:4566"}), 400)
+        assert refused(client.get("/_ministack/health", headers={"Host": "mlflow:5000"}), 400)  # not this one's
+    assert inner.calls == ["GET /_ministack/health", "GET /_ministack/health"]
+
+
+# Which compose service a name in another service's environment points at, and the variables that say so.
+COMPOSE_FILE = Path(__file__).parents[1] / "docker-compose.yml"
+_URL_NAME = re.compile(r"^https?://([A-Za-z0-9_.-]+)(:\d+)?(/|$)")
+_HOST_VARIABLES = {"LAB_EMULATOR_HOST", "LAB_MLFLOW_HOST", "LAB_API_HOST", "LAB_CONSOLE_HOST"}
+
+
+def compose_calls(services: dict[str, Any]) -> set[tuple[str, str]]:
+    """(caller, name) for every in-network address a service's environment or command points at: endpoint URLs and
+    the lab's LAB_*_HOST settings, loopback and bind-all addresses left out."""
+    calls = set()
+    for caller, spec in services.items():
+        environment = spec.get("environment") or {}
+        for variable, value in environment.items():
+            value = str(value)
+            match = _URL_NAME.match(value)
+            name = match.group(1) if match else value if variable in _HOST_VARIABLES else None
+            if name and not guard.host_allowed(name):
+                calls.add((caller, name))
+    return calls
+
+
+def test_compose_configures_every_name_its_services_call_each_other_by() -> None:
+    """Each guarded service's LAB_ALLOWED_HOSTS holds exactly the name the others reach it by, so that no in-network
+    call of docker-compose.yml gets 400 (the compose suite cannot run without an engine); the console, which nothing
+    in the network calls, has none."""
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    calls = compose_calls(services)
+    assert {name for _, name in calls} == {"emulator", "mlflow", "api"}, calls
+    assert ("console", "api") in calls and ("bootstrap", "mlflow") in calls and ("mlflow", "emulator") in calls
+    for _, name in calls:
+        allowed = guard.config_from_environment(services[name]["environment"])["hosts"]
+        assert allowed == [name], (name, allowed)
+        assert guard.host_allowed(f"{name}:4566", allowed)
+    assert "LAB_ALLOWED_HOSTS" not in services["console"]["environment"]
+    assert "LAB_ALLOWED_HOSTS" not in services["bootstrap"]["environment"]
 
 
 def test_extra_hosts_and_the_wildcard(inner: Recorder) -> None:
@@ -258,11 +316,11 @@ def test_a_websocket_from_another_origin_is_closed_before_it_is_accepted(emulato
 
     with (
         pytest.raises(WebSocketDisconnect) as closed,
-        emulator_guard.websocket_connect("/ws", headers={"Origin": "http://evil.example"}),
+        emulator_guard.websocket_connect(OWN_WS, headers={"Origin": "http://evil.example"}),
     ):
         pass
     assert closed.value.code == 1008
-    with emulator_guard.websocket_connect("/ws") as socket:  # no Origin: as before
+    with emulator_guard.websocket_connect(OWN_WS) as socket:  # no Origin: as before
         assert socket is not None
 
 

@@ -4,13 +4,14 @@ SageMaker names."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
 
-from mlops_lab import ownership, registry, training
-from mlops_lab.aws import tag_list
+from mlops_lab import image, ownership, registry, sagemaker, training
+from mlops_lab.aws import tag_dict, tag_list
 from mlops_lab.bootstrap import bootstrap, build_lambda_layer
 from mlops_lab.cli import app
 from mlops_lab.errors import ExitCode, LabError
@@ -18,7 +19,7 @@ from mlops_lab.plan import Assumptions, make_plan
 from mlops_lab.sagemaker.delete import CONFIG_SUFFIX, MODEL_SUFFIX, UNIQUE_ID_LENGTH, mlflow_base_name, name_pattern
 from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
 from mlops_lab.teardown import lab_repositories, lab_roles, teardown
-from tests.support import Lab
+from tests.support import Lab, isolated_environment
 
 runner = CliRunner()
 
@@ -167,6 +168,111 @@ def test_plan_says_what_image_push_and_deploy_sagemaker_would_refuse_or_adopt(la
     finally:
         for name in (settings.api_repository, settings.sagemaker_repository):
             ecr.delete_repository(repositoryName=name, force=True)
+
+
+SOMEONES = {"owner": "someone"}
+ANOTHER_LABS = {PREFIX_TAG: "another-lab"}
+
+
+@pytest.mark.parametrize("their_tags", [SOMEONES, ANOTHER_LABS], ids=["untagged", "another-lab"])
+def test_image_push_refuses_a_repository_of_its_name_that_is_not_ours_until_adopt(
+    lab_stack: Lab, their_tags: dict[str, str]
+) -> None:
+    lab = lab_of(lab_stack, "lab-own-f")
+    settings, aws = lab.settings, lab.aws
+    ecr = aws.client("ecr")
+    name = settings.api_repository
+    arn = ecr.create_repository(repositoryName=name, tags=tag_list(their_tags, "Key", "Value"))["repository"][
+        "repositoryArn"
+    ]
+    try:
+        with pytest.raises(ownership.NotOurs) as caught:
+            image.ensure_repository(settings, aws)
+        assert caught.value.exit_code == ExitCode.CONFLICT
+        message = str(caught.value)
+        assert f"ecr repository {name} ({ownership.whose(their_tags)})" in message
+        assert "`mlops-lab image push --adopt`" in message
+        # Left as it was: its tags, no lifecycle policy of the lab's, no scan-on-push switched on.
+        assert tag_dict(ecr.list_tags_for_resource(resourceArn=arn)["tags"]) == their_tags
+        with pytest.raises(ecr.exceptions.LifecyclePolicyNotFoundException):
+            ecr.get_lifecycle_policy(repositoryName=name)
+
+        uri, change = image.ensure_repository(settings, aws, adopt=True)
+        assert (change.action, uri) == (
+            "updated",
+            ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryUri"],
+        )
+        assert "tags" in change.detail and "lifecycle policy" in change.detail
+        assert tag_dict(ecr.list_tags_for_resource(resourceArn=arn)["tags"]) == {**their_tags, **settings.resource_tags}
+        assert ownership.strangers(settings, aws, made_by="image push") == []
+        assert image.ensure_repository(settings, aws)[1].action == "unchanged", "now the lab's: no flag needed"
+    finally:
+        ecr.delete_repository(repositoryName=name, force=True)
+
+
+def test_the_image_push_command_exits_11_and_adopts_with_the_flag(
+    lab_stack: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No engine is needed for this (nor used: the test takes docker away), the repository is made first either way."""
+    lab = lab_of(lab_stack, "lab-own-g")
+    settings, aws = lab.settings, lab.aws
+    ecr = aws.client("ecr")
+    name = settings.api_repository
+    ecr.create_repository(repositoryName=name)
+
+    def no_engine() -> str:
+        raise image.EngineMissing("no engine in this test")
+
+    monkeypatch.setattr(image, "docker_cli", no_engine)
+    try:
+        with isolated_environment(settings):
+            refused = runner.invoke(app, ["image", "push"])
+            assert refused.exit_code == ExitCode.CONFLICT, refused.output
+            said = " ".join(refused.output.split())
+            assert name in said and "--adopt" in said and "ECR repository ready" not in said
+            assert ownership.strangers(settings, aws, made_by="image push"), "refused: left untagged"
+            adopted = runner.invoke(app, ["image", "push", "--adopt"])
+            assert adopted.exit_code == image.EngineMissing.exit_code, adopted.output
+            assert "ECR repository ready" in adopted.output and "no engine in this test" in adopted.output
+            assert ownership.strangers(settings, aws, made_by="image push") == []
+            for command in (["image", "push"], ["deploy", "sagemaker"]):
+                helped = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+                assert "--adopt" in helped.output, helped.output
+    finally:
+        ecr.delete_repository(repositoryName=name, force=True)
+
+
+def test_deploy_sagemaker_refuses_a_role_or_repository_of_its_names_that_is_not_ours(lab_stack: Lab) -> None:
+    """Refused before mlflow or SageMaker is asked anything (neither runs here) and before any write: the role keeps
+    its trust policy, gets no policy of the lab's, and both keep their tags."""
+    lab = lab_of(lab_stack, "lab-own-h")
+    settings, aws = lab.settings, lab.aws
+    iam, ecr = aws.client("iam"), aws.client("ecr")
+    someones_trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    role, repository = settings.sagemaker_role_name, settings.sagemaker_repository
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(someones_trust), Tags=tag_list(SOMEONES))
+    arn = ecr.create_repository(repositoryName=repository, tags=tag_list(ANOTHER_LABS, "Key", "Value"))["repository"][
+        "repositoryArn"
+    ]
+    try:
+        with pytest.raises(ownership.NotOurs) as caught:
+            sagemaker.deploy(settings, aws, sagemaker_url="http://127.0.0.1:9", timeout_s=1)
+        assert caught.value.exit_code == ExitCode.CONFLICT
+        message = str(caught.value)
+        assert f"role {role} (no {PREFIX_TAG} tag)" in message
+        assert f"ecr repository {repository} (tagged {PREFIX_TAG}=another-lab" in message
+        assert "`mlops-lab deploy sagemaker --adopt`" in message
+        trust = iam.get_role(RoleName=role)["Role"]["AssumeRolePolicyDocument"]
+        assert (json.loads(trust) if isinstance(trust, str) else trust) == someones_trust
+        assert iam.list_role_policies(RoleName=role)["PolicyNames"] == []
+        assert tag_dict(iam.list_role_tags(RoleName=role)["Tags"]) == SOMEONES
+        assert tag_dict(ecr.list_tags_for_resource(resourceArn=arn)["tags"]) == ANOTHER_LABS
+    finally:
+        iam.delete_role(RoleName=role)
+        ecr.delete_repository(repositoryName=repository, force=True)
 
 
 def test_teardown_goes_by_the_inventorys_names() -> None:

@@ -40,7 +40,7 @@ def test_the_estimate_is_the_price_table_times_the_assumptions() -> None:
     (transform,) = [line for line in estimate(settings, "us-east-1", batch)[0] if line.service == "SageMaker"]
     assert transform.quantity == 12 and transform.monthly_usd == pytest.approx(12 * 0.23)  # billed while jobs run
     assert not [line for line in estimate(settings, "us-east-1", use)[0] if line.service == "SageMaker"]
-    with pytest.raises(PlanError, match="no price for ml.p5.48xlarge"):
+    with pytest.raises(PlanError, match=r"no price for ml\.p5\.48xlarge"):
         estimate(settings, "us-east-1", Assumptions(transform_instance_hours=1, transform_instance="ml.p5.48xlarge"))
 
 

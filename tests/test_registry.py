@@ -18,10 +18,12 @@ import httpx
 import pytest
 
 from mlops_lab import model, registry, stack, training
+from mlops_lab import settings as lab_settings
 from mlops_lab.contract import META_MODEL_VERSION, prediction_key
+from mlops_lab.errors import ExitCode, explain
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
-from tests.support import RECORD, Lab, free_port, wait_for_output
+from tests.support import RECORD, Lab, free_port, isolated_environment, restoring_live_model, wait_for_output
 
 
 @dataclass
@@ -167,7 +169,7 @@ def test_api_can_serve_a_registry_alias(mlflow_lab: Lab, versions: Versions) -> 
     registry.promote(settings, aws, first)
     api_settings = settings.model_copy(update={"api_model_poll_s": 0.2, "api_access_log": False})
     app = create_app(api_settings, model_source=f"models:/{settings.model_name}@champion")
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         metadata = client.get("/metadata").json()
         assert (metadata["version"], metadata["source"]) == (first, f"models:/{settings.model_name}@champion")
         try:
@@ -184,7 +186,7 @@ def test_api_can_serve_a_registry_alias(mlflow_lab: Lab, versions: Versions) -> 
         finally:
             registry.promote(settings, aws, first)
     app_by_version = create_app(api_settings, model_source=f"models:/{settings.model_name}/{second}")
-    with TestClient(app_by_version) as client:
+    with TestClient(app_by_version, base_url="http://127.0.0.1") as client:
         assert client.get("/metadata").json()["version"] == second
 
 
@@ -229,6 +231,109 @@ def test_stamp_keeps_metadata_and_changes_bytes(versions: Versions) -> None:
     assert stamped != original and registry.stamp(original, version="7", run_id="abc") == stamped
     metadata = TabularModel(stamped).metadata
     assert metadata["version"] == "7" and metadata["run_id"] == "abc" and "classes" in metadata
+
+
+# -- a tracking server the lab did not start: its scikit-learn pipelines are loaded only with trust ---------------
+
+
+@pytest.fixture
+def external(mlflow_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The session's tracking server seen from settings whose own server would be elsewhere (MLFLOW_TRACKING_URI,
+    read at start-up, points at it): a tracking server the lab did not start."""
+    monkeypatch.setattr(lab_settings, "USER_TRACKING_URI", mlflow_lab.settings.mlflow_server_url)
+    settings = mlflow_lab.settings.model_copy(update={"mlflow_port": free_port()})
+    assert settings.mlflow_external
+    return settings
+
+
+@pytest.fixture
+def sklearn_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URIs promote loads a scikit-learn model from (loaded for real)."""
+    import mlflow.sklearn
+
+    loads: list[str] = []
+    load = mlflow.sklearn.load_model
+
+    def recording(uri: str) -> object:
+        loads.append(uri)
+        return load(uri)
+
+    monkeypatch.setattr(mlflow.sklearn, "load_model", recording)
+    return loads
+
+
+def live_object(lab: Lab) -> tuple[str, dict[str, str]]:
+    head = lab.s3().head_object(Bucket=lab.settings.model_bucket, Key=lab.settings.model_key)
+    return head["ETag"], head["Metadata"]
+
+
+def test_promoting_a_trained_version_from_an_external_server_needs_trust(
+    mlflow_lab: Lab, versions: Versions, external: Settings, sklearn_loads: list[str]
+) -> None:
+    """Its check loads the version's pipeline (code from the artifact): refused before anything is loaded, published
+    or aliased; with trust, checked and promoted as on the lab's own server."""
+    aws, version = mlflow_lab.aws, versions.second.version
+    mlflow_client = registry.client(mlflow_lab.settings)
+    with restoring_live_model(mlflow_lab):
+        registry.promote(mlflow_lab.settings, aws, versions.first.version)
+        sklearn_loads.clear()  # (the lab's own server: loaded without asking)
+        before = live_object(mlflow_lab)
+        with pytest.raises(registry.UntrustedModel) as refused:
+            registry.promote(external, aws, version)
+        problem = explain(refused.value)
+        assert problem.code == ExitCode.REFUSED
+        assert "--trust" in problem.message and "runs code" in problem.message
+        assert external.mlflow_tracking_uri in problem.message and f"models:/{external.model_name}/{version}" in (
+            problem.message
+        )
+        assert sklearn_loads == []
+        assert live_object(mlflow_lab) == before, "the live model is unchanged"
+        aliases = mlflow_client.get_registered_model(external.model_name).aliases
+        assert aliases[registry.ALIAS] == versions.first.version
+
+        promoted = registry.promote(external, aws, version, trust=True)
+        assert promoted.agreement is not None and len(sklearn_loads) == 1
+        assert live_object(mlflow_lab)[1][META_MODEL_VERSION] == version
+        registry.promote(mlflow_lab.settings, aws, versions.first.version)  # the alias back where it was
+
+
+def test_an_onnx_version_needs_no_trust(
+    mlflow_lab: Lab, external: Settings, sklearn_loads: list[str], trained_model_path: Path
+) -> None:
+    """An imported version is ONNX only: promoting it from an external server loads no scikit-learn model."""
+    from mlops_lab.data import FEATURES
+    from mlops_lab.synthetic import generate
+
+    name = "trust-onnx-only"
+    example = generate(5, seed=3, with_label=False)[list(FEATURES)]
+    logged = training.log_imported(
+        mlflow_lab.settings, name, trained_model_path.read_bytes(), example, kind="classifier", origin="test"
+    )
+    try:
+        with restoring_live_model(mlflow_lab):
+            promoted = registry.promote(external, mlflow_lab.aws, logged.version, name=name)
+            assert promoted.agreement is None and sklearn_loads == []
+            assert live_object(mlflow_lab)[1][META_MODEL_VERSION] == logged.version
+    finally:
+        registry.client(mlflow_lab.settings).delete_registered_model(name)
+
+
+def test_the_promote_command_takes_trust(
+    mlflow_lab: Lab, versions: Versions, external: Settings, sklearn_loads: list[str]
+) -> None:
+    from typer.testing import CliRunner
+
+    from mlops_lab.cli import app
+
+    runner, version = CliRunner(), versions.second.version
+    with restoring_live_model(mlflow_lab), isolated_environment(external):
+        refused = runner.invoke(app, ["promote", version, "--name", external.model_name])
+        assert refused.exit_code == ExitCode.REFUSED, refused.output
+        assert "--trust" in " ".join(refused.output.split()) and sklearn_loads == []
+        promoted = runner.invoke(app, ["promote", version, "--name", external.model_name, "--trust"])
+        assert promoted.exit_code == 0, promoted.output
+        assert f"version {version} is now @champion" in " ".join(promoted.output.split())
+        registry.promote(mlflow_lab.settings, mlflow_lab.aws, versions.first.version)
 
 
 # -- the tracking server going away -------------------------------------------------------------------------------

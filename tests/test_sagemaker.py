@@ -1,8 +1,6 @@
-"""SageMaker through mlflow, offline: mlflow's own deployments client against moto (control plane) + MiniStack.
-
-moto runs no containers, so the invocation tests send the request botocore builds for ``invoke_endpoint`` to a
-container's ``/invocations``: the lab's API and mlflow's scoring server (what the mlflow-pyfunc image runs).
-"""
+"""SageMaker through mlflow, offline: mlflow's own deployments client against the lab's SageMaker (moto's records,
+endpoints answered by their model, UpdateEndpoint) + MiniStack; ``invoke_endpoint`` is boto3's own, answered by the
+deployed model.tar.gz served with the lab's serving code."""
 
 from __future__ import annotations
 
@@ -13,30 +11,23 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from mlops_lab import registry, sagemaker, training
+from mlops_lab import ownership, registry, sagemaker, training
 from mlops_lab.aws import Change, tag_dict
 from mlops_lab.bootstrap import ensure_bucket
 from mlops_lab.data import FEATURES
 from mlops_lab.inference import TabularModel
-from mlops_lab.settings import Settings, get_settings
+from mlops_lab.settings import PREFIX_TAG, Settings, get_settings
 from mlops_lab.synthetic import generate
-from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port, isolated_environment
+from tests.support import NOT_FOUND_CODES, Lab, error_code, free_port, isolated_environment, running_lab
 
 
 @pytest.fixture(scope="module")
-def moto_url():  # type: ignore[no-untyped-def]
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def sagemaker_url(mlflow_lab: Lab) -> Iterator[str]:
+    """The lab's SageMaker (moto's records, endpoints served, transform jobs run) on the session's stack."""
+    with running_lab(mlflow_lab.settings, [sagemaker.SERVICE_NAME]) as lab:
+        yield lab.settings.sagemaker_emulator_url
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +38,24 @@ def champion(mlflow_lab: Lab) -> training.LoggedVersion:
 
 
 @pytest.fixture(scope="module")
-def deployment(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> sagemaker.Deployment:
-    return sagemaker.deploy(mlflow_lab.settings, mlflow_lab.aws, sagemaker_url=moto_url, timeout_s=60)
+def deployment(mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str) -> sagemaker.Deployment:
+    return sagemaker.deploy(mlflow_lab.settings, mlflow_lab.aws, sagemaker_url=sagemaker_url, timeout_s=60)
 
 
-def moto_client(moto_url: str, service: str = "sagemaker"):  # type: ignore[no-untyped-def]
-    return boto3.client(service, endpoint_url=moto_url, region_name="us-east-1")
+def sagemaker_api(sagemaker_url: str, service: str = "sagemaker"):  # type: ignore[no-untyped-def]
+    return boto3.client(service, endpoint_url=sagemaker_url, region_name="us-east-1")
 
 
 # -- the control plane ----------------------------------------------------------------------------------------------
 
 
 def test_deploy_creates_model_config_and_endpoint(
-    mlflow_lab: Lab, champion: training.LoggedVersion, deployment: sagemaker.Deployment, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, deployment: sagemaker.Deployment, sagemaker_url: str
 ) -> None:
     settings, aws = mlflow_lab.settings, mlflow_lab.aws
     assert deployment.mode == "create" and deployment.status == "InService"
     assert deployment.model_uri == f"models:/{settings.model_name}@champion"
-    sm = moto_client(moto_url)
+    sm = sagemaker_api(sagemaker_url)
     endpoint = sm.describe_endpoint(EndpointName=settings.sagemaker_endpoint)
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     (variant,) = config["ProductionVariants"]
@@ -92,19 +83,21 @@ def test_deploy_creates_model_config_and_endpoint(
     assert "python_function" in model["PrimaryContainer"]["Environment"].values()  # MLFLOW_DEPLOYMENT_FLAVOR_NAME
 
 
-def test_deploying_again_replaces_the_model(mlflow_lab: Lab, deployment: sagemaker.Deployment, moto_url: str) -> None:
-    again = sagemaker.deploy(mlflow_lab.settings, mlflow_lab.aws, sagemaker_url=moto_url, timeout_s=60)
-    assert again.mode == "recreate" and again.status == "InService"  # moto has no UpdateEndpoint (AWS: "replace")
+def test_deploying_again_replaces_the_model(
+    mlflow_lab: Lab, deployment: sagemaker.Deployment, sagemaker_url: str
+) -> None:
+    again = sagemaker.deploy(mlflow_lab.settings, mlflow_lab.aws, sagemaker_url=sagemaker_url, timeout_s=60)
+    assert again.mode == "replace" and again.status == "InService"  # UpdateEndpoint, as on AWS
     assert again.endpoint == deployment.endpoint and again.model != deployment.model
-    models = [m["ModelName"] for m in moto_client(moto_url).list_models()["Models"]]
-    assert again.model in models and deployment.model not in models  # the old model was deleted with its endpoint
+    models = [m["ModelName"] for m in sagemaker_api(sagemaker_url).list_models()["Models"]]
+    assert again.model in models and deployment.model not in models  # mlflow deleted the model it replaced
     assert {c.action for c in again.changes} == {"unchanged"}  # repository and role were already there
 
 
-def test_sdk_outside_the_context_is_not_redirected(moto_url: str) -> None:
-    with sagemaker.sagemaker_endpoint(moto_url):
-        assert boto3.client("sagemaker", region_name="us-east-1").meta.endpoint_url == moto_url
-    assert boto3.client("sagemaker", region_name="us-east-1").meta.endpoint_url != moto_url
+def test_sdk_outside_the_context_is_not_redirected(sagemaker_url: str) -> None:
+    with sagemaker.sagemaker_endpoint(sagemaker_url):
+        assert boto3.client("sagemaker", region_name="us-east-1").meta.endpoint_url == sagemaker_url
+    assert boto3.client("sagemaker", region_name="us-east-1").meta.endpoint_url != sagemaker_url
 
 
 # -- the data plane: invoke_endpoint's request formats against real containers -----------------------------------
@@ -113,33 +106,12 @@ def test_sdk_outside_the_context_is_not_redirected(moto_url: str) -> None:
 SAMPLE = generate(25, seed=12, with_label=False)
 
 
-@pytest.fixture(scope="module")
-def containers(mlflow_lab: Lab, champion: training.LoggedVersion, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The lab's API serving the champion's ONNX, and mlflow's scoring server serving the registered version."""
-    import mlflow.pyfunc
-    from mlflow.pyfunc import scoring_server
-
-    from mlops_lab.api import create_app
-
-    onnx_file = tmp_path_factory.mktemp("champion") / "model.onnx"
-    onnx_file.write_bytes(registry.version_onnx(mlflow_lab.settings, champion.version))
-    settings = Settings(api_access_log=False, api_model_poll_s=0)
-    with (
-        TestClient(create_app(settings, onnx_file)) as api,
-        TestClient(scoring_server.init(mlflow.pyfunc.load_model(champion.model_uri))) as mlflow_server,
-    ):
-        yield {"lab-api": api, "mlflow-pyfunc": mlflow_server}
-
-
 def expected_labels(champion: training.LoggedVersion) -> list[str]:
     return TabularModel(champion.onnx_path).predict_records(SAMPLE.to_dict("records")).labels.tolist()
 
 
-def labels_from(container: str, body: bytes) -> list[str]:
-    payload = json.loads(body)
-    if container == "lab-api":
-        return [p["label"] for p in payload["predictions"]]
-    return [p["prediction"] for p in payload["predictions"]]
+def labels_from(body: bytes) -> list[str]:
+    return [p["label"] for p in json.loads(body)["predictions"]]
 
 
 REQUESTS = {
@@ -151,57 +123,40 @@ REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("container", ["lab-api", "mlflow-pyfunc"])
 @pytest.mark.parametrize("request_format", list(REQUESTS))
 def test_invoke_endpoint_formats_round_trip(
-    containers,
-    champion: training.LoggedVersion,
-    deployment: sagemaker.Deployment,
-    container: str,  # type: ignore[no-untyped-def]
-    request_format: str,
-    moto_url: str,
+    champion: training.LoggedVersion, deployment: sagemaker.Deployment, request_format: str, sagemaker_url: str
 ) -> None:
-    session = boto3.session.Session(region_name="us-east-1")
-    undo = sagemaker.forward_invocations(session, containers[container])
-    try:
-        runtime = session.client("sagemaker-runtime", endpoint_url=moto_url)
-        answer = runtime.invoke_endpoint(
-            EndpointName=deployment.endpoint,
-            Body=REQUESTS[request_format],
-            ContentType=request_format.split(";")[0],
-            Accept="application/json",
-        )
-    finally:
-        undo()
+    """boto3's invoke_endpoint, answered by the deployed model (the lab's serving code on mlflow's model.tar.gz)."""
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=sagemaker_url, region_name="us-east-1")
+    answer = runtime.invoke_endpoint(
+        EndpointName=deployment.endpoint,
+        Body=REQUESTS[request_format],
+        ContentType=request_format.split(";")[0],
+        Accept="application/json",
+    )
     assert answer["ContentType"].startswith("application/json")
-    assert labels_from(container, answer["Body"].read()) == expected_labels(champion)
+    sm = sagemaker_api(sagemaker_url)
+    config = sm.describe_endpoint_config(
+        EndpointConfigName=sm.describe_endpoint(EndpointName=deployment.endpoint)["EndpointConfigName"]
+    )
+    assert answer["InvokedProductionVariant"] == config["ProductionVariants"][0]["VariantName"]
+    assert labels_from(answer["Body"].read()) == expected_labels(champion)
 
 
-def test_bad_input_comes_back_as_a_model_error(containers, deployment: sagemaker.Deployment, moto_url: str) -> None:  # type: ignore[no-untyped-def]
-    session = boto3.session.Session(region_name="us-east-1")
-    undo = sagemaker.forward_invocations(session, containers["lab-api"])
-    try:
-        runtime = session.client("sagemaker-runtime", endpoint_url=moto_url)
-        with pytest.raises(runtime.exceptions.ModelError, match="missing columns"):
-            runtime.invoke_endpoint(
-                EndpointName=deployment.endpoint, Body=b"age,sex\n39,Male\n", ContentType="text/csv"
-            )
-    finally:
-        undo()
+def test_bad_input_comes_back_as_a_model_error(deployment: sagemaker.Deployment, sagemaker_url: str) -> None:
+    runtime = boto3.client("sagemaker-runtime", endpoint_url=sagemaker_url, region_name="us-east-1")
+    with pytest.raises(runtime.exceptions.ModelError, match="missing columns"):
+        runtime.invoke_endpoint(EndpointName=deployment.endpoint, Body=b"age,sex\n39,Male\n", ContentType="text/csv")
 
 
-def test_mlflow_deploy_client_predict(containers, champion, deployment: sagemaker.Deployment, moto_url: str) -> None:  # type: ignore[no-untyped-def]
-    """mlflow's own `predict` (dataframe_split JSON through invoke_endpoint), answered by mlflow's scoring server."""
+def test_mlflow_deploy_client_predict(champion, deployment: sagemaker.Deployment, sagemaker_url: str) -> None:  # type: ignore[no-untyped-def]
+    """mlflow's own `predict` (dataframe_split JSON through invoke_endpoint), answered by the endpoint's model."""
     from mlflow.deployments import get_deploy_client
 
-    session = boto3._get_default_session()
-    undo = sagemaker.forward_invocations(session, containers["mlflow-pyfunc"])
-    try:
-        with sagemaker.sagemaker_endpoint(moto_url):
-            predictions = get_deploy_client("sagemaker:/us-east-1").predict(deployment.endpoint, SAMPLE[list(FEATURES)])
-    finally:
-        undo()
-    assert predictions.get_predictions()["prediction"].tolist() == expected_labels(champion)
+    with sagemaker.sagemaker_endpoint(sagemaker_url):
+        predictions = get_deploy_client("sagemaker:/us-east-1").predict(deployment.endpoint, SAMPLE[list(FEATURES)])
+    assert predictions.get_predictions()["label"].tolist() == expected_labels(champion)
 
 
 BOX_RULES = str.maketrans(dict.fromkeys("│┃|", " "))
@@ -210,43 +165,39 @@ BOX_RULES = str.maketrans(dict.fromkeys("│┃|", " "))
 # -- the CLI ------------------------------------------------------------------------------------------------------
 
 
-def test_cli_models_promote_and_deploy(mlflow_lab: Lab, champion: training.LoggedVersion) -> None:
-    from mlops_lab import stack
+def test_cli_models_promote_and_deploy(mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str) -> None:
     from mlops_lab.cli import app
 
-    settings = mlflow_lab.settings.model_copy(
-        update={"sagemaker_emulator_port": free_port(), "sagemaker_endpoint_name": "cli-endpoint"}
-    )
+    settings = mlflow_lab.settings.model_copy(update={"sagemaker_endpoint_name": "cli-endpoint"})
     runner = CliRunner()
-    try:
-        with isolated_environment(settings):
-            listed = runner.invoke(app, ["models"])
-            assert listed.exit_code == 0, listed.output
-            table = [line.translate(BOX_RULES).split() for line in listed.output.splitlines()]
-            versions = {cells[0]: cells for cells in table if cells and cells[0].isdigit()}
-            # (a substring test would match the "live" column header, or a "3" anywhere in the table)
-            assert versions[champion.version][1:3] == ["champion", "live"], listed.output
-            assert [v for v, cells in versions.items() if "live" in cells] == [champion.version]
-            promoted = runner.invoke(app, ["promote", champion.version])
-            assert promoted.exit_code == 0, promoted.output
-            assert f"version {champion.version} is now @champion" in promoted.output
-            refused = runner.invoke(app, ["promote", "999"])
-            assert refused.exit_code != 0
-            deployed = runner.invoke(app, ["deploy", "sagemaker", "--no-invoke"])
-            assert deployed.exit_code == 0, deployed.output
-            assert "created endpoint cli-endpoint (InService) on moto" in " ".join(deployed.output.split())
-    finally:
-        stack.stop(settings, sagemaker.SERVICE_NAME)
+    with isolated_environment(settings):
+        listed = runner.invoke(app, ["models"])
+        assert listed.exit_code == 0, listed.output
+        table = [line.translate(BOX_RULES).split() for line in listed.output.splitlines()]
+        versions = {cells[0]: cells for cells in table if cells and cells[0].isdigit()}
+        # (a substring test would match the "live" column header, or a "3" anywhere in the table)
+        assert versions[champion.version][1:3] == ["champion", "live"], listed.output
+        assert [v for v, cells in versions.items() if "live" in cells] == [champion.version]
+        promoted = runner.invoke(app, ["promote", champion.version])
+        assert promoted.exit_code == 0, promoted.output
+        assert f"version {champion.version} is now @champion" in promoted.output
+        refused = runner.invoke(app, ["promote", "999"])
+        assert refused.exit_code != 0
+        deployed = runner.invoke(app, ["deploy", "sagemaker"])
+        assert deployed.exit_code == 0, deployed.output
+        said = " ".join(deployed.output.split())
+        assert f"created endpoint cli-endpoint (InService) on the lab's SageMaker at {sagemaker_url}" in said
+        assert "invoke_endpoint text/csv ->" in said and "invoke_endpoint application/json ->" in said
 
 
 # -- tags, delete, remaining --------------------------------------------------------------------------------------
 
 
 def test_endpoint_config_and_model_carry_the_lab_tags(
-    mlflow_lab: Lab, deployment: sagemaker.Deployment, moto_url: str
+    mlflow_lab: Lab, deployment: sagemaker.Deployment, sagemaker_url: str
 ) -> None:
     settings = mlflow_lab.settings
-    sm = moto_client(moto_url)
+    sm = sagemaker_api(sagemaker_url)
     endpoint = sm.describe_endpoint(EndpointName=settings.sagemaker_endpoint)  # (a later test may have redeployed)
     config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
@@ -265,6 +216,39 @@ def test_endpoint_config_and_model_carry_the_lab_tags(
     # The execution role deploy makes is the lab's too.
     role_tags = mlflow_lab.aws.client("iam").list_role_tags(RoleName=settings.sagemaker_role_name)["Tags"]
     assert wanted <= tag_dict(role_tags).items()
+
+
+def test_deploy_takes_over_a_role_and_repository_of_its_names_only_with_adopt(
+    mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str
+) -> None:
+    """The execution role and image repository of deploy's names lose the lab's tag (or are made without it): deploy
+    refuses them and deploys nothing; with adopt it tags them and deploys with them."""
+    settings, aws = endpoint_settings(mlflow_lab, "adopted"), mlflow_lab.aws
+    iam, ecr = aws.client("iam"), aws.client("ecr")
+    role, repository = settings.sagemaker_role_name, settings.sagemaker_repository
+    sagemaker.ensure_repository(settings, aws)  # (an earlier deploy of the module may have made them already)
+    sagemaker.ensure_role(settings, aws)
+    repository_arn = ecr.describe_repositories(repositoryNames=[repository])["repositories"][0]["repositoryArn"]
+    iam.untag_role(RoleName=role, TagKeys=[PREFIX_TAG])
+    ecr.untag_resource(resourceArn=repository_arn, tagKeys=[PREFIX_TAG])
+    try:
+        with pytest.raises(ownership.NotOurs) as caught:
+            sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60)
+        assert role in str(caught.value) and repository in str(caught.value) and "--adopt" in str(caught.value)
+        assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == [], "nothing deployed"
+        assert PREFIX_TAG not in tag_dict(iam.list_role_tags(RoleName=role)["Tags"])
+
+        deployed = sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60, adopt=True)
+        assert deployed.status == "InService"
+        assert deployed.role_arn == iam.get_role(RoleName=role)["Role"]["Arn"]
+        assert {(c.kind, c.action) for c in deployed.changes} >= {("role", "updated"), ("ecr repository", "updated")}
+        assert tag_dict(iam.list_role_tags(RoleName=role)["Tags"])[PREFIX_TAG] == settings.prefix
+        assert tag_dict(ecr.list_tags_for_resource(resourceArn=repository_arn)["tags"])[PREFIX_TAG] == settings.prefix
+        assert ownership.strangers(settings, aws, made_by="deploy sagemaker") == []
+    finally:
+        sagemaker.ensure_repository(settings, aws)  # the lab's again, whatever happened above
+        sagemaker.ensure_role(settings, aws)
+        sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url)
 
 
 def test_mlflow_names_are_the_ones_delete_looks_for() -> None:
@@ -302,16 +286,18 @@ def object_exists(lab: Lab, key: str) -> bool:
         raise
 
 
-def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> None:
+def test_delete_after_deploy_leaves_nothing(
+    mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str
+) -> None:
     settings, aws = endpoint_settings(mlflow_lab, "delete-once"), mlflow_lab.aws
-    deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
-    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == [
+    deployed = sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60)
+    assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == [
         ("SageMaker endpoint", "delete-once"),
         ("endpoint config", deployed.endpoint_config),
         ("SageMaker model", deployed.model),
     ]
     # Bystanders whose names contain the endpoint's but are not mlflow's names for it.
-    sm = moto_client(moto_url)
+    sm = sagemaker_api(sagemaker_url)
     others = ["delete-once-2-model-" + "a" * 20, "xdelete-once-model-" + "a" * 20, "delete-once-model-custom"]
     for other in others:
         sm.create_model(
@@ -323,7 +309,7 @@ def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: training.
     s3.put_object(Bucket=settings.model_bucket, Key="delete-once-model-custom/keep.txt", Body=b"not mlflow's")
     try:
         seen: list[Change] = []
-        changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url, on_change=seen.append)
+        changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url, on_change=seen.append)
         assert seen == changes
         assert [(c.kind, c.name, c.action) for c in changes] == [
             ("SageMaker endpoint", "delete-once", "deleted"),
@@ -331,11 +317,11 @@ def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: training.
             ("SageMaker model", deployed.model, "deleted"),
             ("model data", deployed.model_data, "deleted"),
         ]
-        assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+        assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == []
         assert not object_exists(mlflow_lab, data_key(deployed))
         assert {m["ModelName"] for m in sm.list_models()["Models"]} >= set(others)
         assert object_exists(mlflow_lab, "delete-once-model-custom/keep.txt")
-        again = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url)
+        again = sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url)
         assert [(c.kind, c.action) for c in again] == [
             ("SageMaker endpoint", "absent"),
             ("endpoint config", "absent"),
@@ -349,16 +335,16 @@ def test_delete_after_deploy_leaves_nothing(mlflow_lab: Lab, champion: training.
 
 
 def test_delete_removes_what_earlier_deploys_left(
-    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str
 ) -> None:
     settings, aws = endpoint_settings(mlflow_lab, "delete-twice"), mlflow_lab.aws
-    first = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    first = sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60)
     # A deploy that did not finish (or an endpoint deleted by hand) leaves its config, model and model data behind;
     # the next deploy creates new ones beside them.
-    moto_client(moto_url).delete_endpoint(EndpointName="delete-twice")
-    second = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    sagemaker_api(sagemaker_url).delete_endpoint(EndpointName="delete-twice")
+    second = sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60)
     assert second.mode == "create" and second.model != first.model
-    left = sagemaker.remaining(settings, aws, sagemaker_url=moto_url)
+    left = sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url)
     assert sorted(left) == sorted(
         [
             ("SageMaker endpoint", "delete-twice"),
@@ -367,13 +353,13 @@ def test_delete_removes_what_earlier_deploys_left(
         ]
     )
     assert left[1] == ("endpoint config", second.endpoint_config)  # the endpoint's own first
-    changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=moto_url)
+    changes = sagemaker.delete_deployment(settings, aws, sagemaker_url=sagemaker_url)
     deleted = {(c.kind, c.name) for c in changes if c.action == "deleted"}
     for d in (first, second):
         assert {("endpoint config", d.endpoint_config), ("SageMaker model", d.model)} <= deleted
         assert ("model data", d.model_data) in deleted
         assert not object_exists(mlflow_lab, data_key(d))
-    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+    assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == []
 
 
 def test_sagemaker_not_answering_is_its_own_error(mlflow_lab: Lab) -> None:
@@ -384,21 +370,23 @@ def test_sagemaker_not_answering_is_its_own_error(mlflow_lab: Lab) -> None:
             call(settings, aws, sagemaker_url=url)
 
 
-def test_delete_without_the_model_bucket(mlflow_lab: Lab, moto_url: str) -> None:
+def test_delete_without_the_model_bucket(mlflow_lab: Lab, sagemaker_url: str) -> None:
     settings = endpoint_settings(mlflow_lab, "no-bucket").model_copy(update={"prefix": "lab-test-nobucket"})
-    changes = sagemaker.delete_deployment(settings, mlflow_lab.aws, sagemaker_url=moto_url)
+    changes = sagemaker.delete_deployment(settings, mlflow_lab.aws, sagemaker_url=sagemaker_url)
     assert {c.action for c in changes} == {"absent"} and len(changes) == 4
 
 
-def test_cli_deploy_sagemaker_delete(mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str) -> None:
+def test_cli_deploy_sagemaker_delete(mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str) -> None:
     from mlops_lab import stack
     from mlops_lab.cli import app
 
     settings, aws = endpoint_settings(mlflow_lab, "cli-delete"), mlflow_lab.aws
-    deployed = sagemaker.deploy(settings, aws, sagemaker_url=moto_url, timeout_s=60)
+    deployed = sagemaker.deploy(settings, aws, sagemaker_url=sagemaker_url, timeout_s=60)
     runner = CliRunner()
-    # moto is the module's (on its port): the command finds the endpoint there
-    with isolated_environment(settings.model_copy(update={"sagemaker_emulator_port": int(moto_url.rsplit(":", 1)[1])})):
+    # the lab's SageMaker is the module's (on its port): the command finds the endpoint there
+    with isolated_environment(
+        settings.model_copy(update={"sagemaker_emulator_port": int(sagemaker_url.rsplit(":", 1)[1])})
+    ):
         deleted = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
         assert deleted.exit_code == 0, deleted.output
         lines = [" ".join(line.split()) for line in deleted.output.splitlines()]
@@ -410,18 +398,18 @@ def test_cli_deploy_sagemaker_delete(mlflow_lab: Lab, champion: training.LoggedV
         ]:
             assert any(line.startswith(f"deleted {kind} {name}") for line in lines), deleted.output
         assert "4 deleted." in lines
-        assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+        assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == []
         again = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
         assert again.exit_code == 0 and "0 deleted." in again.output, again.output
-    # moto not running (it is not started for a delete): it holds nothing, and the command says so
+    # the lab's SageMaker not running (it is not started for a delete): it holds nothing, and the command says so
     port = free_port()
     with isolated_environment(settings.model_copy(update={"sagemaker_emulator_port": port})):
         stopped = runner.invoke(app, ["deploy", "sagemaker", "--delete"])
     assert stopped.exit_code == 0, stopped.output
     text = " ".join(stopped.output.split())
-    assert f"moto (the offline SageMaker) is not running at http://127.0.0.1:{port}" in text
+    assert f"the lab's SageMaker is not running at http://127.0.0.1:{port}" in text
     assert f"absent model data s3://{settings.model_bucket}/" in text and "0 deleted." in text
-    assert not stack.healthy(f"http://127.0.0.1:{port}/moto-api/data.json")
+    assert not stack.healthy(f"http://127.0.0.1:{port}{sagemaker.HEALTH_PATH}")
 
 
 def aws_env(tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
@@ -446,7 +434,8 @@ def aws_env(tmp_path) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every request botocore would send fails the test (and is recorded); so do deploying and starting moto."""
+    """Every request botocore would send fails the test (and is recorded); so do deploying and starting the lab's
+    SageMaker."""
     from botocore.httpsession import URLLib3Session
 
     sent: list[str] = []
@@ -498,17 +487,17 @@ def test_cli_refuses_a_real_endpoint_without_yes(tmp_path, no_network: list[str]
 
 
 def test_teardown_removes_the_deployment_and_what_it_needs(
-    mlflow_lab: Lab, champion: training.LoggedVersion, moto_url: str
+    mlflow_lab: Lab, champion: training.LoggedVersion, sagemaker_url: str
 ) -> None:
     """`mlops-lab teardown` after `deploy sagemaker` (the issue's own finding): the endpoint, its config and model,
-    the model data, the SageMaker role and the image repository go, and the check asks SageMaker (moto) itself."""
+    the model data, the SageMaker role and the image repository go, and the check asks SageMaker (the lab's) itself."""
     from mlops_lab.teardown import teardown
 
-    port = int(moto_url.rsplit(":", 1)[1])
+    port = int(sagemaker_url.rsplit(":", 1)[1])
     settings = mlflow_lab.settings.model_copy(update={"prefix": "lab-sm-gone", "sagemaker_emulator_port": port})
     aws = mlflow_lab.aws
     ensure_bucket(aws, settings.model_bucket, settings.resource_tags)  # as bootstrap makes it: tagged, the lab's
-    deployed = sagemaker.deploy(settings, aws, model_uri=champion.model_uri, sagemaker_url=moto_url, timeout_s=60)
+    deployed = sagemaker.deploy(settings, aws, model_uri=champion.model_uri, sagemaker_url=sagemaker_url, timeout_s=60)
 
     report = teardown(settings, aws)
     deleted = {(c.kind, c.name) for c in report.changes if c.action == "deleted"}
@@ -524,4 +513,4 @@ def test_teardown_removes_the_deployment_and_what_it_needs(
     (check,) = [c for c in report.checks if c.service == "SageMaker"]
     assert check.checked and not check.left and not check.note, check
     assert report.complete, (report.left, report.unchecked)
-    assert sagemaker.remaining(settings, aws, sagemaker_url=moto_url) == []
+    assert sagemaker.remaining(settings, aws, sagemaker_url=sagemaker_url) == []

@@ -73,6 +73,18 @@ def run(sm, name: str, **request) -> dict:  # type: ignore[no-untyped-def]
     return finished(sm, name)
 
 
+def start_single_record_job(lab: Lab, sm, name: str, folder: str, *, instances: int = 1) -> None:  # type: ignore[no-untyped-def]
+    """A SingleRecord job (slow enough to act on while it runs) over ``folder``/in/, writing to ``folder``/out."""
+    sm.create_transform_job(
+        TransformJobName=name,
+        ModelName=MODEL,
+        TransformInput=csv_input(f"s3://{lab.settings.input_bucket}/{folder}/in/"),
+        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/{folder}/out", "AssembleWith": "Line"},
+        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": instances},
+        BatchStrategy="SingleRecord",
+    )
+
+
 def finished(sm, name: str) -> dict:  # type: ignore[no-untyped-def]
     """The job once it ended, as boto3's own waiter sees it end (Failed is an end too: the waiter raises on it)."""
     try:
@@ -232,14 +244,7 @@ def test_stop_mid_run_ends_stopped_without_half_outputs(lab: Lab, sm, model_path
     for n in range(3):
         put(lab, f"t7/in/part-{n}.csv", body)
     name = "t7-stop"
-    sm.create_transform_job(
-        TransformJobName=name,
-        ModelName=MODEL,
-        TransformInput=csv_input(f"s3://{lab.settings.input_bucket}/t7/in/"),
-        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/t7/out"},
-        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
-        BatchStrategy="SingleRecord",
-    )
+    start_single_record_job(lab, sm, name, "t7")
     wait_until(lambda: _scored(sm, name) > 0, timeout=60)
     sm.stop_transform_job(TransformJobName=name)
     assert sm.describe_transform_job(TransformJobName=name)["TransformJobStatus"] in ("Stopping", "Stopped")
@@ -259,14 +264,7 @@ def test_a_worker_killed_mid_job_does_not_leave_half_an_output(lab: Lab, sm, mod
     for n in range(2):
         put(lab, f"t8/in/part-{n}.csv", body)
     name = "t8-crash"
-    sm.create_transform_job(
-        TransformJobName=name,
-        ModelName=MODEL,
-        TransformInput=csv_input(f"s3://{lab.settings.input_bucket}/t8/in/"),
-        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/t8/out", "AssembleWith": "Line"},
-        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 2},
-        BatchStrategy="SingleRecord",
-    )
+    start_single_record_job(lab, sm, name, "t8", instances=2)
     workers: list[int] = []
 
     def worker_started() -> bool:
@@ -381,14 +379,7 @@ def test_jobs_outlive_a_restart_and_an_interrupted_one_ends_failed(lab: Lab, sm,
 
     body, _ = rows_csv(4000, seed=17)
     put(lab, "t11/in/rows.csv", body)
-    sm.create_transform_job(
-        TransformJobName="t11-cut-short",
-        ModelName=MODEL,
-        TransformInput=csv_input(f"s3://{lab.settings.input_bucket}/t11/in/"),
-        TransformOutput={"S3OutputPath": f"s3://{lab.settings.output_bucket}/t11/out"},
-        TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
-        BatchStrategy="SingleRecord",
-    )
+    start_single_record_job(lab, sm, "t11-cut-short", "t11")
     wait_until(lambda: _scored(sm, "t11-cut-short") > 0, timeout=60)
     before = {job["TransformJobName"]: job["TransformJobStatus"] for job in _all_jobs(sm)}
     service = sagemaker.emulator_service(lab.settings, {})

@@ -4,9 +4,10 @@ Any page a person opens can send requests to 127.0.0.1. :class:`Guard` is one pu
 emulator (MiniStack), mlflow's tracking server and the API, inside their own processes (the console has its own:
 ``console/security.py``). Before the app sees a request:
 
-- **Host** (DNS rebinding): a loopback name (``127.0.0.1``, ``localhost``, ``*.localhost``, ``[::1]``, ``0.0.0.0``),
-  a single-label name (compose's service names: ``emulator``, ``mlflow``, ``api``...) or one of ``LAB_ALLOWED_HOSTS``
-  (``*``: any), with or without a port; otherwise 400. A rebinding page arrives with its own (dotted) name in ``Host``.
+- **Host** (DNS rebinding): a loopback name (``127.0.0.1``, ``localhost``, ``*.localhost``, ``[::1]``, ``0.0.0.0``)
+  or one of ``LAB_ALLOWED_HOSTS`` (``*``: any), with or without a port; otherwise 400. A rebinding page arrives with
+  its own name in ``Host``, and that may be a single label too (LLMNR, mDNS or a search domain resolve ``attacker``),
+  so compose's service names (``emulator``, ``mlflow``, ``api``) pass only where docker-compose.yml configures them.
 - **Origin**: a request carrying an ``Origin`` must come from the server's own origin (``http://<its Host>``) or one
   of the lab's own (its services' on loopback, ``LAB_GUARD_ORIGINS``); ``Sec-Fetch-Site: cross-site`` or ``same-site``
   is refused as well; otherwise 403. CORS preflights are requests like any other: one from another origin gets 403 and
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import re
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -55,7 +55,6 @@ ENV_ORIGINS = "LAB_GUARD_ORIGINS"  # comma-separated origins besides the server'
 ENV_HOSTS = "LAB_ALLOWED_HOSTS"  # the lab's setting `allowed_hosts`: comma-separated extra Host names, `*`: any
 ENV_TOKEN_FILE = "LAB_GUARD_TOKEN_FILE"  # the admin token's file (created, 0600, when missing)
 
-_SINGLE_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?")
 _REFUSED_SITES = (b"cross-site", b"same-site")
 _READS = ("GET", "HEAD")
 _MAX_REMEMBERED_HOSTS = 64
@@ -83,14 +82,8 @@ def host_allowed(host: str, extra: Iterable[str] = ()) -> bool:
     name = host_name(host)
     if not name:
         return False
-    extra = tuple(extra)
-    return (
-        name in LOOPBACK_NAMES
-        or name.endswith(".localhost")
-        or _SINGLE_LABEL.fullmatch(name) is not None
-        or "*" in extra
-        or name in extra
-    )
+    extra = tuple(allowed.strip().lower() for allowed in extra)
+    return name in LOOPBACK_NAMES or name.endswith(".localhost") or "*" in extra or name in extra
 
 
 def loopback_origins(ports: Iterable[int]) -> list[str]:
@@ -106,8 +99,8 @@ def lab_origins(settings: Any) -> list[str]:
 
 
 def lab_hosts(settings: Any) -> list[str]:
-    """The Host names to accept beyond loopback and single-label ones: ``allowed_hosts``, and the hosts the lab's own
-    services are configured on (a name or address the lab itself uses to reach them)."""
+    """The Host names to accept beyond loopback ones: ``allowed_hosts``, and the hosts the lab's own services are
+    configured on (a name or address the lab itself uses to reach them)."""
     configured = (settings.emulator_host, settings.mlflow_host, settings.api_host, settings.console_host)
     return list(dict.fromkeys([*settings.allowed_hosts, *configured]))
 

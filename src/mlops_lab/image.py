@@ -4,6 +4,10 @@ The repository gets scan-on-push and a lifecycle policy (keep the newest ``KEEP_
 untagged ones after a day). Building and pushing use the docker CLI when an engine answers (``docker info``);
 otherwise :class:`EngineMissing` says what is missing. ECR is reached through boto3, so ``AWS_ENDPOINT_URL`` decides
 between the emulator and real AWS, as everywhere in the lab.
+
+A repository of the lab's name that exists without this lab's tag is someone else's as far as anyone can tell: it is
+refused (``ownership.NotOurs``, from the inventory's entry made by ``image push``) unless ``adopt`` (`image push
+--adopt`) takes it over, tagging it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlops_lab import ownership
 from mlops_lab.aws import Aws, Change
 from mlops_lab.aws import ensure_repository as ensure_ecr_repository
 from mlops_lab.errors import Refused
 from mlops_lab.settings import PROJECT_ROOT, Settings
 
 KEEP_IMAGES = 10
+MADE_BY = "image push"  # the inventory's name for this command (ownership.inventory)
 DOCKERFILE = PROJECT_ROOT / "api" / "Dockerfile"
 
 LIFECYCLE_POLICY = {
@@ -49,8 +55,11 @@ class EngineMissing(Refused):
     """No usable container engine: the message says what to install or start."""
 
 
-def ensure_repository(settings: Settings, aws: Aws) -> tuple[str, Change]:
-    """The API's ECR repository with scan-on-push and the lifecycle policy; a second call changes nothing."""
+def ensure_repository(settings: Settings, aws: Aws, *, adopt: bool = False) -> tuple[str, Change]:
+    """The API's ECR repository with scan-on-push and the lifecycle policy; a second call changes nothing. One of its
+    name without this lab's tag is refused before any change (ownership.NotOurs) unless ``adopt``."""
+    if not adopt:
+        ownership.refuse(settings, ownership.strangers(settings, aws, made_by=MADE_BY), made_by=MADE_BY)
     return ensure_ecr_repository(
         aws, settings.api_repository, lifecycle_policy=LIFECYCLE_POLICY, tags=settings.resource_tags
     )
@@ -86,11 +95,13 @@ def build_and_push(
     context: Path = PROJECT_ROOT,
     aws: Aws | None = None,
     push: bool = True,
+    adopt: bool = False,
 ) -> PushResult:
-    """``docker build -f api/Dockerfile`` → tag ``<repositoryUri>:<tag>`` → log in to ECR → push."""
+    """``docker build -f api/Dockerfile`` → tag ``<repositoryUri>:<tag>`` → log in to ECR → push; ``adopt``: take over
+    a repository of the lab's name that lacks its tag (see :func:`ensure_repository`)."""
     docker = docker_cli()  # fail before touching AWS when there is nothing to build with
     aws = aws or Aws()
-    uri, _ = ensure_repository(settings, aws)
+    uri, _ = ensure_repository(settings, aws, adopt=adopt)
     image = f"{uri}:{tag}"
     argv = [docker, "build", "-f", str(DOCKERFILE), "-t", image]
     if base_image:

@@ -30,6 +30,11 @@ from mlops_lab.aws import Aws, Change
 from mlops_lab.contract import META_MODEL_NAME, META_MODEL_VERSION
 from mlops_lab.inference import REGRESSOR, InputError, Prediction, TabularModel
 from mlops_lab.model_describe import Description, ImportRefused, describe
+
+# The trust rule is promote's too, so it lives in registry (a floor below); publish's callers find it here as well.
+from mlops_lab.registry import TRUST_FLAG as TRUST_FLAG
+from mlops_lab.registry import UntrustedModel as UntrustedModel
+from mlops_lab.registry import check_trusted
 from mlops_lab.settings import Settings
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
@@ -66,13 +71,6 @@ def default_name(origin: str) -> str:
         )
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-")
     return name or "model"
-
-
-class UntrustedModel(ImportRefused):
-    """A scikit-learn model from a tracking server the lab did not start, without ``--trust``."""
-
-
-TRUST_FLAG = "--trust"
 
 
 def read_source(settings: Settings, origin: str, *, sample: Any = None, trust: bool = False) -> Source:
@@ -119,19 +117,6 @@ def _read_mlflow(settings: Settings, uri: str, sample: Any, trust: bool = False)
     raise ImportRefused(
         f"{uri} has flavours {', '.join(sorted(flavors))}: the lab imports ONNX and scikit-learn models; "
         "export yours to ONNX (e.g. with skl2onnx, tf2onnx or torch.onnx) and publish the .onnx file"
-    )
-
-
-def check_trusted(settings: Settings, uri: str, trust: bool) -> None:
-    """UntrustedModel unless loading ``uri``'s scikit-learn model is a risk the user took: it comes from the lab's own
-    tracking server, or ``trust`` (`publish --trust`) says so."""
-    if trust or not settings.mlflow_external:
-        return
-    raise UntrustedModel(
-        f"{uri} is a scikit-learn model on {settings.mlflow_tracking_uri}, a tracking server the lab did not start "
-        "(MLFLOW_TRACKING_URI): loading it runs code from its artifact (pickle or skops), with your permissions. "
-        f"Pass {TRUST_FLAG} if you trust everyone who can write to that server; or export the model to ONNX and "
-        "publish the .onnx file (no code runs)"
     )
 
 

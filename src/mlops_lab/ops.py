@@ -138,7 +138,8 @@ def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: 
         return [Change("model", model.uri(settings), "unchanged", f"version {version}" if version else "")]
     if register:
         logged = training.train_and_log(settings, rows=rows, seed=42)
-        promotion = registry.promote(settings, aws, logged.version, name=logged.name)
+        check = not settings.mlflow_external  # checked here before logging: not loaded back from a server not ours
+        promotion = registry.promote(settings, aws, logged.version, name=logged.name, check=check)
         return [Change("model version", f"{logged.name} {logged.version}", "created", "registered"), promotion.change]
     changes = []
     if not settings.model_path.exists():
@@ -156,7 +157,8 @@ def ensure_model(settings: Settings, aws: Aws, *, register: bool = False, rows: 
 def register_demo_model(lab: Lab) -> tuple[training.LoggedVersion, registry.Promotion]:
     """Train on generated rows (a new seed each time), log and register the run as a new version, promote it."""
     logged = training.train_and_log(lab.settings, rows=20000, seed=int(time.time()) % 1000, run_name="demo")
-    return logged, registry.promote(lab.settings, lab.aws, logged.version, name=logged.name)
+    check = not lab.settings.mlflow_external  # as in ensure_model: checked here before logging
+    return logged, registry.promote(lab.settings, lab.aws, logged.version, name=logged.name, check=check)
 
 
 def write_sample(settings: Settings, rows: int, *, seed: int = 7) -> tuple[Path, dict]:

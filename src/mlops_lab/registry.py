@@ -2,8 +2,9 @@
 
 Logging and registering new versions is beside it, in ``mlops_lab.training``.
 
-- ``promote``: re-check a version's ONNX against its own sklearn pipeline on its own holdout (refuse on mismatch),
-  stamp the registry version into the ONNX metadata (``version``, ``model_name``, ``run_id``: new bytes, new ETag),
+- ``promote``: re-check a version's ONNX against its own sklearn pipeline on its own holdout (refuse on mismatch;
+  loading that pipeline runs code from its artifact, so from a tracking server the lab did not start only with
+  ``trust``: ``check_trusted``), stamp the registry version into the ONNX metadata (``version``, ``model_name``, ``run_id``: new bytes, new ETag),
   publish it to the model bucket (the Lambda reloads on the ETag, the API hot-swaps on its poll) and point the
   ``champion`` alias at it. Rolling back is promoting an older version.
 - ``list_versions``: versions, their aliases and metrics, and which one the model bucket serves right now.
@@ -56,6 +57,31 @@ class ServerUnavailable(RegistryError):
     """The tracking server does not answer."""
 
     exit_code = ExitCode.NOT_RUNNING
+
+
+class UntrustedModel(RegistryError):
+    """A scikit-learn model from a tracking server the lab did not start, without ``--trust``."""
+
+
+TRUST_FLAG = "--trust"
+
+
+def check_trusted(
+    settings: Settings,
+    uri: str,
+    trust: bool,
+    *,
+    otherwise: str = "export the model to ONNX and publish the .onnx file (no code runs)",
+) -> None:
+    """UntrustedModel unless loading ``uri``'s scikit-learn model is a risk the user took: it comes from the lab's own
+    tracking server, or ``trust`` (`publish --trust`, `promote --trust`) says so. ``otherwise``: what else to do."""
+    if trust or not settings.mlflow_external:
+        return
+    raise UntrustedModel(
+        f"{uri} is a scikit-learn model on {settings.mlflow_tracking_uri}, a tracking server the lab did not start "
+        "(MLFLOW_TRACKING_URI): loading it runs code from its artifact (pickle or skops), with your permissions. "
+        f"Pass {TRUST_FLAG} if you trust everyone who can write to that server; or {otherwise}"
+    )
 
 
 # -- the tracking server -----------------------------------------------------------------------------------------
@@ -279,10 +305,19 @@ def served_name(settings: Settings, aws: Aws | None) -> str:
 
 
 def promote(
-    settings: Settings, aws: Aws, version: str | int, *, name: str | None = None, check: bool = True
+    settings: Settings,
+    aws: Aws,
+    version: str | int,
+    *,
+    name: str | None = None,
+    check: bool = True,
+    trust: bool = False,
 ) -> Promotion:
-    """Verify, stamp and publish ``version`` of ``name`` (default: the demo model's) and make it the ``champion``. A version trained by the lab is checked against its sklearn pipeline on its holdout (AgreementError
-    on a mismatch); an imported one was checked on its sample when `publish` registered it."""
+    """Verify, stamp and publish ``version`` of ``name`` (default: the demo model's) and make it the ``champion``. A
+    version trained by the lab is checked against its sklearn pipeline on its holdout (AgreementError on a mismatch);
+    an imported one (ONNX only) was checked on its sample when `publish` registered it. Loading the pipeline runs code
+    from its artifact: from a tracking server the lab did not start, only with ``trust`` (UntrustedModel otherwise,
+    before anything is published)."""
     import mlflow.sklearn
     import pandas as pd
 
@@ -302,7 +337,13 @@ def promote(
         ).data.tags.get("lab.sklearn_model_uri")
         if not sklearn_uri:
             raise RegistryError(f"version {version} has no sklearn model to check its ONNX export against")
-        pipeline = mlflow.sklearn.load_model(sklearn_uri)
+        check_trusted(
+            settings,
+            sklearn_uri,
+            trust,
+            otherwise=f"publish its ONNX unchecked, as a new version: `mlops-lab publish models:/{name}/{version}`",
+        )
+        pipeline = mlflow.sklearn.load_model(sklearn_uri)  # runs code from the artifact (skops' declared types)
         with tempfile.TemporaryDirectory(prefix="mlops-lab-holdout-") as tmp:
             holdout = pd.read_parquet(
                 mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=HOLDOUT_ARTIFACT, dst_path=tmp)

@@ -240,8 +240,8 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Host names the emulator, mlflow and the API answer besides loopback names (`127.0.0.1`, "
-        "`localhost`, `[::1]`) and single-label ones (compose's service names), comma-separated; `*`: any (the API "
-        "image on EC2 or SageMaker). Any other `Host` gets 400 (DNS rebinding).",
+        "`localhost`, `[::1]`), comma-separated (compose sets each service's own name); `*`: any (the API image on "
+        "EC2 or SageMaker). Any other `Host` gets 400 (DNS rebinding).",
     )
 
     # The mlflow tracking server (mlops_lab.registry): runs, registry, promotion. Artifacts go through the server into
@@ -262,7 +262,7 @@ class Settings(BaseSettings):
         5005,
         ge=1,
         le=65535,
-        description="The port of moto, SageMaker's offline control plane (`deploy sagemaker` starts it on demand).",
+        description="The port of the lab's SageMaker (endpoints, invoke_endpoint, Batch Transform; `up` starts it).",
     )
     sagemaker_endpoint_name: str | None = Field(
         None, description="The SageMaker endpoint; default: `<prefix>-endpoint`."

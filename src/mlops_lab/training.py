@@ -245,7 +245,10 @@ def train(
         mlflow = registry.server_reachable(settings)
     if mlflow:
         logged = train_and_log(settings, data, rows=rows, seed=seed)
-        promotion = registry.promote(settings, aws, logged.version, name=logged.name) if publish else None
+        # Its ONNX was checked against the pipeline here, before logging: from a tracking server the lab did not start,
+        # promote does not load that pipeline back (it would run code from there: registry.check_trusted).
+        check = not settings.mlflow_external
+        promotion = registry.promote(settings, aws, logged.version, name=logged.name, check=check) if publish else None
         return Trained(logged.metrics, settings.model_path, logged=logged, promotion=promotion)
     from mlops_lab.train import train_and_export
 

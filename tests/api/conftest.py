@@ -106,7 +106,7 @@ def make_client(settings_factory, small_model: Path):
 
     def make(source=None, **overrides) -> TestClient:
         app = create_app(settings_factory(**overrides), model_source=source if source is not None else small_model)
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://127.0.0.1")  # the guard serves loopback names, not `testserver`
         client.__enter__()
         clients.append(client)
         return client

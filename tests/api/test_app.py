@@ -324,7 +324,7 @@ def test_swap_under_load_drops_no_request(settings_factory, model_file, small_mo
         loading = False
         swapped = asyncio.Event()
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             # (status, version, sent after the swap, answered while the new model was loading)
             results: list[tuple[int, str | None, bool, bool]] = []
 

@@ -41,7 +41,7 @@ def batch_client(settings_factory, small_model: Path):
             model_source=source if source is not None else small_model,
             environ=environ if environ is not None else {},
         )
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://127.0.0.1")  # the guard serves loopback names, not `testserver`
         client.__enter__()
         clients.append(client)
         return client
@@ -433,7 +433,7 @@ def test_the_app_serves_the_sagemaker_model_directory_by_default(settings_factor
     sagemaker_dir = mlflow_model_dir(tmp_path / "opt" / "ml" / "model", bare_model)
     monkeypatch.setattr(model_store, "SAGEMAKER_MODEL_DIR", sagemaker_dir)
     app = create_app(settings_factory(), environ={"SAGEMAKER_BATCH": "true"})
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.get("/ready").json()["source"] == str(sagemaker_dir)
         assert client.get("/metadata").json()["version"] == "12"
 

@@ -161,7 +161,7 @@ def observed(settings_factory, small_model):
         app = create_app(settings_factory(**overrides), model_source=source or small_model)
         answered: list[str] = []
         app.add_middleware(WhoAnswered, answered=answered)
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://127.0.0.1")  # the guard serves loopback names, not `testserver`
         client.__enter__()
         clients.append(client)
         return Observed(client, answered)
@@ -328,7 +328,7 @@ def test_fast_path_requests_are_access_logged(settings_factory, small_model, rec
     app = create_app(settings_factory(api_access_log=True), model_source=small_model)
     answered: list[str] = []
     app.add_middleware(WhoAnswered, answered=answered)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert client.post("/predict", json=record).status_code == 200
         assert client.post("/predict", json=record | {"sex": "Other"}).status_code == 422
         # another handler as well: the middleware goes through logger.info, and the lines are the same

@@ -1,8 +1,8 @@
 """The API's guard against other web pages (issue 20): the lab's :class:`mlops_lab.guard.Guard`, outside the
 ``/predict`` fast path, configured from the API's settings.
 
-- ``Host``: loopback names, single-label names (compose's ``api``) and ``LAB_ALLOWED_HOSTS`` (``*``: any, for the image
-  on EC2 or SageMaker); otherwise 400.
+- ``Host``: loopback names and ``LAB_ALLOWED_HOSTS`` (compose's ``api``; ``*``: any, for the image on EC2 or
+  SageMaker); otherwise 400.
 - A request with another ``Origin`` than the API's own (``http://<its Host>``, so its ``/docs`` page works) or the
   lab's (its services on loopback), or with ``Sec-Fetch-Site: cross-site``/``same-site``, gets 403 before any route,
   CORS preflights included. A top-level GET navigation from another page (the console's link to ``/docs``) passes.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,20 +18,30 @@ image_app = typer.Typer(help="The API's container image and its ECR repository."
 deploy_app = typer.Typer(help="Deploy the champion model elsewhere.", no_args_is_help=True)
 
 
+def adopt_option(what: str) -> Any:
+    return typer.Option(
+        "--adopt",
+        help=f"Take over {what} of the lab's name that lacks this lab's mlops-lab:prefix tag (adds the tag; "
+        "teardown then deletes it). Without it such a one is refused (exit 11).",
+    )
+
+
 @image_app.command("push")
 def image_push(
     tag: Annotated[str, typer.Option(help="Image tag.")] = "latest",
     base_image: Annotated[
         str | None, typer.Option(help="Build argument BASE_IMAGE (default python:3.12-slim).")
     ] = None,
+    adopt: Annotated[bool, adopt_option("an ECR repository")] = False,
 ) -> None:
-    """Create the ECR repository (idempotent, scan on push, lifecycle policy), build api/Dockerfile, tag, push."""
+    """Create the ECR repository (idempotent, scan on push, lifecycle policy), build api/Dockerfile, tag, push. A
+    repository of its name that is not this lab's is refused unless --adopt."""
     settings, aws = get_settings(), Aws()
     render.where(aws)
     try:
-        result = image.build_and_push(settings, tag=tag, base_image=base_image, aws=aws)
+        result = image.build_and_push(settings, tag=tag, base_image=base_image, aws=aws, adopt=adopt)
     except image.EngineMissing as error:
-        uri, _ = image.ensure_repository(settings, aws)  # what can be done without an engine is still done
+        uri, _ = image.ensure_repository(settings, aws, adopt=adopt)  # what can be done without an engine still is
         console.print(f"ECR repository ready: {uri}\n[yellow]Not built or pushed[/]: {error}")
         raise typer.Exit(error.exit_code) from None
     console.print(f"[green]Pushed[/] {result.image}")
@@ -43,12 +53,12 @@ def deploy_sagemaker(
     emulate: Annotated[
         bool | None,
         typer.Option(
-            help="Run SageMaker's control plane on moto (default: when the SDK resolves an emulator, not AWS).",
+            help="Deploy to the lab's SageMaker (default: when the SDK resolves an emulator, not AWS).",
             show_default=False,
         ),
     ] = None,
     invoke: Annotated[
-        bool, typer.Option(help="Then send a CSV and a JSON invocation to the lab API's /invocations.")
+        bool, typer.Option(help="Offline, then send a CSV and a JSON invoke_endpoint to the new endpoint.")
     ] = True,
     delete: Annotated[
         bool,
@@ -57,9 +67,11 @@ def deploy_sagemaker(
     yes: Annotated[
         bool, typer.Option("--yes", help="On AWS, create (or delete) the endpoint without asking for confirmation.")
     ] = False,
+    adopt: Annotated[bool, adopt_option("an image repository or execution role")] = False,
 ) -> None:
     """Deploy with mlflow's SageMaker deployments client: model, endpoint config, endpoint (create or replace);
-    --delete deletes them. On AWS, asks first (or takes --yes)."""
+    --delete deletes them. On AWS, asks first (or takes --yes). An image repository or execution role of the lab's
+    names that is not this lab's is refused unless --adopt."""
     settings, aws = get_settings(), Aws()
     if emulate is None:
         emulate = not aws.on_aws
@@ -83,27 +95,26 @@ def deploy_sagemaker(
     render.where(aws)  # after the confirmation: refusing it makes no AWS call at all
     url = None
     if emulate:
-        with console.status("Starting moto (SageMaker control plane)..."):
+        with console.status("Starting the lab's SageMaker..."):
             url = sagemaker.ensure_emulator(settings)
     with console.status(f"Deploying with mlflow's sagemaker:/{aws.region} client..."):
-        deployment = sagemaker.deploy(settings, aws, model_uri=model_uri, sagemaker_url=url)
+        deployment = sagemaker.deploy(settings, aws, model_uri=model_uri, sagemaker_url=url, adopt=adopt)
     for change in deployment.changes:
         render.change(change)
+    where = f"on the lab's SageMaker at {url}" if url else "on AWS"
     console.print(
         f"[green]{deployment.mode}d[/] endpoint [bold]{deployment.endpoint}[/] ({deployment.status}) "
-        f"{'on moto at ' + url if url else 'on AWS'}\n  model {deployment.model}: {deployment.model_uri}\n"
+        f"{where}\n  model {deployment.model}: {deployment.model_uri}\n"
         f"  image {deployment.image}\n  role {deployment.role_arn}\n  model data {deployment.model_data}"
     )
     if invoke and url:
-        answers = sagemaker.invoke_through_api(settings, deployment.endpoint, url)
-        if answers is None:
-            console.print(f"[dim]The API is not running at {settings.api_url}: skipped the invocation round-trip.[/]")
-        for content_type, answer in answers or []:
+        for content_type, answer in sagemaker.invoke_endpoint(aws, deployment.endpoint, url):
             console.print(f"  invoke_endpoint {content_type} -> {answer[:200]}")
 
 
 def _delete_sagemaker(settings: Settings, aws: Aws, *, emulate: bool, yes: bool) -> None:
-    """`deploy sagemaker --delete`: on moto when emulating (not started for this: stopped, it holds nothing)."""
+    """`deploy sagemaker --delete`: on the lab's SageMaker when emulating (not started for this: stopped, it holds
+    nothing)."""
     endpoint = settings.sagemaker_endpoint
     if not emulate:
         console.print(
@@ -120,7 +131,7 @@ def _delete_sagemaker(settings: Settings, aws: Aws, *, emulate: bool, yes: bool)
         if not emulate:
             raise
         console.print(
-            f"moto (the offline SageMaker) is not running at {url}: it keeps endpoints, configs and models in memory "
+            f"the lab's SageMaker is not running at {url}: it keeps endpoints, configs and models in memory "
             "only, so there are none to delete."
         )
         changes = sagemaker.delete_model_data(settings, aws)  # what an earlier deploy uploaded may still be in S3

@@ -72,11 +72,22 @@ NameOption = Annotated[
 def promote(
     version: Annotated[str, typer.Argument(help="Registry version to serve (an older one rolls back).")],
     name: NameOption = None,
+    trust: Annotated[
+        bool,
+        typer.Option(
+            "--trust",
+            help="Load the version's scikit-learn pipeline (for the check) from a tracking server the lab did not "
+            "start (MLFLOW_TRACKING_URI): loading one runs code from its artifact. Refused without this flag.",
+        ),
+    ] = False,
 ) -> None:
-    """Check a version's ONNX (against its sklearn pipeline, for one trained here), publish it, set @champion."""
+    """Check a version's ONNX (against its sklearn pipeline, for one trained here), publish it, set @champion.
+    Loading the pipeline runs code from its artifact: from a tracking server the lab did not start, only with
+    --trust."""
     settings, aws = get_settings(), Aws()
     render.where(aws)
-    render.promotion(registry.promote(settings, aws, version, name=name or registry.served_name(settings, aws)))
+    name = name or registry.served_name(settings, aws)
+    render.promotion(registry.promote(settings, aws, version, name=name, trust=trust))
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Any
 
 from mlops_lab.aws import Aws, Change, is_not_found, missing_tags, tag_dict, tag_list
 from mlops_lab.sagemaker.control_plane import sagemaker_endpoint
-from mlops_lab.sagemaker.prerequisites import ensure_repository, ensure_role
+from mlops_lab.sagemaker.prerequisites import ensure_repository, ensure_role, refuse_strangers
 from mlops_lab.settings import Settings
 
 INSTANCE_TYPE = "ml.m5.large"
@@ -29,7 +29,7 @@ class Deployment:
     model_data: str
     instance_type: str
     model_uri: str
-    mode: str  # create | replace (real AWS: UpdateEndpoint) | recreate (moto: delete, then create)
+    mode: str  # create | replace (UpdateEndpoint, on AWS and on the lab's SageMaker alike)
     changes: tuple[Change, ...] = ()
 
 
@@ -41,17 +41,24 @@ def deploy(
     sagemaker_url: str | None = None,
     instance_type: str = INSTANCE_TYPE,
     timeout_s: int = 300,
+    adopt: bool = False,
 ) -> Deployment:
     """Deploy ``model_uri`` (default: the champion) with mlflow's SageMaker deployments client.
 
-    A new endpoint is created; an existing one is updated in place on AWS (mlflow's ``replace`` mode), and deleted and
-    created again on moto, which does not implement ``UpdateEndpoint``.
+    A new endpoint is created; an existing one is updated in place (mlflow's ``replace`` mode: ``UpdateEndpoint``,
+    which the lab's SageMaker implements offline as AWS does).
 
-    ``sagemaker_url``: where the SageMaker API is (moto, offline); None leaves the SDK's configuration as it is.
+    ``sagemaker_url``: where the SageMaker API is (the lab's SageMaker, offline); None leaves the SDK's configuration
+    as it is.
+    ``adopt``: take over (tag) an image repository or execution role of the lab's names that lacks this lab's tag;
+    without it such a one is refused (ownership.NotOurs) before anything is created or deployed.
     """
     from mlflow.deployments import get_deploy_client
 
     from mlops_lab import registry
+
+    if not adopt:
+        refuse_strangers(settings, aws)
 
     registry.client(settings)  # mlflow's client downloads the model through the tracking server
     model_uri = model_uri or f"models:/{settings.model_name}@{registry.ALIAS}"
@@ -75,18 +82,13 @@ def deploy(
             # mlflow puts these on the model (with model_uri) and the endpoint; see _tag for the endpoint config.
             "tags": {**settings.resource_tags, "model_uri": model_uri},
         }
-        if exists and sagemaker_url is None:
+        if exists:
             mode = "replace"  # UpdateEndpoint: the endpoint keeps serving while SageMaker swaps the model in
             client.update_deployment(
                 name, model_uri=model_uri, flavor="python_function", config={**config, "mode": mode}
             )
         else:
             mode = "create"
-            if exists:  # moto has no UpdateEndpoint: delete (endpoint, config, model, model data), then create
-                mode = "recreate"
-                client.delete_deployment(
-                    name, config={"region_name": aws.region, "synchronous": True, "timeout_seconds": timeout_s}
-                )
             client.create_deployment(name, model_uri=model_uri, flavor="python_function", config=config)
         endpoint = sm.describe_endpoint(EndpointName=name)
         endpoint_config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])

@@ -5,18 +5,29 @@
   ``<repositoryUri>:<mlflow version>``, as mlflow names it;
 - the execution role ``<prefix>-sagemaker-role`` (trusted by sagemaker.amazonaws.com, reads the model bucket and
   pulls from ECR), created idempotently like bootstrap's.
+
+Both are in the lab's inventory (``ownership``, made by ``deploy sagemaker``): one of these names that exists without
+this lab's tag is refused (:func:`refuse_strangers`) unless the deploy adopts it (`deploy sagemaker --adopt`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mlops_lab import ownership
 from mlops_lab.aws import Aws, Change
 from mlops_lab.aws import ensure_repository as ensure_ecr_repository
 from mlops_lab.aws import ensure_role as ensure_iam_role
 from mlops_lab.settings import Settings
 
 EXECUTION_POLICY_NAME = "sagemaker-execution"
+MADE_BY = "deploy sagemaker"  # the inventory's name for the command that makes the repository and the role
+
+
+def refuse_strangers(settings: Settings, aws: Aws) -> None:
+    """ownership.NotOurs naming the repository and role of deploy's names that exist without this lab's tag (before
+    anything is written: the role's policy would otherwise be replaced, and SageMaker would run as it)."""
+    ownership.refuse(settings, ownership.strangers(settings, aws, made_by=MADE_BY), made_by=MADE_BY)
 
 
 def trust_policy() -> dict[str, Any]:
