@@ -8,7 +8,7 @@ The attacker's pages come from a small HTTP server of this module on a port of i
 created and invoked through the emulator's API (signed with the well-known key ``test``: MiniStack takes any
 signature), the emulator's reset (a form POST), an S3 PUT and a form upload over the live model, the failure queue
 read (SQS ReceiveMessage), a registered model created in mlflow, the console's promote and upload (form POSTs),
-``/predict``, and a DNS-rebound name. Each must be refused; after each, the buckets, the function, the live model
+``/predict``, the lab's SageMaker (a model created, an endpoint invoked), and a DNS-rebound name. Each must be refused; after each, the buckets, the function, the live model
 object and the registry are as they were (boto3 and mlflow's client look).
 """
 
@@ -30,8 +30,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from mlops_lab import model, registry, services, stack, training
-from tests.support import Lab, RunningApi, free_port, running_api
+from mlops_lab import model, registry, sagemaker, services, stack, training
+from tests.support import Lab, RunningApi, free_port, running_api, running_lab
 
 CHROMIUM = os.environ.get("LAB_TEST_CHROMIUM", "/usr/bin/chromium")
 EVIL = "evil.test"  # mapped to 127.0.0.1 inside Chromium only
@@ -84,7 +84,7 @@ def target(mlflow_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     stack.start(console_state, console)
     try:
-        with running_api(api_settings) as api:
+        with running_api(api_settings) as api, running_lab(settings, [sagemaker.SERVICE_NAME]):
             yield Target(mlflow_lab, console.url, api, version)
     finally:
         stack.stop(console_state, console)
@@ -366,6 +366,47 @@ def test_a_page_cannot_read_the_failure_queue(page: Any, attacker: Attacker, tar
         for message in received.get("Messages", []):
             if message["MessageId"] == sent["MessageId"]:
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+
+
+FORM_RECORD = '<input type="hidden" name="39,State-gov,77516" value="">'
+
+
+def test_a_page_cannot_drive_the_labs_sagemaker(
+    page: Any, attacker: Attacker, target: Target, intact: Snapshot
+) -> None:
+    """A model and a transform job created through the SageMaker API (a JSON call: preflighted), and an endpoint
+    invoked with a "simple" text/plain POST (no preflight): all refused, nothing made."""
+    settings = target.settings
+    url = settings.sagemaker_emulator_url
+    headers = {
+        "Authorization": forged_authorization("sagemaker"),
+        "X-Amz-Date": FORGED_DATE,
+        "Content-Type": "application/x-amz-json-1.1",
+    }
+    create_model = {
+        "ModelName": "evil-model",
+        "ExecutionRoleArn": "arn:aws:iam::000000000000:role/evil",
+        "PrimaryContainer": {"Image": "evil", "ModelDataUrl": f"s3://{settings.model_bucket}/{settings.model_key}"},
+    }
+    results = run_fetches(
+        page,
+        attacker,
+        "sagemaker",
+        f"""
+  const headers = {json.dumps(headers)};
+  await attempt("create model", "{url}/", {{method: "POST",
+      headers: {{...headers, "X-Amz-Target": "SageMaker.CreateModel"}}, body: {json.dumps(json.dumps(create_model))}}});
+  await attempt("list models", "{url}/", {{method: "POST",
+      headers: {{...headers, "X-Amz-Target": "SageMaker.ListModels"}}, body: "{{}}"}});
+  await attempt("invoke", "{url}/endpoints/any/invocations", {{method: "POST",
+      headers: {{"Content-Type": "text/plain"}}, body: "39,State-gov"}});""",
+    )
+    assert not unread(results), results
+    # A form POST needs no preflight and is always sent: the guard answers it, not the server behind it.
+    invoked = submit_form(page, attacker, "sagemaker-form", f"{url}/endpoints/any/invocations", FORM_RECORD)
+    assert invoked.status == 403 and invoked.headers.get("x-lab-guard") == "refused"
+    sm = boto3.client("sagemaker", endpoint_url=url, region_name=target.lab.aws.region)
+    assert "evil-model" not in [m["ModelName"] for m in sm.list_models(MaxResults=100)["Models"]]
 
 
 @pytest.mark.parametrize("host", [EVIL, "localhost"])  # mlflow's own options let any http://localhost:<port> in
