@@ -15,28 +15,25 @@ from mlops_lab.settings import get_settings
 app = typer.Typer()
 
 
-class Target(StrEnum):
-    emulator = "emulator"
-    api = "api"
-    mlflow = "mlflow"
-    console = "console"
-    function = "function"
+# The library's list, so a service added there is a choice here too.
+Target = StrEnum("Target", {name: name for name in lab_logs.TARGETS})  # type: ignore[misc]
+DEFAULT_TARGET = Target(lab_logs.FUNCTION)
 
 
 @app.command()
 def logs(
-    target: Annotated[Target, typer.Argument(help="Whose log: a service's file, or the function's log group.")] = (
-        Target.function
-    ),
+    target: Annotated[
+        Target, typer.Argument(help="Whose log: a service's file, or the function's log group.")
+    ] = DEFAULT_TARGET,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C stops).")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the latest lines to show first.")] = 50,
     since: Annotated[float, typer.Option(help="function: minutes of the log group to read.")] = 60,
 ) -> None:
-    """Show a service's log (emulator, api, mlflow, console: their files in the state dir) or the function's
+    """Show a service's log (emulator, mlflow, sagemaker-emulator, api, console: their files in the state dir) or the function's
     (CloudWatch group /aws/lambda/<function>, on the emulator or AWS; each handler line has its request id)."""
     settings = get_settings()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends a follow: that is no failure
-        if target == Target.function:
+        if target == DEFAULT_TARGET:
             aws = Aws()
             typer.echo(f"Talking to {aws.describe(account=True)}", err=True)
             events = lab_logs.function_events(settings, aws, since_s=since * 60, limit=lines)

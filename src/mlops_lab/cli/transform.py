@@ -40,7 +40,8 @@ def _line(job: dict[str, Any]) -> str:
         if progress
         else ""
     )
-    return f"{job['TransformJobName']}: {job['TransformJobStatus']}" + (f" ({counts})" if counts else "")
+    note = f"; {progress['Note']}" if progress.get("Note") else ""  # e.g. instances capped at the cores
+    return f"{job['TransformJobName']}: {job['TransformJobStatus']}" + (f" ({counts}{note})" if counts else "")
 
 
 @app.command("transform")

@@ -268,6 +268,7 @@ def main() -> None:
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per mini-batch would bury the jobs' own
     uvicorn.run(
         create_app(settings),
         host=settings.emulator_host,
