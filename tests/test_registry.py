@@ -23,7 +23,15 @@ from mlops_lab.contract import META_MODEL_VERSION, prediction_key
 from mlops_lab.errors import ExitCode, explain
 from mlops_lab.settings import Settings
 from mlops_lab.train import AgreementError
-from tests.support import RECORD, Lab, free_port, isolated_environment, restoring_live_model, wait_for_output
+from tests.support import (
+    RECORD,
+    Lab,
+    free_port,
+    isolated_environment,
+    restoring_live_model,
+    wait_for_output,
+    wait_until,
+)
 
 
 @dataclass
@@ -347,7 +355,10 @@ def test_api_keeps_serving_when_mlflow_is_down(mlflow_lab: Lab, versions: Versio
     settings = mlflow_lab.settings
     pid = stack.pid_of(settings, "mlflow")
     assert pid is not None
-    serving = served_version(api)
+    # The API polls the model bucket: first let it catch up with what earlier tests made live, so a change seen
+    # below is one made while mlflow was frozen.
+    live = model.live_version(settings, mlflow_lab.aws)
+    serving = wait_until(lambda: served_version(api) == live and live, timeout=30)
     os.killpg(pid, signal.SIGSTOP)
     try:
         assert not registry.server_reachable(settings, timeout=1)
