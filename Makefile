@@ -81,10 +81,15 @@ format: install ## Apply ruff's fixes and formatting
 test-compose: install ## Run the docker-compose stack end to end on a real engine (root; see scripts/compose-ci.sh)
 	scripts/compose-ci.sh
 
-bench: install ## Run the benchmarks: batch path, then the API against its baselines (tables, not assertions)
+bench: install ## Run the benchmarks: batch path, Batch Transform beside it, then the API against its baselines (tables, not assertions)
 	$(BIN)/python bench/batch.py
 	@if [ -e ../shared/data/course/model.onnx ]; then $(BIN)/python bench/batch.py --model course; \
 		else echo "(no ../shared/data/course: the course-model batch bench is skipped)"; fi
+	@# Batch Transform beside the Lambda path (issue 21): the course model at 1M rows + a 10M-row memory run; then the
+	@# lab's heavier model, 1 vs 2 instances.
+	@if [ -e ../shared/data/course/model.onnx ]; then $(BIN)/python bench/transform.py --model course; \
+		else echo "(no ../shared/data/course: the course-model transform bench is skipped)"; fi
+	$(BIN)/python bench/transform.py --model lab --rows 1000000 --big-rows 0 --rounds 3
 	@# The API bench drives its servers with wrk (Debian package); root installs it, anyone else is told how.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& apt-get install -y --no-install-recommends wrk >/dev/null; } || true
