@@ -97,15 +97,20 @@ def settings_factory(tmp_path: Path):
 
 @pytest.fixture
 def make_client(settings_factory, small_model: Path):
-    """``make_client(source=..., **settings)`` → a started TestClient (lifespan ran: the model is loaded)."""
+    """``make_client(source=..., environ=..., **settings)`` → a started TestClient (lifespan ran: the model is
+    loaded)."""
     from fastapi.testclient import TestClient
 
     from mlops_lab.api.app import create_app
 
     clients = []
 
-    def make(source=None, **overrides) -> TestClient:
-        app = create_app(settings_factory(**overrides), model_source=source if source is not None else small_model)
+    def make(source=None, *, environ=None, **overrides) -> TestClient:
+        app = create_app(
+            settings_factory(**overrides),
+            model_source=source if source is not None else small_model,
+            environ=environ,  # None: this process's (a SageMaker container's variables, if any)
+        )
         client = TestClient(app, base_url="http://127.0.0.1")  # the guard serves loopback names, not `testserver`
         client.__enter__()
         clients.append(client)

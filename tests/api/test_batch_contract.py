@@ -26,29 +26,14 @@ JSONL = "application/jsonlines"
 
 
 @pytest.fixture
-def batch_client(settings_factory, small_model: Path):
+def batch_client(make_client):
     """``batch_client(source=..., environ={...}, **settings)`` → a started TestClient whose container environment is
     ``environ`` (default: none of SageMaker's variables)."""
-    from fastapi.testclient import TestClient
 
-    from mlops_lab.api.app import create_app
+    def make(source=None, *, environ=None, **overrides):
+        return make_client(source, environ=environ if environ is not None else {}, **overrides)
 
-    clients = []
-
-    def make(source=None, *, environ=None, **overrides) -> TestClient:
-        app = create_app(
-            settings_factory(**overrides),
-            model_source=source if source is not None else small_model,
-            environ=environ if environ is not None else {},
-        )
-        client = TestClient(app, base_url="http://127.0.0.1")  # the guard serves loopback names, not `testserver`
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    return make
 
 
 def small_records(n: int, seed: int = 4) -> list[dict]:
