@@ -255,6 +255,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     settings = Settings(state_dir=work / "lab", emulator_port=free_port(), prefix="bench", max_input_mb=1024)
     saved_env = dict(os.environ)
+    # `up`'s recipe writes the emulator's AWS profile: into this run's own config file, not the person's ~/.aws.
+    os.environ["AWS_CONFIG_FILE"] = str(work / "aws-config")
     console.print(f"[dim]stack in {work}; emulator on {settings.emulator_url}[/]")
     # The model file in place before bring_up, which publishes it (as `up` does) instead of training its own.
     model_path = settings.model_path

@@ -306,6 +306,8 @@ def main() -> None:
         max_input_mb=1024,
     )
     saved_env = dict(os.environ)
+    # `up`'s recipe writes the emulator's AWS profile: into this run's own config file, not the person's ~/.aws.
+    os.environ["AWS_CONFIG_FILE"] = str(work / "aws-config")
     console.print(
         f"[dim]stack in {work}; emulator {settings.emulator_url}, SageMaker {settings.sagemaker_emulator_url}"
     )

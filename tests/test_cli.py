@@ -190,7 +190,9 @@ def test_up_env_teardown_down_on_a_stack_of_its_own(own_stack_env: Path) -> None
     assert settings.input_bucket not in {bucket["Name"] for bucket in buckets}
 
     stopped = runner.invoke(app, ["down"])
-    assert stopped.exit_code == 0 and "Stopped: console, api, sagemaker-emulator, emulator" in stopped.output, stopped.output
+    assert stopped.exit_code == 0 and "Stopped: console, api, sagemaker-emulator, emulator" in stopped.output, (
+        stopped.output
+    )
     assert [name for name in services.SERVICES if stack.pid_of(settings, name)] == []
     assert not stack.healthy(emulator.service(settings).health_url)
     assert "`mlops-lab reset` wipes them" in stopped.output, stopped.output

@@ -2,7 +2,8 @@
 
 Here that is a separate MiniStack server (the lab's emulator install, a fresh state dir, a free loopback port, IAM
 enforced as the lab runs it) that the suite only reaches through the SDK's variables, run twice: with a layer, and with
-the layer bundled into the function (LAB_LAMBDA_BUNDLE_LAYER=true, as for LocalStack's free image). And the suite's
+the layer bundled into the function (LAB_LAMBDA_BUNDLE_LAYER=true, as for LocalStack's free image); the SDK's
+``sagemaker`` client goes to the lab's SageMaker on that MiniStack (``AWS_ENDPOINT_URL_SAGEMAKER``). And the suite's
 refusal of an AWS endpoint without LAB_EXTERNAL_ALLOW_AWS=1, which must come before it creates anything.
 """
 
@@ -18,13 +19,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from mlops_lab import emulator, stack
+from mlops_lab import emulator, sagemaker, stack
 from mlops_lab.layer import interpreter_target
 from mlops_lab.settings import PROJECT_ROOT, Settings
 from tests.external.support import ALLOW_AWS, REFUSED_EXIT_CODE, leftovers
 from tests.support import free_port, lab_settings
 
-EXTERNAL_TESTS = 5  # the tests in tests/external: each run must pass all of them
+EXTERNAL_TESTS = 6  # the tests in tests/external: each run must pass all of them
 RUN_TIMEOUT_S = 420  # one run of the suite (here ~15-25 s; bounded in case the emulator hangs)
 REGION = "us-east-1"
 # Endpoint, region, credentials, profiles, config files (and mlflow's server, whose variable the session's mlflow
@@ -56,14 +57,18 @@ def run_suite(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def separate_ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A MiniStack server of its own (not the session's stack), as the lab starts one; stopped at the end."""
+    """A MiniStack server of its own (not the session's stack), as the lab starts one, and the lab's SageMaker on it
+    (its S3 the MiniStack's: the suite's transform job needs a SageMaker); stopped at the end."""
     settings = lab_settings(tmp_path_factory.mktemp("separate-ministack"), emulator_persist=False)
     emulator.ensure_installed(settings)
     service = emulator.service(settings)
     stack.start(settings, service)
+    sagemaker_service = sagemaker.emulator_service(settings)
     try:
+        stack.start(settings, sagemaker_service)
         yield settings
     finally:
+        stack.stop(settings, sagemaker_service)
         stack.stop(settings, service)
 
 
@@ -78,6 +83,7 @@ def test_the_external_suite_passes_against_a_separate_ministack(
     env = clean_environment(
         tmp_path,
         AWS_ENDPOINT_URL=settings.emulator_url,
+        AWS_ENDPOINT_URL_SAGEMAKER=settings.sagemaker_emulator_url,  # the SDK's own per-service variable
         AWS_REGION=REGION,
         AWS_DEFAULT_REGION=REGION,
         AWS_ACCESS_KEY_ID="test",

@@ -3,9 +3,11 @@ the API serving the published model from S3 -> teardown to zero. The last test t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from mlops_lab.aws import Aws, is_not_found
 from mlops_lab.contract import META_MODEL_NAME, META_ROWS, error_key, prediction_key
 from mlops_lab.inference import TabularModel, output_columns
 from tests.external.support import OUTPUT_WAIT, PREFIX, External, leftovers, teardown_by_cli
 from tests.support import free_port, parse_csv, running_api
+
+SAGEMAKER_IMAGE = "LAB_EXTERNAL_SAGEMAKER_IMAGE"  # on AWS: an image in ECR that serves the model (`image push`)
 
 
 def wait_for(lab: External, key: str, *, input_key: str, expect: str) -> dict[str, Any]:
@@ -182,6 +186,84 @@ def _json_value(text: str) -> Any:
         return float(text)
     except ValueError:
         return text
+
+
+def test_a_tiny_transform_job_where_the_target_has_sagemaker(external: External, scored: Scored) -> None:
+    """Where the SDK's ``sagemaker`` client reaches a SageMaker (the lab's, through the `mlops-lab` profile; AWS's,
+    with an image that serves the model in ``LAB_EXTERNAL_SAGEMAKER_IMAGE``), the published model scores 20 of the
+    batch's rows in a Batch Transform job: one answer line per record, the labels the Lambda wrote. Else skipped."""
+    from mlops_lab import sagemaker
+
+    settings, aws = external.settings, external.aws
+    sm = aws.client("sagemaker")
+    try:
+        sm.list_transform_jobs(MaxResults=1)
+    except (ClientError, BotoCoreError) as error:
+        pytest.skip(f"the target has no SageMaker ({type(error).__name__}: {error})")
+    image = os.environ.get(SAGEMAKER_IMAGE)
+    if aws.on_aws and not image:
+        pytest.skip(
+            f"on AWS the job needs an image that serves the model: set {SAGEMAKER_IMAGE} (`mlops-lab image push`)"
+        )
+    role, _ = sagemaker.ensure_role(settings, aws)  # the lab's SageMaker role: teardown removes it with the rest
+    model_object = s3_tarball(external, "external/transform/model.tar.gz")
+    rows = external.batch.read_text(encoding="utf-8").splitlines()[1:21]
+    external.s3.put_object(Bucket=settings.model_bucket, Key="external/transform/in/rows.csv", Body="\n".join(rows))
+    name = f"{settings.prefix}-transform"
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image or "the-labs-serving-code", "ModelDataUrl": model_object},
+        Tags=[{"Key": key, "Value": value} for key, value in settings.resource_tags.items()],
+    )
+    try:
+        sm.create_transform_job(
+            TransformJobName=name,
+            ModelName=name,
+            TransformInput={
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": f"s3://{settings.model_bucket}/external/transform/in/",
+                    }
+                },
+                "ContentType": "text/csv",
+                "SplitType": "Line",
+            },
+            TransformOutput={
+                "S3OutputPath": f"s3://{settings.model_bucket}/external/transform/out",
+                "Accept": "text/csv",
+                "AssembleWith": "Line",
+            },
+            TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 1},
+        )
+        with contextlib.suppress(WaiterError):  # it raises on Failed: the assertion below says why instead
+            sm.get_waiter("transform_job_completed_or_stopped").wait(
+                TransformJobName=name, WaiterConfig={"Delay": 5, "MaxAttempts": 180}
+            )
+        job = sm.describe_transform_job(TransformJobName=name)
+        assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
+        out = external.s3.get_object(Bucket=settings.model_bucket, Key="external/transform/out/rows.csv.out")
+        labels = [line.split(",")[0] for line in out["Body"].read().decode().splitlines()]
+        width = len(parse_csv(rows[0])[0])
+        assert labels == [row[width] for row in scored.rows[1:21]]
+    finally:
+        sm.delete_model(ModelName=name)
+
+
+def s3_tarball(external: External, key: str) -> str:
+    """The published model object as a SageMaker model.tar.gz in the model bucket; its URI."""
+    import tarfile
+
+    settings = external.settings
+    body = external.s3.get_object(Bucket=settings.model_bucket, Key=settings.model_key)["Body"].read()
+    sink = io.BytesIO()
+    with tarfile.open(fileobj=sink, mode="w:gz") as archive:
+        member = tarfile.TarInfo("model.onnx")
+        member.size = len(body)
+        archive.addfile(member, io.BytesIO(body))
+    external.s3.put_object(Bucket=settings.model_bucket, Key=key, Body=sink.getvalue())
+    return f"s3://{settings.model_bucket}/{key}"
 
 
 def test_teardown_leaves_nothing(external: External) -> None:
