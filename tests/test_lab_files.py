@@ -229,6 +229,9 @@ def profile_lines(settings: Settings) -> list[str]:
     return ["[profile mlops-lab]", *(f"{key} = {value}" for key, value in emulator.profile_settings(settings).items())]
 
 
+SDK_IDS = ("SAGEMAKER", "SAGEMAKER_RUNTIME", "S3")
+
+
 def services_block(settings: Settings) -> str:
     """The profile's ``services`` section, as the AWS CLI writes a nested setting (``key =`` and indented lines)."""
     url = settings.sagemaker_emulator_url
@@ -253,7 +256,10 @@ def test_the_profile_replaces_its_section_and_keeps_every_other_line(settings: S
     assert profiles["mlops-lab"]["endpoint_url"] == settings.emulator_url
     assert profiles["work"]["s3"] == {"addressing_style": "path"}
     assert profiles["default"]["region"] == "eu-west-1"
-    with isolated_environment(AWS_CONFIG_FILE=str(config_file), AWS_PROFILE="mlops-lab"):
+    # Only the profile: an AWS_ENDPOINT_URL in the environment wins over a profile's `services` section (the SDK's
+    # order), and the session's tests set one.
+    endpoint_variables = dict.fromkeys(["AWS_ENDPOINT_URL", *(f"AWS_ENDPOINT_URL_{s}" for s in SDK_IDS)])
+    with isolated_environment(AWS_CONFIG_FILE=str(config_file), AWS_PROFILE="mlops-lab", **endpoint_variables):
         import boto3
 
         session = boto3.session.Session()
