@@ -374,7 +374,8 @@ def test_a_manifest_whole_files_and_no_assembly(lab: Lab, sm, model_path: Path) 
 
 def test_jobs_outlive_a_restart_and_an_interrupted_one_ends_failed(lab: Lab, sm, model_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`down`/`up` keeps the jobs' records (moto's own records are in memory: models go). A job the restart cut
-    short ends Failed, saying so, never Completed. (Last in the module: the restart forgets the model.)"""
+    short ends Failed, saying why, never Completed, and leaves no .out. (Last in the module: the restart forgets the
+    model.)"""
     from mlops_lab import stack
 
     body, _ = rows_csv(4000, seed=17)
@@ -388,7 +389,9 @@ def test_jobs_outlive_a_restart_and_an_interrupted_one_ends_failed(lab: Lab, sm,
     after = {job["TransformJobName"]: job["TransformJobStatus"] for job in _all_jobs(sm)}
     assert after == before | {"t11-cut-short": "Failed"}
     cut = sm.describe_transform_job(TransformJobName="t11-cut-short")
-    assert cut["TransformJobStatus"] == "Failed" and "stopped during the job" in cut["FailureReason"], cut
+    # Failed, never Completed: "stopped during the job", or, when `down` stopped its workers (the same process
+    # group) a moment before the server, their not answering.
+    assert cut["TransformJobStatus"] == "Failed" and cut["FailureReason"], cut
     assert read(lab, "t11/out/rows.csv.out") is None
 
 
