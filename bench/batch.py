@@ -64,6 +64,18 @@ def course_rows(size: int, target: Path) -> None:
             out.writelines(lines[: min(len(lines), size - start)])
 
 
+def place_model(model_path: Path, model: str) -> None:
+    """The bench's model at ``model_path`` before `up`'s recipe runs (it publishes that file instead of training its
+    own): the course's model.onnx, or the lab's model trained here (random forest, 100 trees, 20,000 rows)."""
+    model_path.parent.mkdir(parents=True)
+    if model == "course":
+        model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
+    else:
+        from mlops_lab.train import train_and_export
+
+        train_and_export(None, model_path, rows=20000, seed=1)
+
+
 def in_process(model_path: Path, csv_path: Path, chunk_rows: int) -> float:
     """Seconds to parse, cast, score and write predictions for a file, in this process (one ORT thread; score_csv
     overlaps parsing with scoring on a second thread, as in the Lambda)."""
@@ -260,14 +272,10 @@ def main() -> None:
     console.print(f"[dim]stack in {work}; emulator on {settings.emulator_url}[/]")
     # The model file in place before bring_up, which publishes it (as `up` does) instead of training its own.
     model_path = settings.model_path
-    model_path.parent.mkdir(parents=True)
+    place_model(model_path, args.model)
     if args.model == "course":
-        model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
         write_rows = course_rows
     else:
-        from mlops_lab.train import train_and_export
-
-        train_and_export(None, model_path, rows=20000, seed=1)
 
         def write_rows(size: int, target: Path) -> None:
             write_csv(generate(size, seed=size, with_label=False), target)

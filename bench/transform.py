@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batch import COURSE_DIR, console, course_rows, end_to_end, free_port, invoke_seconds
+from batch import COURSE_DIR, console, course_rows, end_to_end, free_port, invoke_seconds, place_model
 from rich.table import Table
 
 from mlops_lab import emulator, ops, sagemaker, services, stack
@@ -312,15 +312,8 @@ def main() -> None:
         f"[dim]stack in {work}; emulator {settings.emulator_url}, SageMaker {settings.sagemaker_emulator_url}"
     )
     model_path = settings.model_path
-    model_path.parent.mkdir(parents=True)
-    if args.model == "course":
-        model_path.write_bytes((COURSE_DIR / "model.onnx").read_bytes())
-        write_rows = course_rows
-    else:
-        from mlops_lab.train import train_and_export
-
-        train_and_export(None, model_path, rows=20000, seed=1)
-        write_rows = lab_rows
+    place_model(model_path, args.model)
+    write_rows = course_rows if args.model == "course" else lab_rows
 
     rates: dict[str, list[float]] = {"lambda": [], "lambda-scoring": []} | {f"x{n}": [] for n in instance_counts}
     jobs: dict[str, list[JobResult]] = {f"x{n}": [] for n in instance_counts}
