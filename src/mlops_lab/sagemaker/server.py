@@ -76,7 +76,6 @@ class SageMakerServer:
         self.moto = WSGIMiddleware(create_backend_app("sagemaker"))
         self.endpoint_workers = EndpointWorkers(settings)
         self._rng = random.Random()
-        self._updates: dict[str, threading.Thread] = {}
         self._http = httpx.Client(timeout=INVOKE_TIMEOUT_S, limits=httpx.Limits(max_connections=64))
         self.transform_jobs = TransformJobs(settings, self.aws, self.records)
         self.actions = {
@@ -182,9 +181,7 @@ class SageMakerServer:
             raise validation(f'Cannot update in-progress endpoint "{endpoint.arn}".')
         endpoint.endpoint_status = "Updating"
         endpoint.last_modified_time = _now()
-        update = threading.Thread(target=self._update, args=(backend, endpoint, config), daemon=True)
-        self._updates[name] = update
-        update.start()
+        threading.Thread(target=self._update, args=(backend, endpoint, config), daemon=True).start()
         return {"EndpointArn": endpoint.arn}
 
     def _update(self, backend: Any, endpoint: Any, config: Any) -> None:

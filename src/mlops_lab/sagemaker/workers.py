@@ -25,14 +25,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from mlops_lab.aws import Aws
 from mlops_lab.errors import ExitCode, LabError
+from mlops_lab.sagemaker.transform_records import TransformValidationError, split_s3_uri
 from mlops_lab.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -52,13 +52,6 @@ class WorkerFailed(LabError):
     exit_code = ExitCode.UNHEALTHY
 
 
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ModelDataError(f"not an S3 object URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
-
-
 def model_data_root(settings: Settings) -> Path:
     return settings.state_dir / "sagemaker" / MODEL_DATA_FOLDER
 
@@ -68,7 +61,12 @@ def fetch_model_data(settings: Settings, aws: Aws, model_data_url: str) -> Path:
 
     A ``.tar.gz`` is unpacked as SageMaker does (members outside the folder refused: tarfile's ``data`` filter); any
     other object (a bare ``model.onnx``) is copied in as it is. The folder appears whole or not at all."""
-    bucket, key = parse_s3_uri(model_data_url)
+    try:
+        bucket, key = split_s3_uri(model_data_url, "ModelDataUrl")
+    except TransformValidationError as error:
+        raise ModelDataError(f"not an S3 object URI: {model_data_url!r}") from error
+    if not key:
+        raise ModelDataError(f"not an S3 object URI: {model_data_url!r}")
     s3 = aws.client("s3")
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
@@ -130,7 +128,6 @@ class Worker:
     host: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def url(self) -> str:
@@ -195,7 +192,7 @@ class Worker:
 
 class EndpointWorkers:
     """The running containers of endpoints: one per model folder and environment, started on first use and kept
-    until the server stops (or an ``UpdateEndpoint`` moves its endpoints elsewhere: :meth:`retire_unused`)."""
+    until the server stops."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -215,11 +212,6 @@ class EndpointWorkers:
             ).start()
             self._workers[key] = worker
             return worker
-
-    def retire_unused(self, in_use: set[Path]) -> None:
-        with self._lock:
-            for key in [key for key in self._workers if key[0] not in in_use]:
-                self._workers.pop(key).stop()
 
     def stop_all(self) -> None:
         with self._lock:
@@ -244,7 +236,3 @@ def started_workers(
     finally:
         for worker in workers:
             worker.stop()
-
-
-def describe_worker(worker: Worker) -> dict[str, Any]:
-    return {"url": worker.url, "model_dir": str(worker.model_dir), "alive": worker.alive()}
